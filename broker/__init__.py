@@ -1,0 +1,16 @@
+"""The chat broker: a ROUTER for requests, an XPUB for broadcasts, one loop."""
+
+from broker.core import Action, BrokerConfig, BrokerCore, Publish, Send
+from broker.history import HistoryStore, MemoryHistory
+from broker.server import BrokerServer
+
+__all__ = [
+    "Action",
+    "BrokerConfig",
+    "BrokerCore",
+    "BrokerServer",
+    "HistoryStore",
+    "MemoryHistory",
+    "Publish",
+    "Send",
+]

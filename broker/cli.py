@@ -1,0 +1,90 @@
+"""``chat-broker``: run the broker from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+
+import zmq
+
+from broker.core import BrokerConfig
+from broker.server import BrokerServer
+
+__all__ = ["main"]
+
+DEFAULT_ROUTER = "tcp://127.0.0.1:5555"
+DEFAULT_PUB = "tcp://127.0.0.1:5556"
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The broker's command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="chat-broker", description="Run the chat broker (ROUTER + PUB sockets)."
+    )
+    parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT",
+                        help=f"where clients send requests (default {DEFAULT_ROUTER})")
+    parser.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT",
+                        help=f"where broadcasts are published (default {DEFAULT_PUB})")
+    parser.add_argument("--advertise-pub", metavar="ENDPOINT",
+                        help="the PUB endpoint to tell clients, if not the bound one "
+                        "(behind NAT or port forwarding)")
+    parser.add_argument("--client-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                        help="drop a client silent for this long (default 10)")
+    parser.add_argument("--heartbeat", type=_positive, default=None, metavar="SECONDS",
+                        help="how often clients must ping (default: a quarter of "
+                        "--client-timeout, at most 2)")
+    parser.add_argument("--max-clients", type=_count, default=10_000, metavar="N",
+                        help="most clients at once (default 10000)")
+    parser.add_argument("--rooms-per-client", type=_count, default=50, metavar="N",
+                        help="most rooms one client may be in (default 50)")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                        help="what to log to stderr (default INFO)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chat-broker`` and ``python -m broker``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    heartbeat = args.heartbeat or min(2.0, args.client_timeout / 4)
+    config = BrokerConfig(
+        client_timeout=args.client_timeout,
+        heartbeat=heartbeat,
+        max_clients=args.max_clients,
+        rooms_per_client=args.rooms_per_client,
+    )
+    try:
+        server = BrokerServer(args.router, args.pub, config, advertised_pub=args.advertise_pub)
+    except zmq.ZMQError as exc:
+        print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
+        return 1
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    server.serve_forever()
+    return 0

@@ -1,0 +1,581 @@
+"""The broker's decisions, with no sockets: a message and the time in, actions out.
+
+The event loop (broker/server.py) owns the sockets. For every request it calls
+:meth:`BrokerCore.handle`, for every XPUB subscription notice
+:meth:`BrokerCore.subscribed`, and a few times a second :meth:`BrokerCore.tick`;
+it then sends what they return. All state lives here and is touched only from
+that one loop, so there are no locks.
+
+A session goes through two states (docs/PROTOCOL.md §5.1):
+
+* syncing: ``hello`` accepted, nickname reserved, ``welcome`` sent; we wait
+  for the client's SUB to subscribe to ``sync/<session>/0/``. Because a SUB
+  sends its subscriptions in order, seeing that one proves the room topics
+  subscribed before it are live, so no broadcast after ``joined`` is lost
+  (the slow-joiner problem).
+* active: a member of its rooms; others were told it joined.
+
+``join`` for a further room waits the same way for ``sync/<session>/<n>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Final
+
+from broker.history import HistoryStore, MemoryHistory
+from protocol import (
+    PROTOCOL_VERSION,
+    SYNC_PREFIX,
+    Ack,
+    Broadcast,
+    Bye,
+    ChatMessage,
+    Error,
+    ErrorCode,
+    Goodbye,
+    Hello,
+    History,
+    HistoryReply,
+    Join,
+    Joined,
+    JoinNotice,
+    LeaveNotice,
+    Limits,
+    ListRooms,
+    NickNotice,
+    Part,
+    Parted,
+    Ping,
+    Pong,
+    PrivateMessage,
+    ProtocolError,
+    Rename,
+    Renamed,
+    Reply,
+    Request,
+    RoomInfo,
+    RoomList,
+    Say,
+    SendPrivate,
+    Shutdown,
+    Welcome,
+    Who,
+    WhoReply,
+    decode_request,
+    nick_key,
+    validate_key,
+    validate_nick,
+    validate_room,
+    validate_text,
+)
+from protocol.validation import MAX_NICK_LENGTH, MAX_ROOM_LENGTH, MAX_TEXT_BYTES
+
+__all__ = ["Action", "BrokerConfig", "BrokerCore", "Publish", "Send"]
+
+log = logging.getLogger("broker")
+
+#: Largest frame the ROUTER accepts (ZMQ_MAXMSGSIZE): a 4 KiB line even with
+#: every character JSON-escaped fits comfortably.
+MAX_FRAME_BYTES: Final = 64 * 1024
+#: How many recent idempotency keys the broker remembers.
+KEY_MEMORY: Final = 100_000
+#: Sync topics seen before their request, per session, before we forget them.
+EARLY_SYNC_LIMIT: Final = 64
+#: Most lines one history request returns.
+MAX_HISTORY_LIMIT: Final = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``message`` privately to the client with this ROUTER identity."""
+
+    identity: bytes
+    message: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``message`` on its room's PUB topic."""
+
+    message: Broadcast
+
+
+Action = Send | Publish
+
+
+@dataclass(slots=True)
+class BrokerConfig:
+    """Tunable limits; every field has a command-line flag (broker/cli.py)."""
+
+    pub_endpoint: str = "tcp://127.0.0.1:5556"
+    client_timeout: float = 10.0
+    heartbeat: float = 2.0
+    max_clients: int = 10_000
+    rooms_per_client: int = 50
+
+
+@dataclass(slots=True, eq=False)
+class _Session:
+    identity: bytes
+    nick: str
+    token: str
+    last_seen: float
+    active: bool = False
+    rooms: set[str] = field(default_factory=set)
+    # sync number -> (rooms waiting for it, when asked)
+    pending: dict[int, tuple[list[str], float]] = field(default_factory=dict)
+    early_syncs: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class _Room:
+    name: str
+    seq: int
+    # session token -> session, in joining order
+    members: dict[str, _Session] = field(default_factory=dict)
+
+
+class BrokerCore:
+    """All broker state and every decision, driven by the event loop."""
+
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        history: HistoryStore | None = None,
+        broker_id: str | None = None,
+    ) -> None:
+        self.config = config or BrokerConfig()
+        self.history: HistoryStore = history if history is not None else MemoryHistory()
+        self.broker_id = broker_id or secrets.token_hex(8)
+        self._sessions: dict[bytes, _Session] = {}
+        self._by_nick: dict[str, _Session] = {}
+        self._by_token: dict[str, _Session] = {}
+        self._rooms: dict[str, _Room] = {}
+        self._ids = 0
+        self._keys: OrderedDict[str, Ack] = OrderedDict()
+        for key, line in self.history.recent_keys(KEY_MEMORY):
+            self._keys[key] = Ack(key=key, id=line.id, room=line.room, seq=line.seq)
+        self._limits = Limits(
+            text_bytes=MAX_TEXT_BYTES,
+            nick_length=MAX_NICK_LENGTH,
+            room_length=MAX_ROOM_LENGTH,
+            rooms_per_client=self.config.rooms_per_client,
+            frame_bytes=MAX_FRAME_BYTES,
+        )
+        self._handlers = {
+            Say: self._say,
+            Ping: self._ping,
+            SendPrivate: self._private,
+            Join: self._join,
+            Part: self._part,
+            Rename: self._rename,
+            Who: self._who,
+            ListRooms: self._list_rooms,
+            History: self._history,
+            Bye: self._bye,
+        }
+
+    # --- what the loop calls ---------------------------------------------
+
+    def handle(self, identity: bytes, frames: list[bytes], now: float) -> list[Action]:
+        """Decide what to do with the frames one client sent (after its routing id)."""
+        session = self._sessions.get(identity)
+        if session is not None:
+            session.last_seen = now
+        try:
+            request = decode_request(frames)
+            if isinstance(request, Hello):
+                return self._hello(identity, session, request, now)
+            if session is None or not session.active:
+                raise ProtocolError(
+                    ErrorCode.NOT_JOINED,
+                    "say hello first"
+                    if session is None
+                    else "still joining: subscribe to your sync topic first",
+                )
+            return self._handlers[type(request)](session, request, now)  # type: ignore[operator]
+        except ProtocolError as exc:
+            request_type, key, room = _describe(frames)
+            log.info(
+                "refused %s from %s: %s",
+                request_type or "frames",
+                session.nick if session else identity.hex(),
+                exc,
+            )
+            return [
+                Send(
+                    identity,
+                    Error(code=exc.code, message=exc.message, req=request_type, key=key, room=room),
+                )
+            ]
+
+    def subscribed(self, notice: bytes, now: float) -> list[Action]:
+        """React to an XPUB notice (``\\x01`` + topic for a subscription)."""
+        if not notice.startswith(b"\x01" + SYNC_PREFIX):
+            return []
+        parts = notice[1 + len(SYNC_PREFIX) :].split(b"/")
+        if len(parts) != 3 or parts[2] != b"" or not parts[1].isdigit():
+            return []
+        session = self._by_token.get(parts[0].decode("ascii", "replace"))
+        if session is None:
+            return []
+        number = int(parts[1])
+        if number not in session.pending:
+            # The subscription overtook its join request: remember it briefly.
+            if len(session.early_syncs) >= EARLY_SYNC_LIMIT:
+                session.early_syncs.clear()
+            session.early_syncs.add(number)
+            return []
+        return self._synced(session, number, now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Expire silent clients and syncs that never came."""
+        actions: list[Action] = []
+        timeout = self.config.client_timeout
+        for session in list(self._sessions.values()):
+            if now - session.last_seen > timeout:
+                log.info("%s timed out", session.nick)
+                actions += self._remove(session, "timeout", now)
+                continue
+            for number, (rooms, since) in list(session.pending.items()):
+                if now - since <= timeout:
+                    continue
+                del session.pending[number]
+                if not session.active:
+                    log.info("%s never subscribed; join abandoned", session.nick)
+                    actions.append(
+                        Send(
+                            session.identity,
+                            Error(
+                                code=ErrorCode.SYNC_TIMEOUT,
+                                message="your SUB socket never subscribed to the sync "
+                                f"topic on {self.config.pub_endpoint}; join again",
+                                req="hello",
+                            ),
+                        )
+                    )
+                    actions += self._remove(session, "timeout", now)
+                    break
+                actions.append(
+                    Send(
+                        session.identity,
+                        Error(
+                            code=ErrorCode.SYNC_TIMEOUT,
+                            message="your SUB socket never subscribed to the sync topic",
+                            req="join",
+                            room=rooms[0],
+                        ),
+                    )
+                )
+        return actions
+
+    def shutdown(self, now: float) -> list[Action]:
+        """Tell every client the broker is going away."""
+        notice = Shutdown(reason="the broker is shutting down")
+        return [Send(s.identity, notice) for s in self._sessions.values()]
+
+    def unreachable(self, identity: bytes) -> None:
+        """The ROUTER could not route to ``identity`` (ROUTER_MANDATORY): its
+        connection is gone. Keep the session for a resume; heartbeats decide."""
+
+    @property
+    def session_count(self) -> int:
+        """Clients connected (joined or still joining)."""
+        return len(self._sessions)
+
+    # --- joining ---------------------------------------------------------
+
+    def _hello(
+        self, identity: bytes, session: _Session | None, hello: Hello, now: float
+    ) -> list[Action]:
+        if hello.v != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.BAD_VERSION,
+                f"this broker speaks protocol version {PROTOCOL_VERSION}, not {hello.v}",
+            )
+        if session is not None:
+            raise ProtocolError(ErrorCode.ALREADY_JOINED, f"already joined as {session.nick}")
+        nick = validate_nick(hello.nick)
+        rooms = list(dict.fromkeys(validate_room(r) for r in hello.rooms))
+        if len(rooms) > self.config.rooms_per_client:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"at most {self.config.rooms_per_client} rooms per client",
+            )
+        resumed = self._by_token.get(hello.resume) if hello.resume else None
+        if resumed is not None and nick_key(resumed.nick) == nick_key(nick):
+            # The same client on a new connection (a new routing id): rebind.
+            del self._sessions[resumed.identity]
+            resumed.identity = identity
+            resumed.last_seen = now
+            resumed.pending = {0: (rooms, now)}
+            resumed.early_syncs.clear()
+            self._sessions[identity] = resumed
+            log.info("%s resumed its session", nick)
+            return [Send(identity, self._welcome(resumed))]
+        if nick_key(nick) in self._by_nick:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is taken")
+        if len(self._sessions) >= self.config.max_clients:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_CLIENTS,
+                f"the broker is full ({self.config.max_clients} clients)",
+            )
+        token = secrets.token_urlsafe(18)
+        session = _Session(
+            identity=identity,
+            nick=nick,
+            token=token,
+            last_seen=now,
+            pending={0: (rooms, now)},
+        )
+        self._sessions[identity] = session
+        self._by_nick[nick_key(nick)] = session
+        self._by_token[token] = session
+        return [Send(identity, self._welcome(session))]
+
+    def _welcome(self, session: _Session) -> Welcome:
+        return Welcome(
+            v=PROTOCOL_VERSION,
+            nick=session.nick,
+            session=session.token,
+            pub=self.config.pub_endpoint,
+            broker=self.broker_id,
+            heartbeat=self.config.heartbeat,
+            timeout=self.config.client_timeout,
+            limits=self._limits,
+        )
+
+    def _synced(self, session: _Session, number: int, now: float) -> list[Action]:
+        rooms, _ = session.pending.pop(number)
+        actions: list[Action] = []
+        if not session.active:
+            session.active = True
+            log.info("%s joined", session.nick)
+        for name in rooms:
+            if name in session.rooms:
+                room = self._rooms[name]
+                actions.append(
+                    Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room)))
+                )
+            else:
+                actions += self._enter(session, name, now)
+        return actions
+
+    def _enter(self, session: _Session, name: str, now: float) -> list[Action]:
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = _Room(name=name, seq=self.history.last_seq(name))
+        room.members[session.token] = session
+        session.rooms.add(name)
+        return [
+            Publish(JoinNotice(room=name, nick=session.nick, ts=now)),
+            Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room))),
+        ]
+
+    def _join(self, session: _Session, request: Join, now: float) -> list[Action]:
+        name = validate_room(request.room)
+        if name in session.rooms:
+            room = self._rooms[name]
+            return [Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room)))]
+        waiting = sum(len(rooms) for rooms, _ in session.pending.values())
+        if len(session.rooms) + waiting >= self.config.rooms_per_client:
+            raise ProtocolError(
+                ErrorCode.TOO_MANY_ROOMS,
+                f"at most {self.config.rooms_per_client} rooms per client",
+            )
+        if request.sync in session.pending or request.sync < 1:
+            raise ProtocolError(
+                ErrorCode.BAD_MESSAGE, f"sync number {request.sync} is in use or below 1"
+            )
+        session.pending[request.sync] = ([name], now)
+        if request.sync in session.early_syncs:
+            session.early_syncs.discard(request.sync)
+            return self._synced(session, request.sync, now)
+        return []
+
+    # --- leaving ---------------------------------------------------------
+
+    def _part(self, session: _Session, request: Part, now: float) -> list[Action]:
+        name = validate_room(request.room)
+        if name not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
+        actions = self._leave_room(session, name, "part", now)
+        actions.append(Send(session.identity, Parted(room=name)))
+        return actions
+
+    def _bye(self, session: _Session, request: Bye, now: float) -> list[Action]:
+        identity = session.identity
+        actions = self._remove(session, "exit", now)
+        actions.append(Send(identity, Goodbye()))
+        return actions
+
+    def _remove(self, session: _Session, reason: str, now: float) -> list[Action]:
+        actions: list[Action] = []
+        for name in list(session.rooms):
+            actions += self._leave_room(session, name, reason, now)
+        self._sessions.pop(session.identity, None)
+        self._by_token.pop(session.token, None)
+        if self._by_nick.get(nick_key(session.nick)) is session:
+            del self._by_nick[nick_key(session.nick)]
+        if session.active:
+            log.info("%s left (%s)", session.nick, reason)
+        session.active = False
+        return actions
+
+    def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
+        room = self._rooms[name]
+        del room.members[session.token]
+        session.rooms.discard(name)
+        if not room.members:
+            del self._rooms[name]  # its sequence number lives on in the history store
+        return [Publish(LeaveNotice(room=name, nick=session.nick, reason=reason, ts=now))]
+
+    # --- talking ---------------------------------------------------------
+
+    def _say(self, session: _Session, request: Say, now: float) -> list[Action]:
+        name = request.room
+        if name not in session.rooms:
+            name = validate_room(name)
+            if name not in session.rooms:
+                raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
+        validate_text(request.text)
+        key = request.key
+        if key is not None:
+            validate_key(key)
+            earlier = self._keys.get(key)
+            if earlier is not None:
+                return [Send(session.identity, earlier)]  # a resend: never publish twice
+        room = self._rooms[name]
+        room.seq += 1
+        line = ChatMessage(
+            room=name,
+            nick=session.nick,
+            text=request.text,
+            ts=now,
+            id=self._next_id(),
+            seq=room.seq,
+            action=request.action,
+        )
+        self.history.append(line, key)
+        if key is None:
+            return [Publish(line)]
+        ack = self._remember(Ack(key=key, id=line.id, room=name, seq=line.seq))
+        return [Publish(line), Send(session.identity, ack)]
+
+    def _private(self, session: _Session, request: SendPrivate, now: float) -> list[Action]:
+        validate_text(request.text)
+        key = request.key
+        if key is not None:
+            validate_key(key)
+            earlier = self._keys.get(key)
+            if earlier is not None:
+                return [Send(session.identity, earlier)]
+        target = self._by_nick.get(nick_key(request.to))
+        if target is None or not target.active:
+            raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"nobody called {request.to!r} is here")
+        line = PrivateMessage(
+            nick=session.nick,
+            to=target.nick,
+            text=request.text,
+            ts=now,
+            id=self._next_id(),
+            action=request.action,
+            key=key,
+        )
+        actions: list[Action] = [Send(target.identity, line)]
+        if target is not session:
+            actions.append(Send(session.identity, line))  # the sender's copy
+        if key is not None:
+            actions.append(Send(session.identity, self._remember(Ack(key=key, id=line.id))))
+        return actions
+
+    def _rename(self, session: _Session, request: Rename, now: float) -> list[Action]:
+        new = validate_nick(request.nick)
+        old = session.nick
+        holder = self._by_nick.get(nick_key(new))
+        if holder is not None and holder is not session:
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
+        del self._by_nick[nick_key(old)]
+        self._by_nick[nick_key(new)] = session
+        session.nick = new
+        log.info("%s is now %s", old, new)
+        notice_id = self._next_id()
+        actions: list[Action] = [
+            Publish(NickNotice(room=name, old=old, new=new, ts=now, id=notice_id))
+            for name in sorted(session.rooms)
+        ]
+        actions.append(Send(session.identity, Renamed(old=old, new=new)))
+        return actions
+
+    # --- asking ----------------------------------------------------------
+
+    def _who(self, session: _Session, request: Who, now: float) -> list[Action]:
+        name = validate_room(request.room)
+        room = self._rooms.get(name)
+        members = _nicks(room) if room is not None else []
+        return [Send(session.identity, WhoReply(room=name, members=members))]
+
+    def _list_rooms(self, session: _Session, request: ListRooms, now: float) -> list[Action]:
+        rooms = [
+            RoomInfo(room=r.name, members=len(r.members))
+            for r in sorted(self._rooms.values(), key=lambda r: r.name)
+        ]
+        return [Send(session.identity, RoomList(rooms=rooms))]
+
+    def _history(self, session: _Session, request: History, now: float) -> list[Action]:
+        name = validate_room(request.room)
+        if name not in session.rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
+        limit = max(0, min(request.limit, MAX_HISTORY_LIMIT))
+        lines, missed = self.history.fetch(name, max(0, request.after), request.before, limit)
+        seq = self._rooms[name].seq
+        return [
+            Send(
+                session.identity,
+                HistoryReply(room=name, messages=lines, missed=missed, seq=seq),
+            )
+        ]
+
+    def _ping(self, session: _Session, request: Ping, now: float) -> list[Action]:
+        seqs = {name: self._rooms[name].seq for name in session.rooms}
+        return [Send(session.identity, Pong(broker=self.broker_id, seqs=seqs))]
+
+    # --- helpers ---------------------------------------------------------
+
+    def _next_id(self) -> str:
+        self._ids += 1
+        return f"{self.broker_id}-{self._ids:x}"
+
+    def _remember(self, ack: Ack) -> Ack:
+        self._keys[ack.key] = ack
+        if len(self._keys) > KEY_MEMORY:
+            self._keys.popitem(last=False)
+        return ack
+
+
+def _nicks(room: _Room) -> list[str]:
+    return [s.nick for s in room.members.values()]
+
+
+def _describe(frames: list[bytes]) -> tuple[str | None, str | None, str | None]:
+    """Best-effort ``type``, ``key`` and ``room`` of a refused request, so the
+    error reply can say what it answers."""
+    if len(frames) != 1:
+        return None, None, None
+    try:
+        value = json.loads(frames[0])
+    except (ValueError, RecursionError):
+        return None, None, None
+    if not isinstance(value, dict):
+        return None, None, None
+
+    def text(name: str) -> str | None:
+        item = value.get(name)
+        return item if isinstance(item, str) and len(item) <= 64 else None
+
+    return text("type"), text("key"), text("room")

@@ -1,0 +1,151 @@
+"""The broker's event loop: one thread, a ROUTER and an XPUB, and the core.
+
+The loop only moves bytes: it drains each socket until it would block, hands
+what it read to :class:`~broker.core.BrokerCore`, makes the history durable
+(one flush per batch) and only then sends what the core decided, so nothing is
+published or acknowledged before it is stored.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable
+
+import zmq
+
+from broker.core import MAX_FRAME_BYTES, Action, BrokerConfig, BrokerCore, Publish
+from broker.history import HistoryStore
+from protocol import encode, encode_broadcast
+
+__all__ = ["BrokerServer"]
+
+log = logging.getLogger("broker")
+
+#: How often the core checks heartbeats and pending joins, in seconds.
+TICK_SECONDS = 0.25
+#: Most requests read in one batch before the loop sends what they produced.
+BATCH = 500
+#: How long, at shutdown, the ROUTER may spend delivering "shutdown" notices.
+SHUTDOWN_LINGER_MS = 500
+
+
+class BrokerServer:
+    """Binds the sockets and runs the loop; :meth:`stop` may be called from a
+    signal handler or another thread."""
+
+    def __init__(
+        self,
+        router_endpoint: str,
+        pub_endpoint: str,
+        config: BrokerConfig | None = None,
+        history: HistoryStore | None = None,
+        advertised_pub: str | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        self._own_context = context is None
+        self._ctx = context or zmq.Context()
+        self._router = self._ctx.socket(zmq.ROUTER)
+        self._router.linger = 0
+        self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+        self._xpub = self._ctx.socket(zmq.XPUB)
+        self._xpub.linger = 0
+        # Every subscription, even a repeated one, so sync topics are never missed.
+        self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
+        try:
+            self._router.bind(router_endpoint)
+            self._xpub.bind(pub_endpoint)
+        except zmq.ZMQError:
+            self._router.close(0)
+            self._xpub.close(0)
+            if self._own_context:
+                self._ctx.term()
+            raise
+        self.router_endpoint = _endpoint(self._router)
+        self.pub_endpoint = _endpoint(self._xpub)
+        config = config or BrokerConfig()
+        config.pub_endpoint = advertised_pub or self.pub_endpoint
+        self.core = BrokerCore(config, history)
+        self._stopping = False
+        self._clock: Callable[[], float] = time.time
+
+    def stop(self) -> None:
+        """Ask the loop to finish (it tells clients and closes within a tick)."""
+        self._stopping = True
+
+    def serve_forever(self) -> None:
+        """Run until :meth:`stop`; then tell clients, close sockets, flush history."""
+        router, xpub, core = self._router, self._xpub, self.core
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(xpub, zmq.POLLIN)
+        clock = self._clock
+        next_tick = time.monotonic() + TICK_SECONDS
+        log.info("router bound to %s", self.router_endpoint)
+        log.info("pub bound to %s (clients are told %s)", self.pub_endpoint, core.config.pub_endpoint)
+        try:
+            while not self._stopping:
+                wait_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
+                ready = dict(poller.poll(wait_ms))
+                actions: list[Action] = []
+                if xpub in ready:
+                    while True:
+                        try:
+                            notice = xpub.recv(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        actions += core.subscribed(notice, clock())
+                if router in ready:
+                    for _ in range(BATCH):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        actions += core.handle(frames[0], frames[1:], clock())
+                if time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_SECONDS
+                    actions += core.tick(clock())
+                if actions:
+                    core.history.flush()
+                    self._execute(actions)
+        finally:
+            self._close()
+
+    def _execute(self, actions: list[Action]) -> None:
+        router, xpub = self._router, self._xpub
+        for action in actions:
+            if type(action) is Publish:
+                xpub.send_multipart(encode_broadcast(action.message))
+                continue
+            try:
+                router.send_multipart([action.identity, encode(action.message)], zmq.NOBLOCK)  # type: ignore[union-attr]
+            except zmq.Again:
+                # That client's queue is full: it is not reading. Drop rather than
+                # stall everyone; its heartbeats or gap repair will sort it out.
+                log.warning("dropped a reply to a client that is not reading")
+            except zmq.ZMQError as exc:
+                if exc.errno != errno.EHOSTUNREACH:
+                    raise
+                self.core.unreachable(action.identity)  # type: ignore[union-attr]
+
+    def _close(self) -> None:
+        try:
+            actions = self.core.shutdown(self._clock())
+            if actions:
+                log.info("telling %d clients the broker is shutting down", len(actions))
+                self._execute(actions)
+        finally:
+            self.core.history.close()
+            self._router.close(linger=SHUTDOWN_LINGER_MS)
+            self._xpub.close(linger=0)
+            if self._own_context:
+                self._ctx.term()
+            log.info("broker stopped")
+
+
+def _endpoint(socket: zmq.Socket[bytes]) -> str:
+    value = socket.getsockopt(zmq.LAST_ENDPOINT)
+    assert isinstance(value, bytes)
+    return value.decode()

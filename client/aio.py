@@ -1,0 +1,307 @@
+"""``AsyncClient``: the asyncio front-end of the session core.
+
+One pump task owns both sockets: it polls them, feeds the core, runs its timer
+and carries out what the core asks. User calls only change the core and flush
+its output. Sockets are never read from two tasks (a cancelled ``recv`` can
+lose a message), and are closed with linger 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import zmq
+import zmq.asyncio
+
+from client import events as ev
+from client.session import ClientSession, State
+from protocol import (
+    BrokerUnreachable,
+    ConnectionClosed,
+    JoinRefused,
+    ProtocolError,
+    decode_broadcast,
+    decode_reply,
+    encode,
+)
+
+__all__ = ["DEFAULT_SERVER", "AsyncClient"]
+
+DEFAULT_SERVER = "tcp://127.0.0.1:5555"
+#: How often the pump wakes to let the core send heartbeats, at most.
+_TICK = 0.1
+
+
+class AsyncClient:
+    """A chat client for asyncio programs.
+
+    ::
+
+        async with AsyncClient("tcp://127.0.0.1:5555", nick="bot") as chat:
+            await chat.say("hello")
+            async for event in chat:
+                ...
+
+    ``connect`` raises :class:`JoinRefused` (nickname taken or invalid...) or
+    :class:`BrokerUnreachable`; after ``close`` iteration ends.
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        nick: str = "",
+        room: str = "lobby",
+        *,
+        rooms: list[str] | None = None,
+        pub: str | None = None,
+        backlog: int = 50,
+        curve: dict[str, bytes] | None = None,
+    ) -> None:
+        self.server = server
+        self.session = ClientSession(
+            nick, rooms or [room], server=server, pub_override=pub, backlog=backlog
+        )
+        self._curve = curve or {}
+        self._ctx = zmq.asyncio.Context()
+        self._dealer: zmq.asyncio.Socket | None = None
+        self._sub: zmq.asyncio.Socket | None = None
+        self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+        self._pump_task: asyncio.Task[None] | None = None
+        self._join_waiter: asyncio.Future[ev.Welcome] | None = None
+        self._closed = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    # --- life cycle --------------------------------------------------------
+
+    @property
+    def nick(self) -> str:
+        """Our nickname now."""
+        return self.session.nick
+
+    @property
+    def room(self) -> str | None:
+        """The current room (where :meth:`say` sends by default)."""
+        return self.session.current
+
+    @property
+    def rooms(self) -> list[str]:
+        """The rooms we are in."""
+        return self.session.rooms
+
+    async def connect(self, nick: str | None = None, timeout: float = 10.0) -> ev.Welcome:
+        """Join with ``nick`` (or the one given at construction).
+
+        May be called again after a :class:`JoinRefused`, with another nickname.
+        """
+        if self._dealer is None:
+            self._open_sockets()
+        if nick is not None:
+            self.session.nick = nick
+        loop = asyncio.get_running_loop()
+        self._join_waiter = loop.create_future()
+        self.session.hello(time.time(), nick)
+        self._flush()
+        if self._pump_task is None:
+            self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
+        except TimeoutError:
+            await self._shut(reason="unreachable")
+            raise BrokerUnreachable(
+                f"no answer from a broker at {self.server} within {timeout:g} s"
+            ) from None
+        finally:
+            self._join_waiter = None
+
+    async def close(self, timeout: float = 2.0) -> None:
+        """Leave (others see ``exit``) and release the sockets."""
+        if self.session.state in (State.JOINED, State.RECONNECTING, State.JOINING):
+            self.session.leave()
+            self._flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), timeout)
+        await self._shut(reason="exit")
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- operations ----------------------------------------------------------
+
+    async def say(self, text: str, room: str | None = None) -> str:
+        """Send a line to ``room`` (default: the current room); returns its key."""
+        return self._do(self.session.say, text, room)
+
+    async def action(self, text: str, room: str | None = None) -> str:
+        """Send a ``/me`` line."""
+        return self._do(lambda: self.session.say(text, room, action=True))
+
+    async def private(self, nick: str, text: str, *, action: bool = False) -> str:
+        """Send a private line to ``nick``."""
+        return self._do(lambda: self.session.private(nick, text, action=action))
+
+    async def join(self, room: str) -> str:
+        """Join a room; a ``joined`` (or ``error``) event follows."""
+        return self._do(self.session.join, room)
+
+    async def part(self, room: str | None = None) -> str:
+        """Leave a room (default: the current one); a ``parted`` event follows."""
+        return self._do(self.session.part, room)
+
+    async def rename(self, nick: str) -> None:
+        """Change nickname; a ``nick`` (or ``error``) event follows."""
+        self._do(self.session.rename, nick)
+
+    async def who(self, room: str | None = None) -> None:
+        """Ask who is in a room; a ``who`` event follows."""
+        self._do(self.session.who, room)
+
+    async def list_rooms(self) -> None:
+        """Ask for the room list; a ``rooms`` event follows."""
+        self._do(self.session.list_rooms)
+
+    async def history(self, count: int = 50, room: str | None = None) -> None:
+        """Fetch older lines of a room (``message`` events with ``history``)."""
+        self._do(self.session.fetch_history, count, room)
+
+    # --- events ----------------------------------------------------------------
+
+    async def next_event(self, timeout: float | None = None) -> ev.Event:
+        """The next event; raises ConnectionClosed once the session is over,
+        TimeoutError if none comes in ``timeout`` seconds."""
+        if self._events.empty() and self._closed.is_set():
+            raise ConnectionClosed(self.session.close_reason or "exit")
+        item = await asyncio.wait_for(self._events.get(), timeout)
+        if item is None:
+            self._events.put_nowait(None)  # keep telling later callers
+            raise ConnectionClosed(self.session.close_reason or "exit")
+        return item
+
+    def __aiter__(self) -> AsyncIterator[ev.Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[ev.Event]:
+        while True:
+            try:
+                yield await self.next_event()
+            except ConnectionClosed:
+                return
+
+    # --- the pump ----------------------------------------------------------------
+
+    def _do(self, operation, *args):  # type: ignore[no-untyped-def]
+        if self._closed.is_set():
+            raise ConnectionClosed(self.session.close_reason or "exit")
+        result = operation(*args)
+        self._flush()
+        return result
+
+    def _open_sockets(self) -> None:
+        dealer = self._ctx.socket(zmq.DEALER)
+        sub = self._ctx.socket(zmq.SUB)
+        for sock in (dealer, sub):
+            sock.linger = 0
+            for option, value in self._curve.items():
+                sock.setsockopt(getattr(zmq, option), value)
+        dealer.connect(self.server)
+        self._dealer, self._sub = dealer, sub
+
+    def _close_sockets(self) -> None:
+        for sock in (self._dealer, self._sub):
+            if sock is not None:
+                sock.close(linger=0)
+        self._dealer = self._sub = None
+
+    def _flush(self) -> None:
+        out = self.session.take_output()
+        if out.reset:
+            self._close_sockets()
+            self._open_sockets()
+            self._wake.set()
+        assert self._dealer is not None and self._sub is not None
+        if out.connect_pub is not None:
+            self._sub.connect(out.connect_pub)
+        for subscribe, topic in out.subscribe:
+            self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
+        for request in out.requests:
+            try:
+                self._dealer.send(encode(request), zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # not connected yet and the queue is full: heartbeats will tell
+
+    def _deliver(self, events: list[ev.Event]) -> None:
+        waiter = self._join_waiter
+        for event in events:
+            if waiter is not None and not waiter.done():
+                if isinstance(event, ev.Welcome):
+                    waiter.set_result(event)
+                    continue
+                if isinstance(event, ev.Error) and event.req == "hello":
+                    waiter.set_exception(JoinRefused(event.code, event.message))
+                    continue
+            self._events.put_nowait(event)
+
+    async def _pump(self) -> None:
+        session = self.session
+        try:
+            while session.state is not State.CLOSED:
+                dealer, sub = self._dealer, self._sub
+                if dealer is None or sub is None:
+                    break
+                poller = zmq.asyncio.Poller()
+                poller.register(dealer, zmq.POLLIN)
+                poller.register(sub, zmq.POLLIN)
+                self._wake.clear()
+                while dealer is self._dealer and session.state is not State.CLOSED:
+                    ready = dict(await poller.poll(_TICK * 1000))
+                    now = time.time()
+                    events: list[ev.Event] = []
+                    if dealer in ready:
+                        events += self._drain(dealer, now, private=True)
+                    if sub in ready and sub is self._sub:
+                        events += self._drain(sub, now, private=False)
+                    events += session.tick(now)
+                    if self._dealer is not None:
+                        self._flush()
+                    self._deliver(events)
+        finally:
+            self._closed.set()
+            self._events.put_nowait(None)
+
+    def _drain(self, sock: zmq.asyncio.Socket, now: float, *, private: bool) -> list[ev.Event]:
+        events: list[ev.Event] = []
+        session = self.session
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK).result()
+            except zmq.Again:
+                return events
+            try:
+                if private:
+                    events += session.on_reply(decode_reply(frames), now)
+                else:
+                    events += session.on_broadcast(decode_broadcast(frames), now)
+            except ProtocolError as exc:
+                events.append(ev.Error(code=exc.code, message=f"from the broker: {exc.message}"))
+
+    async def _shut(self, reason: str) -> None:
+        self.session.closed_by_front_end(reason)
+        if self._pump_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
+            self._pump_task = None
+        self._closed.set()
+        self._close_sockets()
+        self._ctx.term()

@@ -1,0 +1,177 @@
+"""What a client sees: typed events, one struct per kind (README "JSON mode").
+
+Each event encodes to the JSON object the ``--json`` mode prints, ``type``
+first. The same structs are what ``Client`` and ``AsyncClient`` yield.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "Connection",
+    "Error",
+    "Event",
+    "Join",
+    "Joined",
+    "Leave",
+    "Message",
+    "Missed",
+    "Nick",
+    "Parted",
+    "Private",
+    "RoomCount",
+    "Rooms",
+    "Shutdown",
+    "Welcome",
+    "Who",
+    "encode_event",
+]
+
+
+class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    pass
+
+
+class Welcome(_Event, tag="welcome"):
+    """We are in: our nickname and the current room."""
+
+    nick: str
+    room: str
+    rooms: list[str]
+    members: list[str]
+
+
+class Message(_Event, tag="message"):
+    """A line in a room; ``history`` marks replayed stored lines."""
+
+    room: str
+    nick: str
+    text: str
+    ts: float
+    id: str
+    seq: int
+    action: bool = False
+    history: bool = False
+
+
+class Join(_Event, tag="join"):
+    """Someone joined one of our rooms."""
+
+    room: str
+    nick: str
+    ts: float
+
+
+class Leave(_Event, tag="leave"):
+    """Someone left one of our rooms: ``exit``, ``part``, ``timeout``..."""
+
+    room: str
+    nick: str
+    reason: str
+    ts: float
+
+
+class Private(_Event, tag="private"):
+    """A private line (to us, or our own copy of one we sent)."""
+
+    nick: str
+    to: str
+    text: str
+    ts: float
+    id: str
+    action: bool = False
+
+
+class Nick(_Event, tag="nick"):
+    """Someone (maybe we) changed nickname."""
+
+    old: str
+    new: str
+
+
+class Joined(_Event, tag="joined"):
+    """We joined a further room (it is now the current one)."""
+
+    room: str
+    members: list[str]
+
+
+class Parted(_Event, tag="parted"):
+    """We left a room."""
+
+    room: str
+
+
+class Who(_Event, tag="who"):
+    """Members of a room."""
+
+    room: str
+    members: list[str]
+
+
+class RoomCount(msgspec.Struct, frozen=True, kw_only=True):
+    """One room and how many are in it."""
+
+    room: str
+    members: int
+
+
+class Rooms(_Event, tag="rooms"):
+    """Rooms that have members."""
+
+    rooms: list[RoomCount]
+
+
+class Missed(_Event, tag="missed"):
+    """``count`` lines of ``room`` are gone from the broker's history."""
+
+    room: str
+    count: int
+
+
+class Error(_Event, tag="error"):
+    """A request of ours failed, or a line could not be delivered."""
+
+    code: str
+    message: str
+    req: str | None = None
+    room: str | None = None
+    text: str | None = None
+
+
+class Connection(_Event, tag="connection"):
+    """The link to the broker changed: ``reconnecting`` or ``reconnected``."""
+
+    state: str
+
+
+class Shutdown(_Event, tag="shutdown"):
+    """The broker is shutting down."""
+
+    reason: str
+
+
+Event = (
+    Welcome
+    | Message
+    | Join
+    | Leave
+    | Private
+    | Nick
+    | Joined
+    | Parted
+    | Who
+    | Rooms
+    | Missed
+    | Error
+    | Connection
+    | Shutdown
+)
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode_event(event: Event) -> bytes:
+    """The event as one line of JSON (no newline)."""
+    return _encoder.encode(event)

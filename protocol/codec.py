@@ -1,0 +1,146 @@
+"""Encoding and decoding between messages and ZeroMQ frames (docs/PROTOCOL.md §3).
+
+* A request or reply is exactly one frame: a UTF-8 JSON object.
+* A broadcast is two frames: the topic (``room/<name>/``) and the JSON object.
+
+Decoders raise only :class:`ProtocolError`, whatever the input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import Broadcast, Reply, Request
+
+__all__ = [
+    "SYNC_PREFIX",
+    "decode_broadcast",
+    "decode_reply",
+    "decode_request",
+    "encode",
+    "encode_broadcast",
+    "room_topic",
+    "sync_topic",
+]
+
+#: Prefix of the topics a client subscribes to prove its SUB socket is live.
+SYNC_PREFIX = b"sync/"
+
+_encoder = msgspec.json.Encoder()
+_request_decoder = msgspec.json.Decoder(Request)
+_reply_decoder = msgspec.json.Decoder(Reply)
+_broadcast_decoder = msgspec.json.Decoder(Broadcast)
+
+_REQUEST_TYPES = frozenset(
+    {"hello", "say", "msg", "join", "part", "nick", "who", "rooms", "history", "ping", "bye"}
+)
+_REPLY_TYPES = frozenset(
+    {
+        "welcome",
+        "joined",
+        "parted",
+        "renamed",
+        "who",
+        "rooms",
+        "private",
+        "ack",
+        "error",
+        "pong",
+        "history",
+        "shutdown",
+        "goodbye",
+    }
+)
+_BROADCAST_TYPES = frozenset({"message", "join", "leave", "nick"})
+
+
+def room_topic(room: str) -> bytes:
+    """The PUB topic of a (canonical) room name; the trailing ``/`` stops
+    ``room/a/`` from matching ``room/ab/`` as a prefix."""
+    return b"room/" + room.encode() + b"/"
+
+
+def sync_topic(session: str, number: int) -> bytes:
+    """The topic a client subscribes to, last, to prove its subscriptions are live."""
+    return b"%s%s/%d/" % (SYNC_PREFIX, session.encode(), number)
+
+
+def encode(message: Request | Reply | Broadcast) -> bytes:
+    """One message as the JSON body frame."""
+    return _encoder.encode(message)
+
+
+def encode_broadcast(message: Broadcast) -> list[bytes]:
+    """A broadcast as its two frames: topic and body."""
+    return [room_topic(message.room), _encoder.encode(message)]
+
+
+def decode_request(frames: list[bytes]) -> Request:
+    """Decode what a client's DEALER sent (the frames after the routing id)."""
+    if len(frames) != 1:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"a request is exactly one frame (got {len(frames)})"
+        )
+    return _decode(_request_decoder, frames[0], _REQUEST_TYPES, "request")  # type: ignore[no-any-return]
+
+
+def decode_reply(frames: list[bytes]) -> Reply:
+    """Decode what the broker sent to our DEALER."""
+    if len(frames) != 1:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"a reply is exactly one frame (got {len(frames)})"
+        )
+    return _decode(_reply_decoder, frames[0], _REPLY_TYPES, "reply")  # type: ignore[no-any-return]
+
+
+def decode_broadcast(frames: list[bytes]) -> Broadcast:
+    """Decode what arrived on a SUB socket (topic frame and body)."""
+    if len(frames) != 2:
+        raise ProtocolError(
+            ErrorCode.BAD_FRAME, f"a broadcast is exactly two frames (got {len(frames)})"
+        )
+    message: Broadcast = _decode(_broadcast_decoder, frames[1], _BROADCAST_TYPES, "broadcast")
+    if frames[0] != room_topic(message.room):
+        raise ProtocolError(ErrorCode.BAD_FRAME, "the topic frame does not match the room")
+    return message
+
+
+def _decode(
+    decoder: msgspec.json.Decoder[Any], frame: bytes, known: frozenset[str], what: str
+) -> Any:
+    try:
+        return decoder.decode(frame)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError):
+        pass
+    # The fast path failed: work out, slowly and only now, what is wrong.
+    raise _diagnose(decoder, frame, known, what)
+
+
+def _diagnose(
+    decoder: msgspec.json.Decoder[Any], frame: bytes, known: frozenset[str], what: str
+) -> ProtocolError:
+    try:
+        text = frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return ProtocolError(ErrorCode.BAD_ENCODING, f"the {what} is not valid UTF-8")
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return ProtocolError(ErrorCode.BAD_FRAME, f"the {what} is not a JSON document")
+    if not isinstance(value, dict):
+        return ProtocolError(ErrorCode.BAD_MESSAGE, f"the {what} is not a JSON object")
+    kind = value.get("type")
+    if not isinstance(kind, str) or kind not in known:
+        return ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown {what} type {kind!r}")
+    try:
+        decoder.decode(frame)  # again, only for msgspec's description of the fault
+    except msgspec.ValidationError as exc:
+        return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} {what}: {exc}")
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
+        return ProtocolError(ErrorCode.BAD_ENCODING, f"bad {kind!r} {what}: {exc}")
+    return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} {what}")
+

@@ -1,0 +1,325 @@
+"""Every message of protocol v1, as frozen typed structs (docs/PROTOCOL.md §4-5).
+
+Three families, one per direction and socket:
+
+* ``Request``: client DEALER -> broker ROUTER.
+* ``Reply``: broker ROUTER -> one client's DEALER (private).
+* ``Broadcast``: broker PUB -> every SUB subscribed to a room's topic.
+
+On the wire each is one JSON object whose ``type`` field names the struct.
+Unknown fields are ignored, so later minor versions can add fields.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Ack",
+    "Broadcast",
+    "Bye",
+    "ChatMessage",
+    "Error",
+    "Goodbye",
+    "Hello",
+    "History",
+    "HistoryReply",
+    "Join",
+    "JoinNotice",
+    "Joined",
+    "LeaveNotice",
+    "Limits",
+    "ListRooms",
+    "NickNotice",
+    "Part",
+    "Parted",
+    "Ping",
+    "Pong",
+    "PrivateMessage",
+    "Rename",
+    "Renamed",
+    "Reply",
+    "Request",
+    "RoomInfo",
+    "RoomList",
+    "Say",
+    "SendPrivate",
+    "Shutdown",
+    "Welcome",
+    "Who",
+    "WhoReply",
+]
+
+PROTOCOL_VERSION = 1
+
+
+class _Message(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
+):
+    """Base of all wire messages; ``type`` is the tag."""
+
+
+# --- requests: client -> broker ---------------------------------------------
+
+
+class Hello(_Message, tag="hello"):
+    """Ask to join with a nickname; ``resume`` carries an earlier session token."""
+
+    v: int
+    nick: str
+    rooms: list[str] = msgspec.field(default_factory=lambda: ["lobby"])
+    resume: str | None = None
+
+
+class Say(_Message, tag="say"):
+    """A chat line for a room the sender is in; ``action`` marks a /me line."""
+
+    room: str
+    text: str
+    action: bool = False
+    key: str | None = None
+
+
+class SendPrivate(_Message, tag="msg"):
+    """A private line to one nickname, delivered over the ROUTER only."""
+
+    to: str
+    text: str
+    action: bool = False
+    key: str | None = None
+
+
+class Join(_Message, tag="join"):
+    """Join a room; completes once ``sync/<session>/<sync>/`` is subscribed."""
+
+    room: str
+    sync: int
+
+
+class Part(_Message, tag="part"):
+    """Leave one room."""
+
+    room: str
+
+
+class Rename(_Message, tag="nick"):
+    """Change nickname."""
+
+    nick: str
+
+
+class Who(_Message, tag="who"):
+    """List the members of a room."""
+
+    room: str
+
+
+class ListRooms(_Message, tag="rooms"):
+    """List the rooms that have members, with member counts."""
+
+
+class History(_Message, tag="history"):
+    """Ask for stored lines of a room: sequence numbers in ``[after+1, before-1]``."""
+
+    room: str
+    after: int = 0
+    before: int | None = None
+    limit: int = 50
+
+
+class Ping(_Message, tag="ping"):
+    """Heartbeat: the broker answers with ``pong``."""
+
+
+class Bye(_Message, tag="bye"):
+    """Leave the chat: the broker answers ``goodbye`` and tells your rooms."""
+
+
+Request = (
+    Hello | Say | SendPrivate | Join | Part | Rename | Who | ListRooms | History | Ping | Bye
+)
+
+# --- replies: broker -> one client -------------------------------------------
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The limits the broker enforces, sent in the welcome."""
+
+    text_bytes: int
+    nick_length: int
+    room_length: int
+    rooms_per_client: int
+    frame_bytes: int
+
+
+class Welcome(_Message, tag="welcome"):
+    """Nickname reserved; subscribe on ``pub`` and then to the hello sync topic."""
+
+    v: int
+    nick: str
+    session: str
+    pub: str
+    broker: str
+    heartbeat: float
+    timeout: float
+    limits: Limits
+
+
+class Joined(_Message, tag="joined"):
+    """You are now a member of ``room``; ``seq`` is its latest sequence number."""
+
+    room: str
+    seq: int
+    members: list[str]
+
+
+class Parted(_Message, tag="parted"):
+    """You have left ``room``."""
+
+    room: str
+
+
+class Renamed(_Message, tag="renamed"):
+    """Your nickname changed from ``old`` to ``new``."""
+
+    old: str
+    new: str
+
+
+class WhoReply(_Message, tag="who"):
+    """Members of a room."""
+
+    room: str
+    members: list[str]
+
+
+class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One row of a room list."""
+
+    room: str
+    members: int
+
+
+class RoomList(_Message, tag="rooms"):
+    """Rooms with at least one member."""
+
+    rooms: list[RoomInfo]
+
+
+class PrivateMessage(_Message, tag="private"):
+    """A private line, delivered to its recipient and echoed to its sender."""
+
+    nick: str
+    to: str
+    text: str
+    ts: float
+    id: str
+    action: bool = False
+    key: str | None = None
+
+
+class Ack(_Message, tag="ack"):
+    """A line carrying ``key`` was accepted (``seq`` is 0 for private lines)."""
+
+    key: str
+    id: str
+    room: str | None = None
+    seq: int = 0
+
+
+class Error(_Message, tag="error"):
+    """A request failed; ``code`` is stable, ``message`` is for people."""
+
+    code: str
+    message: str
+    req: str | None = None
+    key: str | None = None
+    room: str | None = None
+
+
+class Pong(_Message, tag="pong"):
+    """Heartbeat answer with the latest sequence number of each of your rooms."""
+
+    broker: str
+    seqs: dict[str, int]
+
+
+class ChatMessage(_Message, tag="message"):
+    """A chat line in a room, stamped by the broker (also a Broadcast)."""
+
+    room: str
+    nick: str
+    text: str
+    ts: float
+    id: str
+    seq: int
+    action: bool = False
+
+
+class HistoryReply(_Message, tag="history"):
+    """Stored lines of a room in sequence order; ``missed`` counts expired ones."""
+
+    room: str
+    messages: list[ChatMessage]
+    missed: int = 0
+    seq: int = 0
+
+
+class Shutdown(_Message, tag="shutdown"):
+    """The broker is going away."""
+
+    reason: str
+
+
+class Goodbye(_Message, tag="goodbye"):
+    """Answer to ``bye``: the session is over and the nickname free."""
+
+
+Reply = (
+    Welcome
+    | Joined
+    | Parted
+    | Renamed
+    | WhoReply
+    | RoomList
+    | PrivateMessage
+    | Ack
+    | Error
+    | Pong
+    | HistoryReply
+    | Shutdown
+    | Goodbye
+)
+
+# --- broadcasts: broker PUB -> room subscribers ------------------------------
+
+
+class JoinNotice(_Message, tag="join"):
+    """``nick`` joined ``room``."""
+
+    room: str
+    nick: str
+    ts: float
+
+
+class LeaveNotice(_Message, tag="leave"):
+    """``nick`` left ``room``; reason is exit, part, timeout or shutdown."""
+
+    room: str
+    nick: str
+    reason: str
+    ts: float
+
+
+class NickNotice(_Message, tag="nick"):
+    """``old`` is now ``new``; sent once per shared room with the same ``id``."""
+
+    room: str
+    old: str
+    new: str
+    ts: float
+    id: str
+
+
+Broadcast = ChatMessage | JoinNotice | LeaveNotice | NickNotice
