@@ -38,25 +38,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat-broker", description="Run the chat broker (ROUTER + PUB sockets)."
     )
-    parser.add_argument("--router", default=DEFAULT_ROUTER, metavar="ENDPOINT",
-                        help=f"where clients send requests (default {DEFAULT_ROUTER})")
-    parser.add_argument("--pub", default=DEFAULT_PUB, metavar="ENDPOINT",
-                        help=f"where broadcasts are published (default {DEFAULT_PUB})")
-    parser.add_argument("--advertise-pub", metavar="ENDPOINT",
-                        help="the PUB endpoint to tell clients, if not the bound one "
-                        "(behind NAT or port forwarding)")
-    parser.add_argument("--client-timeout", type=_positive, default=10.0, metavar="SECONDS",
-                        help="drop a client silent for this long (default 10)")
-    parser.add_argument("--heartbeat", type=_positive, default=None, metavar="SECONDS",
-                        help="how often clients must ping (default: a quarter of "
-                        "--client-timeout, at most 2)")
-    parser.add_argument("--max-clients", type=_count, default=10_000, metavar="N",
-                        help="most clients at once (default 10000)")
-    parser.add_argument("--rooms-per-client", type=_count, default=50, metavar="N",
-                        help="most rooms one client may be in (default 50)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                        help="what to log to stderr (default INFO)")
+    parser.add_argument(
+        "--router",
+        default=DEFAULT_ROUTER,
+        metavar="ENDPOINT",
+        help=f"where clients send requests (default {DEFAULT_ROUTER})",
+    )
+    parser.add_argument(
+        "--pub",
+        default=DEFAULT_PUB,
+        metavar="ENDPOINT",
+        help=f"where broadcasts are published (default {DEFAULT_PUB})",
+    )
+    parser.add_argument(
+        "--advertise-pub",
+        metavar="ENDPOINT",
+        help="the PUB endpoint to tell clients, if not the bound one "
+        "(behind NAT or port forwarding)",
+    )
+    parser.add_argument(
+        "--client-timeout",
+        type=_positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="drop a client silent for this long (default 10)",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=_positive,
+        default=None,
+        metavar="SECONDS",
+        help="how often clients must ping (default: a quarter of --client-timeout, at most 2)",
+    )
+    parser.add_argument(
+        "--max-clients",
+        type=_count,
+        default=10_000,
+        metavar="N",
+        help="most clients at once (default 10000)",
+    )
+    parser.add_argument(
+        "--rooms-per-client",
+        type=_count,
+        default=50,
+        metavar="N",
+        help="most rooms one client may be in (default 50)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="what to log to stderr (default INFO)",
+    )
     return parser
 
 

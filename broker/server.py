@@ -84,7 +84,9 @@ class BrokerServer:
         clock = self._clock
         next_tick = time.monotonic() + TICK_SECONDS
         log.info("router bound to %s", self.router_endpoint)
-        log.info("pub bound to %s (clients are told %s)", self.pub_endpoint, core.config.pub_endpoint)
+        log.info(
+            "pub bound to %s (clients are told %s)", self.pub_endpoint, core.config.pub_endpoint
+        )
         try:
             while not self._stopping:
                 wait_ms = max(0.0, (next_tick - time.monotonic()) * 1000)

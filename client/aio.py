@@ -103,7 +103,10 @@ class AsyncClient:
             self.session.nick = nick
         loop = asyncio.get_running_loop()
         self._join_waiter = loop.create_future()
-        self.session.hello(time.time(), nick)
+        try:
+            self.session.hello(time.time(), nick)
+        except ProtocolError as exc:
+            raise JoinRefused(exc.code, exc.message) from None
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")

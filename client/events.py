@@ -9,9 +9,11 @@ from __future__ import annotations
 import msgspec
 
 __all__ = [
+    "CommandHelp",
     "Connection",
     "Error",
     "Event",
+    "Help",
     "Join",
     "Joined",
     "Leave",
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
     pass
 
 
@@ -146,6 +148,20 @@ class Connection(_Event, tag="connection"):
     state: str
 
 
+class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):
+    """One command: how to type it and what it does."""
+
+    command: str
+    usage: str
+    description: str
+
+
+class Help(_Event, tag="help"):
+    """The answer to ``/help``."""
+
+    commands: list[CommandHelp]
+
+
 class Shutdown(_Event, tag="shutdown"):
     """The broker is shutting down."""
 
@@ -166,6 +182,7 @@ Event = (
     | Missed
     | Error
     | Connection
+    | Help
     | Shutdown
 )
 

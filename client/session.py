@@ -172,7 +172,8 @@ class ClientSession:
         self._unacked: OrderedDict[str, Say | SendPrivate] = OrderedDict()
         # room -> the sync number its join used, to unsubscribe once joined
         self._sync_of: dict[str, int] = {}
-        self._switch_to: str | None = None
+        # keys of lines not sent yet: typed while reconnecting or joining their room
+        self._held: set[str] = set()
 
     # --- the front-end's side --------------------------------------------
 
@@ -302,7 +303,9 @@ class ClientSession:
             self.current = name
             return name
         self._require_joined()
-        self._switch_to = name
+        # Switch at once, so a line typed right after /join goes there; it is
+        # held until the broker confirms the join.
+        self.current = name
         if name in self._joining:
             return name
         self._sync += 1
@@ -410,13 +413,16 @@ class ClientSession:
             self._move(State.JOINED)
             self._attempt = 0
             out.append(ev.Connection(state="reconnected"))
+            self._held.clear()
             for line in self._unacked.values():
-                self._send(line)
+                self._send(line)  # the broker drops any it already has, by key
         elif self.state is State.JOINED:
-            if self._switch_to == name:
-                self.current = name
-                self._switch_to = None
             out.append(ev.Joined(room=name, members=list(reply.members)))
+        if self._held and self.state is State.JOINED:
+            for key, line in self._unacked.items():
+                if key in self._held and isinstance(line, Say) and line.room == name:
+                    self._held.discard(key)
+                    self._send(line)
         for message in waiting:
             out += self.on_broadcast(message, now)
         return out
@@ -497,6 +503,7 @@ class ClientSession:
 
     def _on_error(self, reply: Error, now: float) -> list[ev.Event]:
         failed = self._unacked.pop(reply.key, None) if reply.key else None
+        undeliverable: list[Say] = []
         if reply.req == "history" and reply.room:
             purposes = self._history_purpose.get(reply.room)
             if purposes:
@@ -507,6 +514,9 @@ class ClientSession:
         if reply.req == "join" and reply.room:
             self._joining.pop(reply.room, None)
             self._out.subscribe.append((False, room_topic(reply.room)))
+            if self.current == reply.room:
+                self.current = self.rooms[-1] if self._tracks else None
+            undeliverable = self._drop_held(reply.room)
         if reply.req == "hello":
             if self.state is State.JOINING:
                 self._joining.clear()
@@ -518,7 +528,22 @@ class ClientSession:
             # The broker does not know us (it restarted, or dropped us): rejoin.
             return self._lose_broker(now)
         text = failed.text if failed is not None else None
-        return [ev.Error(code=reply.code, message=reply.message, req=reply.req, room=reply.room, text=text)]
+        out: list[ev.Event] = [
+            ev.Error(
+                code=reply.code, message=reply.message, req=reply.req, room=reply.room, text=text
+            )
+        ]
+        for line in undeliverable:
+            out.append(
+                ev.Error(
+                    code=reply.code,
+                    message=f"not delivered: you could not join {line.room}",
+                    req="say",
+                    room=line.room,
+                    text=line.text,
+                )
+            )
+        return out
 
     def _on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
         if self.state in (State.CLOSING, State.CLOSED):
@@ -551,6 +576,15 @@ class ClientSession:
         if self.session_token is not None:
             self._out.subscribe.append((True, sync_topic(self.session_token, number)))
 
+    def _drop_held(self, room: str) -> list[Say]:
+        dropped: list[Say] = []
+        for key in [k for k in self._held if getattr(self._unacked.get(k), "room", None) == room]:
+            self._held.discard(key)
+            line = self._unacked.pop(key)
+            assert isinstance(line, Say)
+            dropped.append(line)
+        return dropped
+
     def _require_joined(self) -> None:
         if self.state is not State.JOINED:
             raise ProtocolError(ErrorCode.NOT_JOINED, f"not joined (state: {self.state.value})")
@@ -561,9 +595,13 @@ class ClientSession:
 
     def _send_line(self, key: str, line: Say | SendPrivate) -> str:
         self._unacked[key] = line
-        if self.state is State.JOINED:
+        if self.state is State.JOINED and (
+            isinstance(line, SendPrivate) or line.room in self._tracks
+        ):
             self._send(line)
-        return key  # otherwise queued: sent in order once we are back
+        else:
+            self._held.add(key)  # sent in order once we are back, or in that room
+        return key
 
     def _lose_broker(self, now: float) -> list[ev.Event]:
         self._move(State.RECONNECTING)

@@ -45,8 +45,9 @@ class Client:
         curve: dict[str, bytes] | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
-                                        name="chat-client")
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, daemon=True, name="chat-client"
+        )
         self._thread.start()
         self._async = self._call(
             _make(server, nick, room, rooms=rooms, pub=pub, backlog=backlog, curve=curve)

@@ -143,4 +143,3 @@ def _diagnose(
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         return ProtocolError(ErrorCode.BAD_ENCODING, f"bad {kind!r} {what}: {exc}")
     return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} {what}")
-

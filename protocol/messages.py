@@ -54,9 +54,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 
 
-class _Message(
-    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"
-):
+class _Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="type"):
     """Base of all wire messages; ``type`` is the tag."""
 
 
@@ -136,9 +134,7 @@ class Bye(_Message, tag="bye"):
     """Leave the chat: the broker answers ``goodbye`` and tells your rooms."""
 
 
-Request = (
-    Hello | Say | SendPrivate | Join | Part | Rename | Who | ListRooms | History | Ping | Bye
-)
+Request = Hello | Say | SendPrivate | Join | Part | Rename | Who | ListRooms | History | Ping | Bye
 
 # --- replies: broker -> one client -------------------------------------------
 

@@ -1,0 +1,145 @@
+"""``chat-client``: the interactive terminal client, or ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import threading
+
+from client import events as ev
+from client.aio import DEFAULT_SERVER, AsyncClient
+from client.commands import EXIT, execute
+from protocol import BrokerUnreachable, JoinRefused, ProtocolError, validate_room
+
+__all__ = ["build_parser", "main"]
+
+#: Exit statuses (README "JSON mode").
+EXIT_OK = 0
+EXIT_UNREACHABLE = 1
+EXIT_REFUSED = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The client's command-line options."""
+    parser = argparse.ArgumentParser(prog="chat-client", description="Talk through a chat broker.")
+    parser.add_argument(
+        "--server",
+        default=DEFAULT_SERVER,
+        metavar="ENDPOINT",
+        help=f"the broker's router endpoint (default {DEFAULT_SERVER})",
+    )
+    parser.add_argument("--nick", metavar="NAME", help="your nickname (asked for if not given)")
+    parser.add_argument(
+        "--room", default="lobby", metavar="ROOM", help="the room to start in (default lobby)"
+    )
+    parser.add_argument(
+        "--pub",
+        metavar="ENDPOINT",
+        help="subscribe here instead of where the broker says (port forwarding)",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=50,
+        metavar="N",
+        help="lines of history to show on joining a room (default 50)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="scripting mode: commands on stdin, JSON events on stdout",
+    )
+    parser.add_argument(
+        "--no-bell", action="store_true", help="do not ring the bell when you are mentioned"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``chat-client`` and ``python -m client``."""
+    args = build_parser().parse_args(argv)
+    try:
+        validate_room(args.room)
+    except ProtocolError as exc:
+        print(f"chat-client: --room: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.json:
+        return asyncio.run(run_json(args))
+    from client.tui import run_interactive
+
+    return asyncio.run(run_interactive(args))
+
+
+# --- JSON mode ------------------------------------------------------------------
+
+
+def _emit(event: ev.Event) -> None:
+    out = sys.stdout.buffer
+    out.write(ev.encode_event(event) + b"\n")
+    out.flush()
+
+
+def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes | None]) -> None:
+    # A thread, because stdin may be a pipe, a file or a terminal, and only a
+    # blocking read works on all of them.
+    for line in sys.stdin.buffer:
+        loop.call_soon_threadsafe(lines.put_nowait, line)
+    loop.call_soon_threadsafe(lines.put_nowait, None)
+
+
+async def run_json(args: argparse.Namespace) -> int:
+    """Scripting mode: one JSON object per event on stdout, commands on stdin."""
+    if not args.nick:
+        _emit(ev.Error(code="nick_invalid", message="--nick is required with --json", req="hello"))
+        return EXIT_REFUSED
+    client = AsyncClient(args.server, args.nick, args.room, pub=args.pub, backlog=args.backlog)
+    try:
+        welcome = await client.connect()
+    except JoinRefused as exc:
+        _emit(ev.Error(code=exc.code, message=exc.message, req="hello"))
+        return EXIT_REFUSED
+    except BrokerUnreachable as exc:
+        _emit(ev.Error(code="unreachable", message=str(exc), req="hello"))
+        return EXIT_UNREACHABLE
+    _emit(welcome)
+
+    loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+    threading.Thread(target=_read_stdin, args=(loop, lines), daemon=True).start()
+    stop = asyncio.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    async def print_events() -> None:
+        async for event in client:
+            _emit(event)
+
+    async def read_commands() -> None:
+        while True:
+            raw = await lines.get()
+            if raw is None:
+                return
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                _emit(ev.Error(code="bad_encoding", message="that input line is not UTF-8"))
+                continue
+            result = await execute(client, line)
+            if result == EXIT:
+                return
+            for event in result:
+                _emit(event)
+
+    printer = asyncio.create_task(print_events())
+    reader = asyncio.create_task(read_commands())
+    stopper = asyncio.create_task(stop.wait())
+    await asyncio.wait({reader, stopper, printer}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (reader, stopper):
+        task.cancel()
+    await client.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await printer
+    return EXIT_OK

@@ -1,0 +1,190 @@
+"""Shared fixtures: brokers on 127.0.0.1 with ephemeral ports, in-process or as
+the installed ``chat-broker`` console script, each stopped by its own handle."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from broker import BrokerConfig, BrokerServer
+from broker.history import HistoryStore
+from client import Client
+from client import events as ev
+
+#: Scales every wait in the tests (slow machines: CHAT_TEST_SCALE=3).
+SCALE = float(os.environ.get("CHAT_TEST_SCALE", "1"))
+ANY_PORT = "tcp://127.0.0.1:*"
+BIN = Path(sys.executable).parent
+
+E = TypeVar("E")
+
+
+def script(name: str) -> str:
+    """Path of an installed console script of this project."""
+    path = BIN / name
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"{name} is not installed: run `make test`"
+    return found
+
+
+@dataclass
+class InProcessBroker:
+    """A broker running in a thread of the test process."""
+
+    server: BrokerServer
+    thread: threading.Thread
+
+    @property
+    def router(self) -> str:
+        return self.server.router_endpoint
+
+    @property
+    def pub(self) -> str:
+        return self.server.pub_endpoint
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.thread.join(5 * SCALE)
+        assert not self.thread.is_alive(), "broker thread did not stop"
+
+
+def start_broker(
+    config: BrokerConfig | None = None,
+    history: HistoryStore | None = None,
+    router: str = ANY_PORT,
+    pub: str = ANY_PORT,
+) -> InProcessBroker:
+    """Start an in-process broker on ephemeral ports."""
+    server = BrokerServer(
+        router, pub, config or BrokerConfig(client_timeout=3.0, heartbeat=0.5), history
+    )
+    thread = threading.Thread(target=server.serve_forever, name="broker", daemon=True)
+    thread.start()
+    return InProcessBroker(server, thread)
+
+
+@pytest.fixture
+def broker() -> Iterator[InProcessBroker]:
+    """An in-process broker with a 3 s client timeout and 0.5 s heartbeats."""
+    running = start_broker()
+    yield running
+    running.stop()
+
+
+@dataclass
+class BrokerProcess:
+    """The ``chat-broker`` console script in a subprocess."""
+
+    proc: subprocess.Popen[bytes]
+    router: str
+    pub: str
+    log: list[str] = field(default_factory=list)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10 * SCALE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
+        """Wait until a stderr line matches ``pattern``; returns the line."""
+        deadline = time.monotonic() + timeout * SCALE
+        regex = re.compile(pattern)
+        seen = 0
+        while time.monotonic() < deadline:
+            for line in self.log[seen:]:
+                if regex.search(line):
+                    return line
+            seen = len(self.log)
+            time.sleep(0.02)
+        raise AssertionError(f"broker never logged {pattern!r}; log:\n" + "".join(self.log))
+
+
+def spawn_broker(*args: str, router: str = ANY_PORT, pub: str = ANY_PORT) -> BrokerProcess:
+    """Start ``chat-broker`` with ephemeral ports and read back where it bound."""
+    proc = subprocess.Popen(
+        [script("chat-broker"), "--router", router, "--pub", pub, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    log: list[str] = []
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            log.append(raw.decode("utf-8", "replace"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    handle = BrokerProcess(proc, "", "", log)
+    try:
+        handle.router = re.search(
+            r"router bound to (\S+)", handle.wait_for_log("router bound to")
+        ).group(1)  # type: ignore[union-attr]
+        handle.pub = re.search(r"pub bound to (\S+)", handle.wait_for_log("pub bound to")).group(1)  # type: ignore[union-attr]
+    except BaseException:
+        handle.stop(signal.SIGKILL)
+        raise
+    return handle
+
+
+@pytest.fixture
+def broker_process() -> Iterator[BrokerProcess]:
+    """``chat-broker`` as a subprocess, with a 2 s client timeout."""
+    handle = spawn_broker("--client-timeout", "2")
+    yield handle
+    handle.stop()
+
+
+def wait_for(
+    client: Client,
+    kind: type[E],
+    predicate: Callable[[E], bool] = lambda e: True,
+    timeout: float = 5.0,
+) -> E:
+    """The next event of ``kind`` matching ``predicate``; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout * SCALE
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {kind.__name__} event within {timeout} s")
+        try:
+            event = client.next_event(left)
+        except TimeoutError:
+            continue
+        if isinstance(event, kind) and predicate(event):
+            return event
+
+
+@pytest.fixture
+def connect(broker: InProcessBroker) -> Iterator[Callable[..., Client]]:
+    """Make joined clients of the ``broker`` fixture; all closed at the end."""
+    made: list[Client] = []
+
+    def make(nick: str, room: str = "lobby", **options: object) -> Client:
+        client = Client(broker.router, nick, room, **options)  # type: ignore[arg-type]
+        made.append(client)
+        client.connect(timeout=5 * SCALE)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+__all__ = ["ev"]
