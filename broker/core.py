@@ -117,6 +117,9 @@ class BrokerConfig:
     heartbeat: float = 2.0
     max_clients: int = 10_000
     rooms_per_client: int = 50
+    #: Flood control per client: lines per second (0 turns it off) and burst.
+    max_rate: float = 5.0
+    burst: int = 10
 
 
 @dataclass(slots=True, eq=False)
@@ -166,6 +169,8 @@ class BrokerCore:
             room_length=MAX_ROOM_LENGTH,
             rooms_per_client=self.config.rooms_per_client,
             frame_bytes=MAX_FRAME_BYTES,
+            rate=self.config.max_rate,
+            burst=self.config.burst,
         )
         self._handlers = {
             Say: self._say,

@@ -147,6 +147,9 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     room_length: int
     rooms_per_client: int
     frame_bytes: int
+    #: Flood control: sustained lines per second (0 = unlimited) and burst size.
+    rate: float = 0.0
+    burst: int = 0
 
 
 class Welcome(_Message, tag="welcome"):
