@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sqlite3
 import sys
 from types import FrameType
 
@@ -12,6 +13,7 @@ import zmq
 
 from broker.core import BrokerConfig
 from broker.server import BrokerServer
+from broker.sqlite_history import SqliteHistory, default_history_path
 
 __all__ = ["main"]
 
@@ -85,6 +87,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="most rooms one client may be in (default 50)",
     )
     parser.add_argument(
+        "--history",
+        metavar="PATH",
+        default=None,
+        help=f"SQLite file of room history (default {default_history_path()}; "
+        "':memory:' keeps it in memory only)",
+    )
+    parser.add_argument(
+        "--history-lines",
+        type=_count,
+        default=10_000,
+        metavar="N",
+        help="lines kept per room (default 10000)",
+    )
+    parser.add_argument(
+        "--history-days",
+        type=float,
+        default=30.0,
+        metavar="DAYS",
+        help="drop lines older than this; 0 keeps them forever (default 30)",
+    )
+    parser.add_argument(
+        "--pub-hwm",
+        type=_count,
+        default=10_000,
+        metavar="N",
+        help="broadcasts queued per subscriber before it misses some and "
+        "repairs them from history (default 10000)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -108,11 +139,31 @@ def main(argv: list[str] | None = None) -> int:
         max_clients=args.max_clients,
         rooms_per_client=args.rooms_per_client,
     )
+    if args.history_days < 0:
+        print("chat-broker: --history-days cannot be negative", file=sys.stderr)
+        return 2
+    history_path = args.history or default_history_path()
     try:
-        server = BrokerServer(args.router, args.pub, config, advertised_pub=args.advertise_pub)
+        history = SqliteHistory(
+            history_path, per_room=args.history_lines, max_age=args.history_days * 86400
+        )
+    except (OSError, sqlite3.Error) as exc:
+        print(f"chat-broker: cannot open history {history_path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server = BrokerServer(
+            args.router,
+            args.pub,
+            config,
+            history=history,
+            advertised_pub=args.advertise_pub,
+            pub_hwm=args.pub_hwm,
+        )
     except zmq.ZMQError as exc:
+        history.close()
         print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
         return 1
+    logging.getLogger("broker").info("history in %s", history_path)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.stop()

@@ -43,6 +43,7 @@ class BrokerServer:
         history: HistoryStore | None = None,
         advertised_pub: str | None = None,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        pub_hwm: int = 10_000,
     ) -> None:
         self._own_context = context is None
         self._ctx = context or zmq.Context()
@@ -52,6 +53,9 @@ class BrokerServer:
         self._router.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
         self._xpub = self._ctx.socket(zmq.XPUB)
         self._xpub.linger = 0
+        # A subscriber that falls this far behind misses broadcasts (never the
+        # broker stalling for it) and repairs the gap from history.
+        self._xpub.sndhwm = pub_hwm
         # Every subscription, even a repeated one, so sync topics are never missed.
         self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         try:

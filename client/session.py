@@ -127,6 +127,7 @@ class _Track:
     history_until: int = 0
     buffered: dict[int, ChatMessage] = field(default_factory=dict)
     repairing: bool = False
+    repair_since: float = 0.0
     known: int = 0  # highest sequence number known to exist
     oldest: int = 0  # lowest sequence number shown; /history fetches below it
 
@@ -174,6 +175,9 @@ class ClientSession:
         self._sync_of: dict[str, int] = {}
         # keys of lines not sent yet: typed while reconnecting or joining their room
         self._held: set[str] = set()
+        self._now = 0.0
+        #: How many repair requests were made (for tests and diagnostics).
+        self.repairs = 0
 
     # --- the front-end's side --------------------------------------------
 
@@ -203,9 +207,16 @@ class ClientSession:
 
     def tick(self, now: float) -> list[ev.Event]:
         """Heartbeats, liveness of the broker, reconnect attempts."""
+        self._now = now
         if self.state is State.JOINED:
             if now - self.last_heard > self._dead_after:
                 return self._lose_broker(now)
+            for name, track in self._tracks.items():
+                if track.repairing and now - track.repair_since > self._dead_after:
+                    # The answer was lost (a full queue): ask again.
+                    track.repairing = False
+                    self._history_purpose.pop(name, None)
+                    self._repair(name, track)
             if now >= self._next_ping:
                 self._next_ping = now + self.heartbeat
                 self._send(Ping())
@@ -232,7 +243,7 @@ class ClientSession:
 
     def on_reply(self, reply: Reply, now: float) -> list[ev.Event]:
         """Handle what the broker sent to us privately."""
-        self.last_heard = now
+        self.last_heard = self._now = now
         handler = _REPLY_HANDLERS.get(type(reply))
         return handler(self, reply, now) if handler is not None else []  # type: ignore[operator]
 
@@ -502,6 +513,14 @@ class ClientSession:
         return out
 
     def _on_error(self, reply: Error, now: float) -> list[ev.Event]:
+        if reply.code == ErrorCode.NOT_JOINED and self.state in (
+            State.JOINED,
+            State.RECONNECTING,
+        ):
+            # The broker does not know this connection (it restarted, or our
+            # connection was re-made): keep every unacknowledged line and rejoin;
+            # the lines are resent after the rejoin.
+            return self._lose_broker(now) if self.state is State.JOINED else []
         failed = self._unacked.pop(reply.key, None) if reply.key else None
         undeliverable: list[Say] = []
         if reply.req == "history" and reply.room:
@@ -524,9 +543,6 @@ class ClientSession:
             elif self.state is State.RECONNECTING:
                 self.close_reason = reply.code
                 self._move(State.CLOSED)
-        elif reply.code == ErrorCode.NOT_JOINED and self.state is State.JOINED:
-            # The broker does not know us (it restarted, or dropped us): rejoin.
-            return self._lose_broker(now)
         text = failed.text if failed is not None else None
         out: list[ev.Event] = [
             ev.Error(
@@ -626,6 +642,8 @@ class ClientSession:
             return
         before = min(gap_end, track.last + 1 + REPAIR_CHUNK)
         track.repairing = True
+        track.repair_since = self._now
+        self.repairs += 1
         self._ask_history(
             name, "repair", History(room=name, after=track.last, before=before, limit=REPAIR_CHUNK)
         )

@@ -117,6 +117,8 @@ class BrokerProcess:
 
 def spawn_broker(*args: str, router: str = ANY_PORT, pub: str = ANY_PORT) -> BrokerProcess:
     """Start ``chat-broker`` with ephemeral ports and read back where it bound."""
+    if "--history" not in args:
+        args = (*args, "--history", ":memory:")  # never the user's own history file
     proc = subprocess.Popen(
         [script("chat-broker"), "--router", router, "--pub", pub, *args],
         stdin=subprocess.DEVNULL,

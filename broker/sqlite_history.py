@@ -1,0 +1,172 @@
+"""Room history in SQLite, the broker's default store (docs/PROTOCOL.md §8).
+
+Durability: the database runs in WAL mode with ``synchronous=NORMAL``. The
+loop appends a batch of lines, commits them in one transaction (:meth:`flush`),
+and only then publishes and acknowledges them. A commit has reached the
+operating system when ``flush`` returns, so a ``kill -9`` of the broker loses
+nothing that anyone has seen or that was acknowledged; an operating-system
+crash or power cut can lose the last transactions (WAL without fsync per
+commit), in which case clients resend the unacknowledged lines by key.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from protocol import ChatMessage
+
+__all__ = ["SqliteHistory", "default_history_path"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    room   TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    id     TEXT    NOT NULL,
+    nick   TEXT    NOT NULL,
+    text   TEXT    NOT NULL,
+    ts     REAL    NOT NULL,
+    action INTEGER NOT NULL,
+    key    TEXT,
+    UNIQUE (room, seq)
+);
+CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
+CREATE TABLE IF NOT EXISTS rooms (
+    room     TEXT PRIMARY KEY,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+
+#: Seconds between retention sweeps; retention is not on the per-message path.
+PRUNE_EVERY = 10.0
+
+
+def default_history_path() -> Path:
+    """``$XDG_DATA_HOME/zmq-chat/history.sqlite3`` (``~/.local/share/...``)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "zmq-chat" / "history.sqlite3"
+
+
+class SqliteHistory:
+    """Keeps each room's newest ``per_room`` lines, none older than ``max_age``
+    seconds (0: no age limit). ``path`` may be ``":memory:"``."""
+
+    def __init__(self, path: str | Path, per_room: int = 10_000, max_age: float = 0.0) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._per_room = per_room
+        self._max_age = max_age
+        self._pending: list[tuple[str, int, str, str, str, float, int, str | None]] = []
+        self._last: dict[str, int] = dict(self._db.execute("SELECT room, last_seq FROM rooms"))
+        self._dirty: set[str] = set()
+        self._next_prune = 0.0
+
+    def last_seq(self, room: str) -> int:
+        return self._last.get(room, 0)
+
+    def append(self, message: ChatMessage, key: str | None) -> None:
+        self._pending.append(
+            (
+                message.room,
+                message.seq,
+                message.id,
+                message.nick,
+                message.text,
+                message.ts,
+                int(message.action),
+                key,
+            )
+        )
+        self._last[message.room] = message.seq
+        self._dirty.add(message.room)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?)", self._pending)
+            db.executemany(
+                "INSERT OR REPLACE INTO rooms VALUES (?, ?)",
+                [(room, self._last[room]) for room in self._dirty],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._pending.clear()
+        self._dirty.clear()
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + PRUNE_EVERY
+            self.prune()
+
+    def prune(self, now: float | None = None) -> None:
+        """Drop lines beyond the retention limits."""
+        db = self._db
+        db.execute("BEGIN")
+        for room, last in self._last.items():
+            db.execute(
+                "DELETE FROM messages WHERE room = ? AND seq <= ?", (room, last - self._per_room)
+            )
+        if self._max_age > 0:
+            cutoff = (time.time() if now is None else now) - self._max_age
+            db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
+        db.execute("COMMIT")
+
+    def fetch(
+        self, room: str, after: int, before: int | None, limit: int
+    ) -> tuple[list[ChatMessage], int]:
+        self.flush()  # lines of the current batch count too
+        last = self._last.get(room, 0)
+        upper = last + 1 if before is None else min(before, last + 1)
+        if upper <= after + 1 or limit <= 0:
+            return [], 0
+        rows = self._db.execute(
+            "SELECT seq, id, nick, text, ts, action FROM messages"
+            " WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (room, after, upper, limit),
+        ).fetchall()
+        rows.reverse()
+        (oldest,) = self._db.execute(
+            "SELECT MIN(seq) FROM messages WHERE room = ?", (room,)
+        ).fetchone()
+        oldest_kept = upper if oldest is None else oldest
+        missed = max(0, min(oldest_kept, upper) - (after + 1))
+        lines = [
+            ChatMessage(
+                room=room, nick=nick, text=text, ts=ts, id=id_, seq=seq, action=bool(action)
+            )
+            for seq, id_, nick, text, ts, action in rows
+        ]
+        return lines, missed
+
+    def recent_keys(self, count: int) -> list[tuple[str, ChatMessage]]:
+        rows = self._db.execute(
+            "SELECT key, room, seq, id, nick, text, ts, action FROM messages"
+            " WHERE key IS NOT NULL ORDER BY rowid DESC LIMIT ?",
+            (count,),
+        ).fetchall()
+        rows.reverse()
+        return [
+            (
+                key,
+                ChatMessage(
+                    room=room, nick=nick, text=text, ts=ts, id=id_, seq=seq, action=bool(action)
+                ),
+            )
+            for key, room, seq, id_, nick, text, ts, action in rows
+        ]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._db.close()
