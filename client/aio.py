@@ -60,12 +60,14 @@ class AsyncClient:
         pub: str | None = None,
         backlog: int = 50,
         curve: dict[str, bytes] | None = None,
+        sub_hwm: int | None = None,
     ) -> None:
         self.server = server
         self.session = ClientSession(
             nick, rooms or [room], server=server, pub_override=pub, backlog=backlog
         )
         self._curve = curve or {}
+        self._sub_hwm = sub_hwm
         self._ctx = zmq.asyncio.Context()
         self._dealer: zmq.asyncio.Socket | None = None
         self._sub: zmq.asyncio.Socket | None = None
@@ -218,6 +220,10 @@ class AsyncClient:
             sock.linger = 0
             for option, value in self._curve.items():
                 sock.setsockopt(getattr(zmq, option), value)
+        if self._sub_hwm is not None:
+            # How many broadcasts may wait unread; past it ZeroMQ drops and the
+            # session repairs from history.
+            sub.rcvhwm = self._sub_hwm
         dealer.connect(self.server)
         self._dealer, self._sub = dealer, sub
 

@@ -43,6 +43,7 @@ class Client:
         pub: str | None = None,
         backlog: int = 50,
         curve: dict[str, bytes] | None = None,
+        sub_hwm: int | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -50,7 +51,16 @@ class Client:
         )
         self._thread.start()
         self._async = self._call(
-            _make(server, nick, room, rooms=rooms, pub=pub, backlog=backlog, curve=curve)
+            _make(
+                server,
+                nick,
+                room,
+                rooms=rooms,
+                pub=pub,
+                backlog=backlog,
+                curve=curve,
+                sub_hwm=sub_hwm,
+            )
         )
 
     def _call(self, coroutine: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
