@@ -87,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="most rooms one client may be in (default 50)",
     )
     parser.add_argument(
+        "--max-rate",
+        type=float,
+        default=5.0,
+        metavar="LINES",
+        help="flood control: lines per second per client, 0 turns it off (default 5)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=_count,
+        default=10,
+        metavar="N",
+        help="flood control: lines a client may send at once (default 10)",
+    )
+    parser.add_argument(
         "--history",
         metavar="PATH",
         default=None,
@@ -138,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         heartbeat=heartbeat,
         max_clients=args.max_clients,
         rooms_per_client=args.rooms_per_client,
+        max_rate=args.max_rate,
+        burst=args.burst,
     )
+    if args.max_rate < 0:
+        print("chat-broker: --max-rate cannot be negative", file=sys.stderr)
+        return 2
     if args.history_days < 0:
         print("chat-broker: --history-days cannot be negative", file=sys.stderr)
         return 2
