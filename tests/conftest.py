@@ -91,15 +91,22 @@ class BrokerProcess:
     router: str
     pub: str
     log: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
+        """Signal the broker, wait for it, and release its stderr pipe."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
-            return self.proc.wait(10 * SCALE)
+            status = self.proc.wait(10 * SCALE)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            return self.proc.wait(5)
+            status = self.proc.wait(5)
+        if self.reader is not None:
+            self.reader.join(5)  # it ends at the pipe's end of file
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        return status
 
     def wait_for_log(self, pattern: str, timeout: float = 10.0) -> str:
         """Wait until a stderr line matches ``pattern``; returns the line."""
@@ -132,8 +139,9 @@ def spawn_broker(*args: str, router: str = ANY_PORT, pub: str = ANY_PORT) -> Bro
         for raw in proc.stderr:
             log.append(raw.decode("utf-8", "replace"))
 
-    threading.Thread(target=pump, daemon=True).start()
-    handle = BrokerProcess(proc, "", "", log)
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    handle = BrokerProcess(proc, "", "", log, reader)
     try:
         handle.router = re.search(
             r"router bound to (\S+)", handle.wait_for_log("router bound to")
