@@ -35,7 +35,7 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_
     pass
 
 
-class Welcome(_Event, tag="welcome"):
+class Welcome(_Event, tag="welcome", frozen=True):
     """We are in: our nickname and the current room."""
 
     nick: str
@@ -44,7 +44,7 @@ class Welcome(_Event, tag="welcome"):
     members: list[str]
 
 
-class Message(_Event, tag="message"):
+class Message(_Event, tag="message", frozen=True):
     """A line in a room; ``history`` marks replayed stored lines."""
 
     room: str
@@ -57,7 +57,7 @@ class Message(_Event, tag="message"):
     history: bool = False
 
 
-class Join(_Event, tag="join"):
+class Join(_Event, tag="join", frozen=True):
     """Someone joined one of our rooms."""
 
     room: str
@@ -65,7 +65,7 @@ class Join(_Event, tag="join"):
     ts: float
 
 
-class Leave(_Event, tag="leave"):
+class Leave(_Event, tag="leave", frozen=True):
     """Someone left one of our rooms: ``exit``, ``part``, ``timeout``..."""
 
     room: str
@@ -74,7 +74,7 @@ class Leave(_Event, tag="leave"):
     ts: float
 
 
-class Private(_Event, tag="private"):
+class Private(_Event, tag="private", frozen=True):
     """A private line (to us, or our own copy of one we sent)."""
 
     nick: str
@@ -85,27 +85,27 @@ class Private(_Event, tag="private"):
     action: bool = False
 
 
-class Nick(_Event, tag="nick"):
+class Nick(_Event, tag="nick", frozen=True):
     """Someone (maybe we) changed nickname."""
 
     old: str
     new: str
 
 
-class Joined(_Event, tag="joined"):
+class Joined(_Event, tag="joined", frozen=True):
     """We joined a further room (it is now the current one)."""
 
     room: str
     members: list[str]
 
 
-class Parted(_Event, tag="parted"):
+class Parted(_Event, tag="parted", frozen=True):
     """We left a room."""
 
     room: str
 
 
-class Who(_Event, tag="who"):
+class Who(_Event, tag="who", frozen=True):
     """Members of a room."""
 
     room: str
@@ -119,20 +119,20 @@ class RoomCount(msgspec.Struct, frozen=True, kw_only=True):
     members: int
 
 
-class Rooms(_Event, tag="rooms"):
+class Rooms(_Event, tag="rooms", frozen=True):
     """Rooms that have members."""
 
     rooms: list[RoomCount]
 
 
-class Missed(_Event, tag="missed"):
+class Missed(_Event, tag="missed", frozen=True):
     """``count`` lines of ``room`` are gone from the broker's history."""
 
     room: str
     count: int
 
 
-class Error(_Event, tag="error"):
+class Error(_Event, tag="error", frozen=True):
     """A request of ours failed, or a line could not be delivered."""
 
     code: str
@@ -142,7 +142,7 @@ class Error(_Event, tag="error"):
     text: str | None = None
 
 
-class Connection(_Event, tag="connection"):
+class Connection(_Event, tag="connection", frozen=True):
     """The link to the broker changed: ``reconnecting`` or ``reconnected``."""
 
     state: str
@@ -156,13 +156,13 @@ class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):
     description: str
 
 
-class Help(_Event, tag="help"):
+class Help(_Event, tag="help", frozen=True):
     """The answer to ``/help``."""
 
     commands: list[CommandHelp]
 
 
-class Shutdown(_Event, tag="shutdown"):
+class Shutdown(_Event, tag="shutdown", frozen=True):
     """The broker is shutting down."""
 
     reason: str

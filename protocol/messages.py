@@ -61,7 +61,7 @@ class _Message(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, ta
 # --- requests: client -> broker ---------------------------------------------
 
 
-class Hello(_Message, tag="hello"):
+class Hello(_Message, tag="hello", frozen=True):
     """Ask to join with a nickname; ``resume`` carries an earlier session token."""
 
     v: int
@@ -70,7 +70,7 @@ class Hello(_Message, tag="hello"):
     resume: str | None = None
 
 
-class Say(_Message, tag="say"):
+class Say(_Message, tag="say", frozen=True):
     """A chat line for a room the sender is in; ``action`` marks a /me line."""
 
     room: str
@@ -79,7 +79,7 @@ class Say(_Message, tag="say"):
     key: str | None = None
 
 
-class SendPrivate(_Message, tag="msg"):
+class SendPrivate(_Message, tag="msg", frozen=True):
     """A private line to one nickname, delivered over the ROUTER only."""
 
     to: str
@@ -88,36 +88,36 @@ class SendPrivate(_Message, tag="msg"):
     key: str | None = None
 
 
-class Join(_Message, tag="join"):
+class Join(_Message, tag="join", frozen=True):
     """Join a room; completes once ``sync/<session>/<sync>/`` is subscribed."""
 
     room: str
     sync: int
 
 
-class Part(_Message, tag="part"):
+class Part(_Message, tag="part", frozen=True):
     """Leave one room."""
 
     room: str
 
 
-class Rename(_Message, tag="nick"):
+class Rename(_Message, tag="nick", frozen=True):
     """Change nickname."""
 
     nick: str
 
 
-class Who(_Message, tag="who"):
+class Who(_Message, tag="who", frozen=True):
     """List the members of a room."""
 
     room: str
 
 
-class ListRooms(_Message, tag="rooms"):
+class ListRooms(_Message, tag="rooms", frozen=True):
     """List the rooms that have members, with member counts."""
 
 
-class History(_Message, tag="history"):
+class History(_Message, tag="history", frozen=True):
     """Ask for stored lines of a room: sequence numbers in ``[after+1, before-1]``."""
 
     room: str
@@ -126,11 +126,11 @@ class History(_Message, tag="history"):
     limit: int = 50
 
 
-class Ping(_Message, tag="ping"):
+class Ping(_Message, tag="ping", frozen=True):
     """Heartbeat: the broker answers with ``pong``."""
 
 
-class Bye(_Message, tag="bye"):
+class Bye(_Message, tag="bye", frozen=True):
     """Leave the chat: the broker answers ``goodbye`` and tells your rooms."""
 
 
@@ -152,7 +152,7 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     burst: int = 0
 
 
-class Welcome(_Message, tag="welcome"):
+class Welcome(_Message, tag="welcome", frozen=True):
     """Nickname reserved; subscribe on ``pub`` and then to the hello sync topic."""
 
     v: int
@@ -165,7 +165,7 @@ class Welcome(_Message, tag="welcome"):
     limits: Limits
 
 
-class Joined(_Message, tag="joined"):
+class Joined(_Message, tag="joined", frozen=True):
     """You are now a member of ``room``; ``seq`` is its latest sequence number."""
 
     room: str
@@ -173,20 +173,20 @@ class Joined(_Message, tag="joined"):
     members: list[str]
 
 
-class Parted(_Message, tag="parted"):
+class Parted(_Message, tag="parted", frozen=True):
     """You have left ``room``."""
 
     room: str
 
 
-class Renamed(_Message, tag="renamed"):
+class Renamed(_Message, tag="renamed", frozen=True):
     """Your nickname changed from ``old`` to ``new``."""
 
     old: str
     new: str
 
 
-class WhoReply(_Message, tag="who"):
+class WhoReply(_Message, tag="who", frozen=True):
     """Members of a room."""
 
     room: str
@@ -200,13 +200,13 @@ class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
     members: int
 
 
-class RoomList(_Message, tag="rooms"):
+class RoomList(_Message, tag="rooms", frozen=True):
     """Rooms with at least one member."""
 
     rooms: list[RoomInfo]
 
 
-class PrivateMessage(_Message, tag="private"):
+class PrivateMessage(_Message, tag="private", frozen=True):
     """A private line, delivered to its recipient and echoed to its sender."""
 
     nick: str
@@ -218,7 +218,7 @@ class PrivateMessage(_Message, tag="private"):
     key: str | None = None
 
 
-class Ack(_Message, tag="ack"):
+class Ack(_Message, tag="ack", frozen=True):
     """A line carrying ``key`` was accepted (``seq`` is 0 for private lines)."""
 
     key: str
@@ -227,7 +227,7 @@ class Ack(_Message, tag="ack"):
     seq: int = 0
 
 
-class Error(_Message, tag="error"):
+class Error(_Message, tag="error", frozen=True):
     """A request failed; ``code`` is stable, ``message`` is for people."""
 
     code: str
@@ -237,14 +237,14 @@ class Error(_Message, tag="error"):
     room: str | None = None
 
 
-class Pong(_Message, tag="pong"):
+class Pong(_Message, tag="pong", frozen=True):
     """Heartbeat answer with the latest sequence number of each of your rooms."""
 
     broker: str
     seqs: dict[str, int]
 
 
-class ChatMessage(_Message, tag="message"):
+class ChatMessage(_Message, tag="message", frozen=True):
     """A chat line in a room, stamped by the broker (also a Broadcast)."""
 
     room: str
@@ -256,7 +256,7 @@ class ChatMessage(_Message, tag="message"):
     action: bool = False
 
 
-class HistoryReply(_Message, tag="history"):
+class HistoryReply(_Message, tag="history", frozen=True):
     """Stored lines of a room in sequence order; ``missed`` counts expired ones."""
 
     room: str
@@ -265,13 +265,13 @@ class HistoryReply(_Message, tag="history"):
     seq: int = 0
 
 
-class Shutdown(_Message, tag="shutdown"):
+class Shutdown(_Message, tag="shutdown", frozen=True):
     """The broker is going away."""
 
     reason: str
 
 
-class Goodbye(_Message, tag="goodbye"):
+class Goodbye(_Message, tag="goodbye", frozen=True):
     """Answer to ``bye``: the session is over and the nickname free."""
 
 
@@ -294,7 +294,7 @@ Reply = (
 # --- broadcasts: broker PUB -> room subscribers ------------------------------
 
 
-class JoinNotice(_Message, tag="join"):
+class JoinNotice(_Message, tag="join", frozen=True):
     """``nick`` joined ``room``."""
 
     room: str
@@ -302,7 +302,7 @@ class JoinNotice(_Message, tag="join"):
     ts: float
 
 
-class LeaveNotice(_Message, tag="leave"):
+class LeaveNotice(_Message, tag="leave", frozen=True):
     """``nick`` left ``room``; reason is exit, part, timeout or shutdown."""
 
     room: str
@@ -311,7 +311,7 @@ class LeaveNotice(_Message, tag="leave"):
     ts: float
 
 
-class NickNotice(_Message, tag="nick"):
+class NickNotice(_Message, tag="nick", frozen=True):
     """``old`` is now ``new``; sent once per shared room with the same ``id``."""
 
     room: str
