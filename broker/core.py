@@ -57,7 +57,6 @@ from protocol import (
     Rename,
     Renamed,
     Reply,
-    Request,
     RoomInfo,
     RoomList,
     Say,
@@ -203,7 +202,7 @@ class BrokerCore:
                     if session is None
                     else "still joining: subscribe to your sync topic first",
                 )
-            return self._handlers[type(request)](session, request, now)  # type: ignore[operator]
+            return self._handlers[type(request)](session, request, now)  # type: ignore[operator, no-any-return]
         except ProtocolError as exc:
             request_type, key, room = _describe(frames)
             log.info(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -94,7 +95,7 @@ class BrokerServer:
         try:
             while not self._stopping:
                 wait_ms = max(0.0, (next_tick - time.monotonic()) * 1000)
-                ready = dict(poller.poll(wait_ms))
+                ready = dict(poller.poll(math.ceil(wait_ms)))
                 actions: list[Action] = []
                 if xpub in ready:
                     while True:

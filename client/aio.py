@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
+from typing import ParamSpec, TypeVar, cast
 
 import zmq
 import zmq.asyncio
@@ -30,6 +31,9 @@ from protocol import (
 )
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient"]
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 #: How often the pump wakes to let the core send heartbeats, at most.
@@ -206,10 +210,10 @@ class AsyncClient:
 
     # --- the pump ----------------------------------------------------------------
 
-    def _do(self, operation, *args):  # type: ignore[no-untyped-def]
+    def _do(self, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._closed.is_set():
             raise ConnectionClosed(self.session.close_reason or "exit")
-        result = operation(*args)
+        result = operation(*args, **kwargs)
         self._flush()
         return result
 
@@ -245,10 +249,9 @@ class AsyncClient:
         for subscribe, topic in out.subscribe:
             self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
         for request in out.requests:
-            try:
+            # Not connected yet and the queue is full: heartbeats will tell.
+            with contextlib.suppress(zmq.Again):
                 self._dealer.send(encode(request), zmq.NOBLOCK)
-            except zmq.Again:
-                pass  # not connected yet and the queue is full: heartbeats will tell
 
     def _deliver(self, events: list[ev.Event]) -> None:
         waiter = self._join_waiter
@@ -262,6 +265,10 @@ class AsyncClient:
                     continue
             self._events.put_nowait(event)
 
+    def _session_closed(self) -> bool:
+        # A method, not an inline test: the state changes under the loop.
+        return self.session.state is State.CLOSED
+
     async def _pump(self) -> None:
         session = self.session
         try:
@@ -273,7 +280,7 @@ class AsyncClient:
                 poller.register(dealer, zmq.POLLIN)
                 poller.register(sub, zmq.POLLIN)
                 self._wake.clear()
-                while dealer is self._dealer and session.state is not State.CLOSED:
+                while dealer is self._dealer and not self._session_closed():
                     ready = dict(await poller.poll(_TICK * 1000))
                     now = time.time()
                     events: list[ev.Event] = []
@@ -294,7 +301,9 @@ class AsyncClient:
         session = self.session
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK).result()
+                # zmq.asyncio completes a NOBLOCK receive at once (or raises Again).
+                pending = sock.recv_multipart(zmq.NOBLOCK)
+                frames = cast("asyncio.Future[list[bytes]]", pending).result()
             except zmq.Again:
                 return events
             try:

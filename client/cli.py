@@ -11,7 +11,7 @@ import threading
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
-from client.commands import EXIT, execute
+from client.commands import execute
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, validate_room
 
 __all__ = ["build_parser", "main"]
@@ -128,7 +128,7 @@ async def run_json(args: argparse.Namespace) -> int:
                 _emit(ev.Error(code="bad_encoding", message="that input line is not UTF-8"))
                 continue
             result = await execute(client, line)
-            if result == EXIT:
+            if isinstance(result, str):  # EXIT
                 return
             for event in result:
                 _emit(event)

@@ -492,7 +492,7 @@ class ClientSession:
         if track is None:
             return []
         if purpose == "older":
-            lines = [_as_event(m, history=True) for m in reply.messages]
+            lines: list[ev.Event] = [_as_event(m, history=True) for m in reply.messages]
             if reply.messages:
                 track.oldest = reply.messages[0].seq
             return lines
