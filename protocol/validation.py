@@ -78,6 +78,9 @@ def validate_room(room: str) -> str:
     leading ``#`` (IRC habit) is dropped. Raises ProtocolError(room_invalid).
     """
     canonical = room[1:] if room.startswith("#") else room
+    # ASCII is checked before lower-casing: str.lower() maps some non-ASCII
+    # look-alikes to ASCII (the Kelvin sign U+212A becomes "k").
+    ascii_only = canonical.isascii()
     canonical = canonical.lower()
     if not canonical:
         raise ProtocolError(ErrorCode.ROOM_INVALID, "a room name cannot be empty")
@@ -86,7 +89,7 @@ def validate_room(room: str) -> str:
             ErrorCode.ROOM_INVALID,
             f"a room name is at most {MAX_ROOM_LENGTH} characters (got {len(canonical)})",
         )
-    if not canonical.isascii() or _ROOM_RE.fullmatch(canonical) is None:
+    if not ascii_only or _ROOM_RE.fullmatch(canonical) is None:
         raise ProtocolError(
             ErrorCode.ROOM_INVALID,
             "a room name uses only ASCII letters, digits and _ - . "
