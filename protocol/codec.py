@@ -114,7 +114,13 @@ def _decode(
 ) -> Any:
     try:
         return decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError):
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        UnicodeDecodeError,
+        ValueError,
+        RecursionError,  # nesting deeper than the interpreter allows: a few KiB of "["
+    ):
         pass
     # The fast path failed: work out, slowly and only now, what is wrong.
     raise _diagnose(decoder, frame, known, what)
@@ -140,6 +146,8 @@ def _diagnose(
         decoder.decode(frame)  # again, only for msgspec's description of the fault
     except msgspec.ValidationError as exc:
         return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} {what}: {exc}")
+    except RecursionError:
+        return ProtocolError(ErrorCode.BAD_FRAME, f"the {what} is nested too deeply")
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         return ProtocolError(ErrorCode.BAD_ENCODING, f"bad {kind!r} {what}: {exc}")
     return ProtocolError(ErrorCode.BAD_MESSAGE, f"bad {kind!r} {what}")
