@@ -140,6 +140,8 @@ class Error(_Event, tag="error", frozen=True):
     req: str | None = None
     room: str | None = None
     text: str | None = None
+    #: The key ``say``/``private`` returned, when the failed request was a line.
+    key: str | None = None
 
 
 class Connection(_Event, tag="connection", frozen=True):

@@ -546,7 +546,12 @@ class ClientSession:
         text = failed.text if failed is not None else None
         out: list[ev.Event] = [
             ev.Error(
-                code=reply.code, message=reply.message, req=reply.req, room=reply.room, text=text
+                code=reply.code,
+                message=reply.message,
+                req=reply.req,
+                room=reply.room,
+                text=text,
+                key=reply.key if failed is not None else None,
             )
         ]
         for line in undeliverable:
@@ -557,6 +562,7 @@ class ClientSession:
                     req="say",
                     room=line.room,
                     text=line.text,
+                    key=line.key,
                 )
             )
         return out
