@@ -242,7 +242,9 @@ class BrokerCore:
         actions: list[Action] = []
         timeout = self.config.client_timeout
         for session in list(self._sessions.values()):
-            if now - session.last_seen > timeout:
+            # A client still joining is silent until its SUB syncs: the loop
+            # below drops it *with* a sync_timeout error saying why.
+            if now - session.last_seen > timeout and (session.active or not session.pending):
                 log.info("%s timed out", session.nick)
                 actions += self._remove(session, "timeout", now)
                 continue
