@@ -68,7 +68,12 @@ def start_broker(
 ) -> InProcessBroker:
     """Start an in-process broker on ephemeral ports."""
     server = BrokerServer(
-        router, pub, config or BrokerConfig(client_timeout=3.0, heartbeat=0.5), history
+        router,
+        pub,
+        # Flood control is off here: tests send bursts on purpose, and the
+        # limits have tests of their own (test_security.py, test_ratelimit.py).
+        config or BrokerConfig(client_timeout=3.0, heartbeat=0.5, max_rate=0),
+        history,
     )
     thread = threading.Thread(target=server.serve_forever, name="broker", daemon=True)
     thread.start()
