@@ -1,8 +1,10 @@
 """The chat client library: ``Client`` (blocking) and ``AsyncClient`` (asyncio),
-both on one session core (client/session.py), plus the events they yield."""
+both on one session core (client/session.py), plus the events they yield, and
+``Bot`` for chat bots (client/bot.py)."""
 
 from client import events
 from client.aio import AsyncClient
+from client.bot import Bot
 from client.session import ClientSession, State
 from client.sync import Client
 from protocol import (
@@ -17,6 +19,7 @@ from protocol import (
 
 __all__ = [
     "AsyncClient",
+    "Bot",
     "BrokerUnreachable",
     "ChatError",
     "Client",
