@@ -22,6 +22,9 @@ client: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check protocol broker client tests
 	$(BIN)/mypy

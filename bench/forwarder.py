@@ -1,0 +1,46 @@
+"""Baseline: the smallest Python broker, a ROUTER -> PUB forwarder.
+
+It receives a frame and publishes it under a topic, nothing else: no
+decoding, no validation, no state. Its CPU cost per delivery is the floor of
+any broker written in Python on pyzmq. It logs where it bound the way
+``chat-broker`` does, so bench/run.py starts every server the same way, and
+it ends on SIGTERM (the default action).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import zmq
+
+TOPIC = b"room/bench/"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Bind, log the endpoints to stderr, forward until killed."""
+    parser = argparse.ArgumentParser(prog="bench.forwarder", description=__doc__.split("\n")[0])
+    parser.add_argument("--router", default="tcp://127.0.0.1:*")
+    parser.add_argument("--pub", default="tcp://127.0.0.1:*")
+    parser.add_argument("--pub-hwm", type=int, default=10_000, help="as chat-broker's default")
+    args = parser.parse_args(argv)
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    pub = ctx.socket(zmq.PUB)
+    pub.sndhwm = args.pub_hwm
+    router.bind(args.router)
+    pub.bind(args.pub)
+    print(
+        f"router bound to {router.getsockopt_string(zmq.LAST_ENDPOINT)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    print(f"pub bound to {pub.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr, flush=True)
+    recv, send = router.recv_multipart, pub.send_multipart
+    while True:
+        frames = recv()
+        send([TOPIC, frames[-1]])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,465 @@
+"""The load generator: every simulated client driven from one poll loop.
+
+Run by bench/run.py as its own process (pinned to a core of its own), it opens
+a DEALER and a SUB socket per client and speaks the wire format directly, with
+requests built from byte templates, so that the generator stays as cheap as
+possible and the server's cost is what the figures show.
+
+Two modes:
+
+* ``chat``: our broker. Each client sends ``hello``, subscribes to the room
+  topic and then its ``sync/<session>/0/`` topic, and waits for ``joined``.
+  Senders send ``say`` requests with an idempotency key (so the broker
+  acknowledges them) whose text is ``<sender>:<counter>:<send time>``.
+  Every client pings at the heartbeat interval once joined.
+* ``raw``: the baselines (bench/forwarder.py, bench/proxy.py), which know no
+  protocol. A DEALER sends ``<sender>:<counter>:<send time>`` as one frame and
+  every SUB, subscribed to everything, gets it back from the relay. "Joined"
+  means that a SUB has received one of the probe frames (``P``) that client 0
+  sends until every SUB has heard one.
+
+Every client receives every line (its own included), so the generator checks
+loss, duplication and order per (sender, receiver) pair from the counters,
+and measures latency from the send time (one process, one monotonic clock).
+A sender keeps at most ``--window`` lines in flight (sent, not yet back on its
+own SUB) so that no queue overflows and any loss is the server's fault.
+
+The server's CPU time (utime + stime from /proc/PID/stat) and resident memory
+(VmRSS from /proc/PID/status) are read by this process at the edges of the
+measured window. The result is one JSON object on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import zmq
+
+ROOM = "bench"
+ROOM_TOPIC = b"room/bench/"
+PROBE = b"P"
+#: How often each joined chat client pings (the broker's default heartbeat is 2 s).
+PING_EVERY = 1.5
+#: How long the socket queues must stay quiet before "settled".
+QUIET = 0.3
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class _Body(msgspec.Struct):
+    """The few fields of a broker message the generator looks at (others skipped)."""
+
+    type: str
+    text: str = ""
+    session: str = ""
+    code: str = ""
+    message: str = ""
+
+
+_decode = msgspec.json.Decoder(_Body).decode
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), in seconds."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    fields = data[data.rindex(b")") + 2 :].split()
+    # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14, 15.
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (VmRSS)."""
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of an already sorted list (None if empty)."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+@dataclass
+class Tally:
+    """Per (sender, receiver) delivery checks and the counters of one run."""
+
+    receivers: int
+    senders: int
+    last: list[list[int]] = field(default_factory=list)
+    missing: dict[tuple[int, int], set[int]] = field(default_factory=dict)
+    received: int = 0
+    duplicated: int = 0
+    out_of_order: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last = [[0] * self.senders for _ in range(self.receivers)]
+
+    def deliver(self, receiver: int, sender: int, counter: int, latency: float) -> None:
+        """Record that ``receiver`` got line ``counter`` of ``sender``."""
+        row = self.last[receiver]
+        previous = row[sender]
+        self.received += 1
+        self.latencies.append(latency)
+        if counter == previous + 1:
+            row[sender] = counter
+        elif counter > previous + 1:
+            gap = self.missing.setdefault((receiver, sender), set())
+            gap.update(range(previous + 1, counter))
+            row[sender] = counter
+        else:
+            holes = self.missing.get((receiver, sender))
+            if holes is not None and counter in holes:
+                holes.discard(counter)
+                self.out_of_order += 1
+            else:
+                self.duplicated += 1
+
+    def lost(self, sent: list[int]) -> int:
+        """Lines that some receiver never got."""
+        total = sum(len(gap) for gap in self.missing.values())
+        for row in self.last:
+            for sender, count in enumerate(sent):
+                total += count - row[sender]
+        return total
+
+
+class LoadGen:
+    """Opens the clients, joins them, runs one scenario, and reports."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.chat = args.mode == "chat"
+        self.n = args.clients
+        self.s = min(args.senders, args.clients)
+        self.pid: int = args.server_pid
+        self.ctx = zmq.Context()
+        self.ctx.max_sockets = 2 * self.n + 64
+        self.dealers: list[zmq.Socket[bytes]] = []
+        self.subs: list[zmq.Socket[bytes]] = []
+        self.index: dict[zmq.Socket[bytes], int] = {}
+        self.tally = Tally(self.n, self.s)
+        self.sent = [0] * self.s
+        self.acks = 0
+        self.errors: list[str] = []
+        self.joined = [False] * self.n
+        self.joined_count = 0
+        self.other = 0  # broadcasts that are not lines (join notices, probes)
+        self.ping_start = 0.0
+        self.pinged = 0
+        if self.chat:
+            self.say_templates = [
+                b'{"type":"say","room":"bench","text":"%d:%%d:%%.6f","key":"k%d-%%d"}' % (i, i)
+                for i in range(self.s)
+            ]
+
+    # --- sockets ---------------------------------------------------------
+
+    def open(self) -> None:
+        for i in range(self.n):
+            dealer = self.ctx.socket(zmq.DEALER)
+            dealer.linger = 0
+            dealer.connect(self.args.router)
+            sub = self.ctx.socket(zmq.SUB)
+            sub.linger = 0
+            # The generator's own queue never drops: any loss is the server's.
+            sub.rcvhwm = 0
+            sub.connect(self.args.pub)
+            if not self.chat:
+                sub.subscribe(b"")
+            self.dealers.append(dealer)
+            self.subs.append(sub)
+            self.index[dealer] = i
+            self.index[sub] = i
+
+    def close(self) -> None:
+        for sock in self.dealers + self.subs:
+            sock.close(0)
+        self.ctx.term()
+
+    # --- receiving -------------------------------------------------------
+
+    def on_sub(self, sock: zmq.Socket[bytes]) -> None:
+        receiver = self.index[sock]
+        tally = self.tally
+        chat = self.chat
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            now = time.perf_counter()
+            if chat:
+                body = _decode(frames[1])
+                if body.type != "message":
+                    self.other += 1
+                    continue
+                sender_s, counter_s, ts_s = body.text.split(":")
+            else:
+                payload = frames[-1]
+                if payload[:1] == PROBE:
+                    self.other += 1
+                    if not self.joined[receiver]:
+                        self.joined[receiver] = True
+                        self.joined_count += 1
+                    continue
+                sender_b, counter_b, ts_b = payload.split(b":")
+                sender_s, counter_s, ts_s = sender_b.decode(), counter_b.decode(), ts_b.decode()
+            tally.deliver(receiver, int(sender_s), int(counter_s), now - float(ts_s))
+
+    def on_dealer(self, sock: zmq.Socket[bytes]) -> None:
+        i = self.index[sock]
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            body = _decode(frame)
+            kind = body.type
+            if kind == "ack":
+                self.acks += 1
+            elif kind == "pong":
+                pass
+            elif kind == "welcome":
+                sub = self.subs[i]
+                sub.subscribe(ROOM_TOPIC)
+                # Subscribed last: seeing it, the broker knows the room topic is live.
+                sub.subscribe(b"sync/%s/0/" % body.session.encode())
+            elif kind == "joined":
+                if not self.joined[i]:
+                    self.joined[i] = True
+                    self.joined_count += 1
+            elif len(self.errors) < 20:
+                self.errors.append(f"client {i}: {kind} {body.code} {body.message}")
+
+    def pump(self, poller: zmq.Poller, timeout_ms: float) -> None:
+        for sock, _ in poller.poll(int(timeout_ms)):
+            if sock.socket_type == zmq.SUB:
+                self.on_sub(sock)
+            else:
+                self.on_dealer(sock)
+
+    def ping_due(self, now: float) -> None:
+        """Ping every client once per PING_EVERY, spread evenly over time."""
+        if not self.chat or not self.ping_start:
+            return
+        due = int((now - self.ping_start) / PING_EVERY * self.n)
+        while self.pinged < due:
+            self.dealers[self.pinged % self.n].send(b'{"type":"ping"}')
+            self.pinged += 1
+
+    # --- phases ----------------------------------------------------------
+
+    def join(self) -> float:
+        """Join every client; returns the seconds it took."""
+        deadline = time.perf_counter() + self.args.join_timeout
+        start = time.perf_counter()
+        poller = zmq.Poller()
+        if self.chat:
+            for i, dealer in enumerate(self.dealers):
+                dealer.send(b'{"type":"hello","v":1,"nick":"c%d","rooms":["bench"]}' % i)
+                # Only the DEALERs, as each real client would read its own replies
+                # at once; join notices wait on the SUBs until the join is over.
+                poller.register(dealer, zmq.POLLIN)
+        else:
+            for sub in self.subs:
+                poller.register(sub, zmq.POLLIN)
+        next_probe = 0.0
+        while self.joined_count < self.n:
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(f"only {self.joined_count} of {self.n} clients joined")
+            if not self.chat and now >= next_probe:
+                self.dealers[0].send(PROBE)
+                next_probe = now + 0.01
+            self.pump(poller, 10)
+        took = time.perf_counter() - start
+        self.ping_start = time.perf_counter()
+        return took
+
+    def full_poller(self) -> zmq.Poller:
+        poller = zmq.Poller()
+        for sock in self.subs:
+            poller.register(sock, zmq.POLLIN)
+        if self.chat:
+            for sock in self.dealers:
+                poller.register(sock, zmq.POLLIN)
+        return poller
+
+    def settle(self, poller: zmq.Poller) -> None:
+        """Read until nothing has arrived for QUIET seconds."""
+        deadline = time.perf_counter() + self.args.join_timeout
+        while time.perf_counter() < deadline:
+            self.ping_due(time.perf_counter())
+            if not poller.poll(int(QUIET * 1000)):
+                return
+            self.pump(poller, 0)
+
+    def load(self, poller: zmq.Poller) -> dict[str, Any]:
+        """Send for the scenario's duration, then wait for every delivery."""
+        args = self.args
+        tally = self.tally
+        own = tally.last  # own[s][s]: what sender s has seen of its own lines
+        window = args.window
+        sent = self.sent
+        chat = self.chat
+        dealers = self.dealers
+        templates = self.say_templates if chat else []
+        paced = args.rate > 0
+        interval = 1.0 / args.rate if paced else 0.0
+        server0 = cpu_seconds(self.pid)
+        gen0 = time.process_time()
+        start = time.perf_counter()
+        stop_sending = start + args.duration
+        next_due = start
+        lines = 0
+        while True:
+            now = time.perf_counter()
+            if now >= stop_sending:
+                break
+            self.ping_due(now)
+            if paced:
+                while next_due <= now:
+                    s = lines % self.s
+                    if sent[s] - own[s][s] < window:
+                        sent[s] += 1
+                        c = sent[s]
+                        if chat:
+                            dealers[s].send(templates[s] % (c, time.perf_counter(), c))
+                        else:
+                            dealers[s].send(b"%d:%d:%.6f" % (s, c, time.perf_counter()))
+                    lines += 1
+                    next_due = start + lines * interval
+                wait = max(0.0, min(next_due, stop_sending) - time.perf_counter()) * 1000
+            else:
+                for s in range(self.s):
+                    room = window - (sent[s] - own[s][s])
+                    # A bounded chunk per sender keeps the loop reading in between.
+                    for _ in range(min(room, 64)):
+                        sent[s] += 1
+                        c = sent[s]
+                        if chat:
+                            dealers[s].send(templates[s] % (c, time.perf_counter(), c))
+                        else:
+                            dealers[s].send(b"%d:%d:%.6f" % (s, c, time.perf_counter()))
+                wait = 50.0
+            self.pump(poller, wait)
+        sending_stopped = time.perf_counter()
+        expected = sum(sent) * self.n
+        drain_deadline = sending_stopped + args.drain_timeout
+        while time.perf_counter() < drain_deadline:
+            if tally.received - tally.duplicated >= expected and (
+                not chat or self.acks >= sum(sent)
+            ):
+                break
+            self.ping_due(time.perf_counter())
+            self.pump(poller, 20)
+        end = time.perf_counter()
+        server_cpu = cpu_seconds(self.pid) - server0
+        gen_cpu = time.process_time() - gen0
+        wall = end - start
+        lines_sent = sum(sent)
+        accepted = self.acks if chat else lines_sent
+        deliveries = tally.received
+        lat = sorted(tally.latencies)
+        return {
+            "wall_s": wall,
+            "send_s": sending_stopped - start,
+            "lines_sent": lines_sent,
+            "lines_accepted": accepted,
+            "deliveries": deliveries,
+            "expected_deliveries": expected,
+            "lost": tally.lost(sent),
+            "duplicated": tally.duplicated,
+            "out_of_order": tally.out_of_order,
+            "server_cpu_s": server_cpu,
+            "gen_cpu_s": gen_cpu,
+            "server_util": server_cpu / wall,
+            "gen_util": gen_cpu / wall,
+            "deliveries_per_s": deliveries / wall,
+            "lines_per_s": accepted / wall,
+            "cpu_us_per_delivery": server_cpu * 1e6 / deliveries if deliveries else None,
+            "cpu_us_per_line": server_cpu * 1e6 / accepted if accepted else None,
+            "latency_p50_ms": _ms(percentile(lat, 0.50)),
+            "latency_p99_ms": _ms(percentile(lat, 0.99)),
+            "latency_max_ms": _ms(lat[-1] if lat else None),
+        }
+
+    def run(self) -> dict[str, Any]:
+        rss_before = rss_kib(self.pid)
+        server_join0 = cpu_seconds(self.pid)
+        self.open()
+        try:
+            join_s = self.join()
+            join_cpu = cpu_seconds(self.pid) - server_join0
+            poller = self.full_poller()
+            self.settle(poller)
+            rss_after = rss_kib(self.pid)
+            result: dict[str, Any] = {
+                "mode": self.args.mode,
+                "clients": self.n,
+                "senders": self.s,
+                "join_s": join_s,
+                "join_cpu_s": join_cpu,
+                "rss_before_kib": rss_before,
+                "rss_joined_kib": rss_after,
+                "rss_per_client_kib": (rss_after - rss_before) / self.n,
+            }
+            if self.s > 0 and self.args.duration > 0:
+                result.update(self.load(poller))
+                result["rss_end_kib"] = rss_kib(self.pid)
+            result["acks"] = self.acks
+            result["other_broadcasts"] = self.other
+            result["errors"] = self.errors
+            return result
+        finally:
+            self.close()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Options of ``python -m bench.loadgen`` (normally set by bench/run.py)."""
+    parser = argparse.ArgumentParser(prog="bench.loadgen", description=__doc__.split("\n")[0])
+    parser.add_argument("--mode", choices=["chat", "raw"], required=True)
+    parser.add_argument("--router", required=True)
+    parser.add_argument("--pub", required=True)
+    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--senders", type=int, default=0)
+    parser.add_argument("--duration", type=float, default=0.0, help="seconds of sending")
+    parser.add_argument("--rate", type=float, default=0.0, help="lines/s in all; 0 = flood")
+    parser.add_argument("--window", type=int, default=100, help="lines in flight per sender")
+    parser.add_argument("--join-timeout", type=float, default=30.0)
+    parser.add_argument("--drain-timeout", type=float, default=10.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one scenario and print its result as JSON."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = LoadGen(args).run()
+    except TimeoutError as exc:
+        result = {"mode": args.mode, "clients": args.clients, "failed": str(exc)}
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
