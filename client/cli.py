@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -84,10 +85,22 @@ def _emit(event: ev.Event) -> None:
 
 def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes | None]) -> None:
     # A thread, because stdin may be a pipe, a file or a terminal, and only a
-    # blocking read works on all of them.
-    for line in sys.stdin.buffer:
-        loop.call_soon_threadsafe(lines.put_nowait, line)
-    loop.call_soon_threadsafe(lines.put_nowait, None)
+    # blocking read works on all of them. It uses os.read, not sys.stdin.buffer:
+    # a daemon thread blocked inside the BufferedReader holds its lock, and the
+    # interpreter then aborts at exit (SIGABRT, "could not acquire lock for
+    # <stdin> at interpreter shutdown") after /exit or a signal with stdin open.
+    def put(item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: we are exiting
+            loop.call_soon_threadsafe(lines.put_nowait, item)
+
+    pending = b""
+    while chunk := os.read(sys.stdin.fileno(), 65536):
+        *complete, pending = (pending + chunk).split(b"\n")
+        for line in complete:
+            put(line + b"\n")
+    if pending:
+        put(pending)
+    put(None)
 
 
 async def run_json(args: argparse.Namespace) -> int:
