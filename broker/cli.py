@@ -11,7 +11,8 @@ from types import FrameType
 
 import zmq
 
-from broker.core import BrokerConfig
+from broker import auth
+from broker.core import MAX_FRAME_BYTES, BrokerConfig
 from broker.server import BrokerServer
 from broker.sqlite_history import SqliteHistory, default_history_path
 
@@ -101,6 +102,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="flood control: lines a client may send at once (default 10)",
     )
     parser.add_argument(
+        "--max-history-rate",
+        type=float,
+        default=10.0,
+        metavar="N",
+        help="history, who and room-list requests per second per client, 0 turns "
+        "the limit off (default 10; bursts of --rooms-per-client plus N)",
+    )
+    parser.add_argument(
+        "--max-frame",
+        type=_count,
+        default=MAX_FRAME_BYTES,
+        metavar="BYTES",
+        help="largest frame a client may send (ZMQ_MAXMSGSIZE); a bigger one "
+        f"drops its connection (default {MAX_FRAME_BYTES})",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="encrypt and authenticate with CURVE, using this key_secret file "
+        "from chat-keygen (clients need the matching .key file)",
+    )
+    parser.add_argument(
+        "--allow-keys",
+        metavar="DIR",
+        help="with --curve-secret: accept only clients whose public key is a *.key file in DIR",
+    )
+    parser.add_argument(
+        "--nick-keys",
+        metavar="FILE",
+        help="with --curve-secret: registered nicknames, one 'NICK KEY' per line "
+        "(KEY is Z85 or a .key file); only that key may use that nickname",
+    )
+    parser.add_argument(
         "--history",
         metavar="PATH",
         default=None,
@@ -154,9 +188,26 @@ def main(argv: list[str] | None = None) -> int:
         rooms_per_client=args.rooms_per_client,
         max_rate=args.max_rate,
         burst=args.burst,
+        max_history_rate=args.max_history_rate,
+        max_frame=args.max_frame,
     )
-    if args.max_rate < 0:
-        print("chat-broker: --max-rate cannot be negative", file=sys.stderr)
+    if args.max_rate < 0 or args.max_history_rate < 0:
+        print("chat-broker: --max-rate and --max-history-rate cannot be negative", file=sys.stderr)
+        return 2
+    curve_keys: tuple[bytes, bytes] | None = None
+    allowed: frozenset[str] | None = None
+    if (args.allow_keys or args.nick_keys) and not args.curve_secret:
+        print("chat-broker: --allow-keys and --nick-keys need --curve-secret", file=sys.stderr)
+        return 2
+    try:
+        if args.curve_secret:
+            curve_keys = auth.load_secret(args.curve_secret)
+        if args.allow_keys:
+            allowed = auth.load_allowed_keys(args.allow_keys)
+        if args.nick_keys:
+            config.nick_keys = auth.load_nick_keys(args.nick_keys)
+    except auth.KeyFileError as exc:
+        print(f"chat-broker: {exc}", file=sys.stderr)
         return 2
     if args.history_days < 0:
         print("chat-broker: --history-days cannot be negative", file=sys.stderr)
@@ -177,12 +228,16 @@ def main(argv: list[str] | None = None) -> int:
             history=history,
             advertised_pub=args.advertise_pub,
             pub_hwm=args.pub_hwm,
+            curve_keys=curve_keys,
+            allowed_keys=allowed,
         )
     except zmq.ZMQError as exc:
         history.close()
         print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
         return 1
     logging.getLogger("broker").info("history in %s", history_path)
+    if curve_keys is not None:
+        logging.getLogger("broker").info("CURVE public key %s", curve_keys[0].decode())
 
     def stop(signum: int, frame: FrameType | None) -> None:
         server.stop()

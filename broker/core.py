@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from broker.history import HistoryStore, MemoryHistory
+from broker.ratelimit import TokenBucket
 from protocol import (
     PROTOCOL_VERSION,
     SYNC_PREFIX,
@@ -119,6 +120,14 @@ class BrokerConfig:
     #: Flood control per client: lines per second (0 turns it off) and burst.
     max_rate: float = 5.0
     burst: int = 10
+    #: History, who and room-list requests per second per client (0: no limit);
+    #: the burst allows one repair per room after a reconnect (docs/SECURITY.md).
+    max_history_rate: float = 10.0
+    #: Largest request frame (ZMQ_MAXMSGSIZE); larger ones drop the connection.
+    max_frame: int = MAX_FRAME_BYTES
+    #: Registered nicknames: nick_key(nick) -> the Z85 CURVE public key that
+    #: alone may use it (needs CURVE; see docs/SECURITY.md).
+    nick_keys: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True, eq=False)
@@ -132,6 +141,13 @@ class _Session:
     # sync number -> (rooms waiting for it, when asked)
     pending: dict[int, tuple[list[str], float]] = field(default_factory=dict)
     early_syncs: set[int] = field(default_factory=set)
+    #: The CURVE public key (ZAP User-Id) of the connection that said hello,
+    #: or None without CURVE: requests from any other key are refused.
+    peer: str | None = None
+    #: Flood control of lines, joins, parts and renames (anything that publishes).
+    flood: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    #: Flood control of history, who and room-list requests.
+    queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
 
 
 @dataclass(slots=True, eq=False)
@@ -167,7 +183,7 @@ class BrokerCore:
             nick_length=MAX_NICK_LENGTH,
             room_length=MAX_ROOM_LENGTH,
             rooms_per_client=self.config.rooms_per_client,
-            frame_bytes=MAX_FRAME_BYTES,
+            frame_bytes=self.config.max_frame,
             rate=self.config.max_rate,
             burst=self.config.burst,
         )
@@ -186,15 +202,28 @@ class BrokerCore:
 
     # --- what the loop calls ---------------------------------------------
 
-    def handle(self, identity: bytes, frames: list[bytes], now: float) -> list[Action]:
-        """Decide what to do with the frames one client sent (after its routing id)."""
+    def handle(
+        self, identity: bytes, frames: list[bytes], now: float, peer: str | None = None
+    ) -> list[Action]:
+        """Decide what to do with the frames one client sent (after its routing id).
+
+        ``peer`` is the connection's authenticated CURVE key (the ZAP User-Id),
+        or None without CURVE; a session answers only to the key that made it.
+        """
         session = self._sessions.get(identity)
-        if session is not None:
-            session.last_seen = now
         try:
+            if session is not None and session.peer != peer:
+                # A client can choose its routing id (ZMQ_ROUTING_ID) and so
+                # reuse a departed client's; it cannot forge a key.
+                session = None
+                raise ProtocolError(
+                    ErrorCode.SESSION_INVALID, "this connection does not own that session"
+                )
+            if session is not None:
+                session.last_seen = now
             request = decode_request(frames)
             if isinstance(request, Hello):
-                return self._hello(identity, session, request, now)
+                return self._hello(identity, session, request, now, peer)
             if session is None or not session.active:
                 raise ProtocolError(
                     ErrorCode.NOT_JOINED,
@@ -202,7 +231,12 @@ class BrokerCore:
                     if session is None
                     else "still joining: subscribe to your sync topic first",
                 )
-            return self._handlers[type(request)](session, request, now)  # type: ignore[operator, no-any-return]
+            kind = type(request)
+            if kind in _FLOODING and not session.flood.take(now):
+                raise _throttled(session.flood, "lines, joins, parts and renames")
+            if kind in _QUERIES and not session.queries.take(now):
+                raise _throttled(session.queries, "history, who and room-list requests")
+            return self._handlers[kind](session, request, now)  # type: ignore[operator, no-any-return]
         except ProtocolError as exc:
             request_type, key, room = _describe(frames)
             log.info(
@@ -297,7 +331,12 @@ class BrokerCore:
     # --- joining ---------------------------------------------------------
 
     def _hello(
-        self, identity: bytes, session: _Session | None, hello: Hello, now: float
+        self,
+        identity: bytes,
+        session: _Session | None,
+        hello: Hello,
+        now: float,
+        peer: str | None = None,
     ) -> list[Action]:
         if hello.v != PROTOCOL_VERSION:
             raise ProtocolError(
@@ -314,7 +353,11 @@ class BrokerCore:
                 f"at most {self.config.rooms_per_client} rooms per client",
             )
         resumed = self._by_token.get(hello.resume) if hello.resume else None
-        if resumed is not None and nick_key(resumed.nick) == nick_key(nick):
+        if (
+            resumed is not None
+            and nick_key(resumed.nick) == nick_key(nick)
+            and resumed.peer == peer
+        ):
             # The same client on a new connection (a new routing id): rebind.
             del self._sessions[resumed.identity]
             resumed.identity = identity
@@ -326,6 +369,7 @@ class BrokerCore:
             return [Send(identity, self._welcome(resumed))]
         if nick_key(nick) in self._by_nick:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is taken")
+        self._check_registered(nick, peer)
         if len(self._sessions) >= self.config.max_clients:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_CLIENTS,
@@ -338,6 +382,12 @@ class BrokerCore:
             token=token,
             last_seen=now,
             pending={0: (rooms, now)},
+            peer=peer,
+            flood=TokenBucket(self.config.max_rate, self.config.burst),
+            queries=TokenBucket(
+                self.config.max_history_rate,
+                self.config.rooms_per_client + max(1, int(self.config.max_history_rate)),
+            ),
         )
         self._sessions[identity] = session
         self._by_nick[nick_key(nick)] = session
@@ -506,6 +556,7 @@ class BrokerCore:
         holder = self._by_nick.get(nick_key(new))
         if holder is not None and holder is not session:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
+        self._check_registered(new, session.peer)
         del self._by_nick[nick_key(old)]
         self._by_nick[nick_key(new)] = session
         session.nick = new
@@ -553,6 +604,13 @@ class BrokerCore:
 
     # --- helpers ---------------------------------------------------------
 
+    def _check_registered(self, nick: str, peer: str | None) -> None:
+        owner = self.config.nick_keys.get(nick_key(nick))
+        if owner is not None and owner != peer:
+            raise ProtocolError(
+                ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is registered to another key"
+            )
+
     def _next_id(self) -> str:
         self._ids += 1
         return f"{self.broker_id}-{self._ids:x}"
@@ -562,6 +620,20 @@ class BrokerCore:
         if len(self._keys) > KEY_MEMORY:
             self._keys.popitem(last=False)
         return ack
+
+
+#: Requests that publish to a room (or reach another client): the flood bucket.
+_FLOODING: Final = frozenset({Say, SendPrivate, Join, Part, Rename})
+#: Requests that only cost the broker work: the query bucket.
+_QUERIES: Final = frozenset({History, Who, ListRooms})
+
+
+def _throttled(bucket: TokenBucket, what: str) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.RATE_LIMITED,
+        f"too many {what}: at most {bucket.rate:g} a second (bursts of {bucket.burst:g}); "
+        f"not delivered, try again in {max(bucket.retry_after(), 0.01):.2f} s",
+    )
 
 
 def _nicks(room: _Room) -> list[str]:

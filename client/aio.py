@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
 from typing import ParamSpec, TypeVar, cast
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from client import events as ev
 from client.session import ClientSession, State
@@ -38,6 +39,13 @@ _T = TypeVar("_T")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 #: How often the pump wakes to let the core send heartbeats, at most.
 _TICK = 0.1
+#: Handshake failures that end a connect at once: with CURVE a refusal is
+#: otherwise silent (ZeroMQ just retries), and we would wait for the timeout.
+_HANDSHAKE_FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class AsyncClient:
@@ -65,12 +73,22 @@ class AsyncClient:
         backlog: int = 50,
         curve: dict[str, bytes] | None = None,
         sub_hwm: int | None = None,
+        server_key: bytes | None = None,
+        client_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """``server_key`` (the broker's Z85 public key) turns on CURVE encryption;
+        ``client_keys`` (public, secret; Z85) is our keypair, a fresh one if
+        not given. ``curve`` sets raw socket options (``{"CURVE_SERVERKEY": ...}``)."""
         self.server = server
         self.session = ClientSession(
             nick, rooms or [room], server=server, pub_override=pub, backlog=backlog
         )
-        self._curve = curve or {}
+        self._curve = dict(curve or {})
+        if server_key is not None:
+            public, secret = client_keys or zmq.curve_keypair()
+            self._curve.update(
+                CURVE_SERVERKEY=server_key, CURVE_PUBLICKEY=public, CURVE_SECRETKEY=secret
+            )
         self._sub_hwm = sub_hwm
         self._ctx = zmq.asyncio.Context()
         self._dealer: zmq.asyncio.Socket | None = None
@@ -113,18 +131,65 @@ class AsyncClient:
             self.session.hello(time.time(), nick)
         except ProtocolError as exc:
             raise JoinRefused(exc.code, exc.message) from None
+        watcher = self._watch_handshake(self._join_waiter)
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
         try:
-            return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
+            finally:
+                await watcher()  # before _shut: the context waits for every socket
         except TimeoutError:
             await self._shut(reason="unreachable")
             raise BrokerUnreachable(
                 f"no answer from a broker at {self.server} within {timeout:g} s"
             ) from None
+        except JoinRefused as exc:
+            if exc.code == "auth_failed":
+                await self._shut(reason="auth_failed")
+            raise
         finally:
             self._join_waiter = None
+
+    def _watch_handshake(
+        self, waiter: asyncio.Future[ev.Welcome]
+    ) -> Callable[[], Coroutine[None, None, None]]:
+        """Fail ``waiter`` with JoinRefused("auth_failed") as soon as the DEALER's
+        security handshake fails; returns the coroutine function that stops watching."""
+        dealer = self._dealer
+        assert dealer is not None
+        monitor = dealer.get_monitor_socket(_HANDSHAKE_FAILED)
+        # Without CURVE a dropped handshake is most likely a broker going
+        # away mid-connect: keep retrying until the timeout then.
+        fatal = (
+            _HANDSHAKE_FAILED
+            if self._curve
+            else (_HANDSHAKE_FAILED & ~zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        )
+
+        async def watch() -> None:
+            while not waiter.done():
+                event = parse_monitor_message(await monitor.recv_multipart())
+                if event["event"] & fatal and not waiter.done():
+                    waiter.set_exception(
+                        JoinRefused(
+                            "auth_failed",
+                            _handshake_message(event["event"], event["value"], self.server),
+                        )
+                    )
+
+        task = asyncio.create_task(watch(), name="chat-client-handshake")
+
+        async def stop() -> None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            with contextlib.suppress(zmq.ZMQError):
+                dealer.disable_monitor()
+            monitor.close(linger=0)
+
+        return stop
 
     async def close(self, timeout: float = 2.0) -> None:
         """Leave (others see ``exit``) and release the sockets."""
@@ -323,3 +388,22 @@ class AsyncClient:
         self._closed.set()
         self._close_sockets()
         self._ctx.term()
+
+
+def _handshake_message(event: int, value: int, server: str) -> str:
+    """What to tell a person whose security handshake with ``server`` failed."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return (
+            f"authentication failed: the broker at {server} refused our key "
+            f"(ZAP status {value}); is our public key in its --allow-keys directory?"
+        )
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return (
+            f"authentication failed: security handshake with {server} failed "
+            f"(protocol error {value:#x}); one side uses CURVE and the other "
+            "does not, or the keys are not valid (--server-key)"
+        )
+    return (
+        f"authentication failed: the broker at {server} dropped the encrypted "
+        "handshake; is --server-key the broker's public key?"
+    )

@@ -9,13 +9,18 @@ import os
 import signal
 import sys
 import threading
+from typing import Any
+
+import zmq
+import zmq.auth
+from zmq.utils import z85
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import execute
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, validate_room
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "curve_options", "main"]
 
 #: Exit statuses (README "JSON mode").
 EXIT_OK = 0
@@ -56,7 +61,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-bell", action="store_true", help="do not ring the bell when you are mentioned"
     )
+    parser.add_argument(
+        "--server-key",
+        metavar="FILE_OR_Z85",
+        help="encrypt with CURVE: the broker's public key, as its .key file "
+        "or 40 Z85 characters (docs/SECURITY.md)",
+    )
+    parser.add_argument(
+        "--curve-secret",
+        metavar="FILE",
+        help="with --server-key: our own key_secret file from chat-keygen "
+        "(default: a fresh keypair for this run)",
+    )
     return parser
+
+
+def curve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The AsyncClient keyword options for ``--server-key``/``--curve-secret``.
+
+    Raises ValueError with a message for a person if a key cannot be read.
+    """
+    if args.curve_secret and not args.server_key:
+        raise ValueError("--curve-secret needs --server-key (the broker's public key)")
+    if not args.server_key:
+        return {}
+    options: dict[str, Any] = {"server_key": _public_key(args.server_key)}
+    if args.curve_secret:
+        try:
+            public, secret = zmq.auth.load_certificate(args.curve_secret)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--curve-secret: cannot read {args.curve_secret}: {exc}") from None
+        if secret is None:
+            raise ValueError(f"--curve-secret: {args.curve_secret} holds no secret key")
+        options["client_keys"] = (
+            _z85_key(public, "--curve-secret"),
+            _z85_key(secret, "--curve-secret"),
+        )
+    return options
+
+
+def _public_key(text: str) -> bytes:
+    if len(text) == 40 and not os.path.exists(text):
+        return _z85_key(text.encode("ascii", "replace"), "--server-key")
+    try:
+        public, _ = zmq.auth.load_certificate(text)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"--server-key: {text!r} is neither a key file nor 40 Z85 characters ({exc})"
+        ) from None
+    return _z85_key(public, "--server-key")
+
+
+def _z85_key(key: bytes, option: str) -> bytes:
+    try:
+        if len(key) == 40 and len(z85.decode(key)) == 32:
+            return key
+    except (ValueError, KeyError):
+        pass
+    raise ValueError(f"{option}: not a valid CURVE key (40 Z85 characters)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         validate_room(args.room)
     except ProtocolError as exc:
         print(f"chat-client: --room: {exc.message}", file=sys.stderr)
+        return EXIT_REFUSED
+    try:
+        args.curve_options = curve_options(args)
+    except ValueError as exc:
+        print(f"chat-client: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     if args.json:
         return asyncio.run(run_json(args))
@@ -108,7 +175,14 @@ async def run_json(args: argparse.Namespace) -> int:
     if not args.nick:
         _emit(ev.Error(code="nick_invalid", message="--nick is required with --json", req="hello"))
         return EXIT_REFUSED
-    client = AsyncClient(args.server, args.nick, args.room, pub=args.pub, backlog=args.backlog)
+    client = AsyncClient(
+        args.server,
+        args.nick,
+        args.room,
+        pub=args.pub,
+        backlog=args.backlog,
+        **getattr(args, "curve_options", {}),
+    )
     try:
         welcome = await client.connect()
     except JoinRefused as exc:

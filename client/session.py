@@ -525,10 +525,14 @@ class ClientSession:
         undeliverable: list[Say] = []
         if reply.req == "history" and reply.room:
             purposes = self._history_purpose.get(reply.room)
-            if purposes:
-                purposes.popleft()
+            purpose = purposes.popleft() if purposes else None
             track = self._tracks.get(reply.room)
             if track is not None:
+                if purpose == "repair" and reply.code == ErrorCode.RATE_LIMITED:
+                    # Our own repair was throttled (many rooms at once): leave it
+                    # marked in progress, so tick() asks again a little later.
+                    track.repair_since = now
+                    return []
                 track.repairing = False
         if reply.req == "join" and reply.room:
             self._joining.pop(reply.room, None)

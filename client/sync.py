@@ -44,7 +44,10 @@ class Client:
         backlog: int = 50,
         curve: dict[str, bytes] | None = None,
         sub_hwm: int | None = None,
+        server_key: bytes | None = None,
+        client_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """Options as for :class:`AsyncClient` (``server_key`` turns on CURVE)."""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="chat-client"
@@ -60,6 +63,8 @@ class Client:
                 backlog=backlog,
                 curve=curve,
                 sub_hwm=sub_hwm,
+                server_key=server_key,
+                client_keys=client_keys,
             )
         )
 
