@@ -191,14 +191,15 @@ async def run_json(args: argparse.Namespace) -> int:
     except BrokerUnreachable as exc:
         _emit(ev.Error(code="unreachable", message=str(exc), req="hello"))
         return EXIT_UNREACHABLE
-    _emit(welcome)
-
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
     threading.Thread(target=_read_stdin, args=(loop, lines), daemon=True).start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    # Only now: a script that signals us as soon as it sees the welcome gets a
+    # clean leave (reason exit), not the default handler killing us silently.
+    _emit(welcome)
 
     async def print_events() -> None:
         async for event in client:
