@@ -302,7 +302,11 @@ class ClientSession:
         return self._send_line(key, Say(room=target, text=text, action=action, key=key))
 
     def private(self, to: str, text: str, *, action: bool = False) -> str:
-        """Send a private line to ``to``; returns its key."""
+        """Send a private line to ``to``; returns its key.
+
+        Raises ProtocolError for an invalid line or nickname.
+        """
+        validate_nick(to)
         validate_text(text)
         key = self._new_key()
         return self._send_line(key, SendPrivate(to=to, text=text, action=action, key=key))
