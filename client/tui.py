@@ -275,9 +275,7 @@ class _Chat:
     def __init__(self, args: argparse.Namespace, terminal: bool, colour: bool) -> None:
         self.args = args
         self.bell = not getattr(args, "no_bell", False)
-        self.client = AsyncClient(
-            args.server, args.nick or "", args.room, pub=args.pub, backlog=args.backlog
-        )
+        self.client = self._new_client()
         self.renderer = Renderer(nick=args.nick or "", room=args.room, colour=colour)
         self.screen: _Screen
         if terminal:
@@ -288,6 +286,17 @@ class _Chat:
         else:
             self.screen = _PlainScreen(colour)
         self._stop = asyncio.Event()
+
+    def _new_client(self) -> AsyncClient:
+        args = self.args
+        return AsyncClient(
+            args.server, args.nick or "", args.room, pub=args.pub, backlog=args.backlog
+        )
+
+    async def _close_client(self) -> None:
+        # A failed close must not hide why we are leaving.
+        with contextlib.suppress(ChatError):
+            await self.client.close()
 
     # --- what the completer and prompt ask ----------------------------------
 
@@ -351,6 +360,10 @@ class _Chat:
                     )
                 )
                 nick = None
+                # A fresh client for the next try: nothing of the refused
+                # attempt (sockets, monitors) can leak into it.
+                await self._close_client()
+                self.client = self._new_client()
                 continue
             except BrokerUnreachable as exc:
                 self.show_event(ev.Error(code="unreachable", message=str(exc), req="hello"))
@@ -401,7 +414,7 @@ class _Chat:
         finally:
             for signum in _LEAVE_SIGNALS:
                 loop.remove_signal_handler(signum)
-            await self.client.close()
+            await self._close_client()
 
     async def _talk(self) -> int:
         printer = asyncio.create_task(self._print_events())
@@ -413,7 +426,7 @@ class _Chat:
             self.screen.interrupt()
         await reader
         ended_by_broker = printer.done()
-        await self.client.close()
+        await self._close_client()
         with contextlib.suppress(asyncio.CancelledError):
             await printer  # prints what came before the goodbye
         reason = self.client.session.close_reason or "exit"
