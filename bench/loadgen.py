@@ -13,8 +13,10 @@ Two modes:
   acknowledges them) whose text is ``<sender>:<counter>:<send time>``.
   Every client pings at the heartbeat interval once joined.
 * ``raw``: the baselines (bench/forwarder.py, bench/proxy.py), which know no
-  protocol. A DEALER sends ``<sender>:<counter>:<send time>`` as one frame and
-  every SUB, subscribed to everything, gets it back from the relay. "Joined"
+  protocol. A DEALER sends ``<sender>:<counter>:<send time>:`` padded to
+  ``--payload-bytes`` (default 140, the size of the broker's broadcast of such
+  a line) as one frame, and every SUB, subscribed to everything, gets it back
+  from the relay. "Joined"
   means that a SUB has received one of the probe frames (``P``) that client 0
   sends until every SUB has heard one.
 
@@ -215,7 +217,7 @@ class LoadGen:
                         self.joined[receiver] = True
                         self.joined_count += 1
                     continue
-                sender_b, counter_b, ts_b = payload.split(b":")
+                sender_b, counter_b, ts_b, _ = payload.split(b":", 3)
                 sender_s, counter_s, ts_s = sender_b.decode(), counter_b.decode(), ts_b.decode()
             tally.deliver(receiver, int(sender_s), int(counter_s), now - float(ts_s))
 
@@ -317,6 +319,9 @@ class LoadGen:
         chat = self.chat
         dealers = self.dealers
         templates = self.say_templates if chat else []
+        # Raw lines are padded to the size of the broker's broadcast of a line,
+        # so that the baselines move as many bytes per delivery as the broker.
+        pad = b"x" * args.payload_bytes
         paced = args.rate > 0
         interval = 1.0 / args.rate if paced else 0.0
         server0 = cpu_seconds(self.pid)
@@ -339,7 +344,8 @@ class LoadGen:
                         if chat:
                             dealers[s].send(templates[s] % (c, time.perf_counter(), c))
                         else:
-                            dealers[s].send(b"%d:%d:%.6f" % (s, c, time.perf_counter()))
+                            head = b"%d:%d:%.6f:" % (s, c, time.perf_counter())
+                            dealers[s].send(head + pad[len(head) :])
                     lines += 1
                     next_due = start + lines * interval
                 wait = max(0.0, min(next_due, stop_sending) - time.perf_counter()) * 1000
@@ -353,7 +359,8 @@ class LoadGen:
                         if chat:
                             dealers[s].send(templates[s] % (c, time.perf_counter(), c))
                         else:
-                            dealers[s].send(b"%d:%d:%.6f" % (s, c, time.perf_counter()))
+                            head = b"%d:%d:%.6f:" % (s, c, time.perf_counter())
+                            dealers[s].send(head + pad[len(head) :])
                 wait = 50.0
             self.pump(poller, wait)
         sending_stopped = time.perf_counter()
@@ -444,6 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=0.0, help="seconds of sending")
     parser.add_argument("--rate", type=float, default=0.0, help="lines/s in all; 0 = flood")
     parser.add_argument("--window", type=int, default=100, help="lines in flight per sender")
+    parser.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=140,
+        help="raw mode: bytes per line (our broker's broadcast of a line is about 140)",
+    )
     parser.add_argument("--join-timeout", type=float, default=30.0)
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     return parser
