@@ -348,7 +348,7 @@ def _iterate(client: Client) -> Iterator[ev.Event]:
 
 def test_a_line_the_broker_refuses_is_reported_to_its_sender_with_its_key(connect) -> None:  # type: ignore[no-untyped-def]
     alice = connect("alice")
-    key = alice.private("nobody", "are you there?")
+    key = alice.private("ghost", "are you there?")
     error = wait_for(alice, ev.Error)
     assert (error.code, error.key, error.text) == ("no_such_nick", key, "are you there?")
     # Refused means done: it is not resent and nothing else is stuck behind it.
