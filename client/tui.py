@@ -290,7 +290,13 @@ class _Chat:
     def _new_client(self) -> AsyncClient:
         args = self.args
         return AsyncClient(
-            args.server, args.nick or "", args.room, pub=args.pub, backlog=args.backlog
+            args.server,
+            args.nick or "",
+            args.room,
+            pub=args.pub,
+            backlog=args.backlog,
+            # --server-key/--curve-secret, prepared by client/cli.py
+            **getattr(args, "curve_options", {}),
         )
 
     async def _close_client(self) -> None:

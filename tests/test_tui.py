@@ -209,3 +209,32 @@ def test_leaving_tells_the_others(chat_broker: BrokerProcess, how: str) -> None:
         child.expect(pexpect.EOF)
         child.close()
         assert child.exitstatus == 0
+
+
+@pytest.mark.parametrize("no_bell", [False, True])
+def test_mention_rings_the_bell_unless_no_bell(chat_broker: BrokerProcess, no_bell: bool) -> None:
+    args = ["--nick", "alice", *(["--no-bell"] if no_bell else [])]
+    seen = io.StringIO()
+    with other(chat_broker, "bob") as bob, terminal_client(chat_broker, *args) as child:
+        child.logfile_read = seen
+        _joined(child, "alice")
+        bob.say("no mention here")
+        see(child, "no mention here")
+        assert "\x07" not in seen.getvalue()
+        bob.say("Alice: are you there?")
+        see(child, "are you there?")
+        bob.say("marker")  # the bell, if any, is written before this line is shown
+        see(child, "<bob> marker")
+        assert ("\x07" in seen.getvalue()) != no_bell
+
+
+def test_broker_going_away_is_shown(chat_broker: BrokerProcess) -> None:
+    with terminal_client(chat_broker, "--nick", "alice") as child:
+        _joined(child, "alice")
+        chat_broker.stop()
+        see(child, "the broker is shutting down")
+        see(child, "lost the broker; reconnecting...")
+        see(child, "[alice #lobby (reconnecting)]")
+        child.sendcontrol("d")
+        see(child, "you left the chat")
+        child.expect(pexpect.EOF)
