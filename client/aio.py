@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from types import TracebackType
@@ -33,6 +34,7 @@ from protocol import (
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient"]
 
+_monitor_ids = itertools.count()
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -46,6 +48,9 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+#: Handshakes dropped without detail before connect gives up (each retry
+#: takes ZeroMQ's reconnect interval, 0.1 s by default).
+_DROPS_BEFORE_GIVING_UP = 3
 
 
 class AsyncClient:
@@ -159,19 +164,24 @@ class AsyncClient:
         security handshake fails; returns the coroutine function that stops watching."""
         dealer = self._dealer
         assert dealer is not None
-        monitor = dealer.get_monitor_socket(_HANDSHAKE_FAILED)
-        # Without CURVE a dropped handshake is most likely a broker going
-        # away mid-connect: keep retrying until the timeout then.
-        fatal = (
-            _HANDSHAKE_FAILED
-            if self._curve
-            else (_HANDSHAKE_FAILED & ~zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        # A fresh address per attempt: libzmq may still hold the previous
+        # monitor's inproc address when connect() is retried with a new nick.
+        monitor = dealer.get_monitor_socket(
+            _HANDSHAKE_FAILED, addr=f"inproc://chat-client-monitor-{next(_monitor_ids)}"
         )
 
         async def watch() -> None:
+            dropped = 0
             while not waiter.done():
                 event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] & fatal and not waiter.done():
+                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    # A wrong server key, or a plain client meeting a CURVE
+                    # broker, looks like this every time; a broker going away
+                    # mid-handshake only once: wait for a pattern.
+                    dropped += 1
+                    if dropped < _DROPS_BEFORE_GIVING_UP:
+                        continue
+                if not waiter.done():
                     waiter.set_exception(
                         JoinRefused(
                             "auth_failed",

@@ -643,3 +643,12 @@ def test_zap_decisions() -> None:
     assert decide([b"1.0", b"8", b"", b"", b"", b"NULL"], None)[0][2] == b"400"
     assert decide([b"junk"], None)[0][2] == b"500"
     assert decide([*request[:6], b"short"], None)[0][2] == b"400"
+
+
+@pytest.mark.timeout(30)
+def test_curve_client_against_a_plain_broker_is_refused_fast(broker_process: Any) -> None:
+    key = zmq.curve_keypair()[0].decode()
+    status, took, events = _refused(broker_process.router, "--server-key", key)
+    assert status == 2
+    assert took < 6 * SCALE
+    assert [e["code"] for e in events] == ["auth_failed"]
