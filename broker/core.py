@@ -383,7 +383,7 @@ class BrokerCore:
             last_seen=now,
             pending={0: (rooms, now)},
             peer=peer,
-            flood=TokenBucket(self.config.max_rate, self.config.burst),
+            flood=TokenBucket(self.config.max_rate, max(1, self.config.burst)),
             queries=TokenBucket(
                 self.config.max_history_rate,
                 self.config.rooms_per_client + max(1, int(self.config.max_history_rate)),
