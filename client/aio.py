@@ -101,6 +101,7 @@ class AsyncClient:
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
         self._pump_task: asyncio.Task[None] | None = None
         self._join_waiter: asyncio.Future[ev.Welcome] | None = None
+        self._stop_watching: Callable[[], Coroutine[None, None, None]] | None = None
         self._closed = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -137,6 +138,7 @@ class AsyncClient:
         except ProtocolError as exc:
             raise JoinRefused(exc.code, exc.message) from None
         watcher = self._watch_handshake(self._join_waiter)
+        self._stop_watching = watcher
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
@@ -192,6 +194,8 @@ class AsyncClient:
         task = asyncio.create_task(watch(), name="chat-client-handshake")
 
         async def stop() -> None:
+            if monitor.closed:
+                return  # already stopped (by close() during connect)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -391,6 +395,12 @@ class AsyncClient:
 
     async def _shut(self, reason: str) -> None:
         self.session.closed_by_front_end(reason)
+        if self._join_waiter is not None and not self._join_waiter.done():
+            self._join_waiter.set_exception(ConnectionClosed(reason))
+        if self._stop_watching is not None:
+            # The monitor socket must be closed, or the context never terminates.
+            await self._stop_watching()
+            self._stop_watching = None
         if self._pump_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task

@@ -100,7 +100,9 @@ class State(Enum):
 
 _TRANSITIONS: dict[State, frozenset[State]] = {
     State.IDLE: frozenset({State.JOINING, State.CLOSED}),
-    State.JOINING: frozenset({State.JOINED, State.IDLE, State.RECONNECTING, State.CLOSED}),
+    State.JOINING: frozenset(
+        {State.JOINED, State.IDLE, State.RECONNECTING, State.CLOSING, State.CLOSED}
+    ),
     State.JOINED: frozenset({State.RECONNECTING, State.CLOSING, State.CLOSED}),
     State.RECONNECTING: frozenset({State.JOINED, State.CLOSING, State.CLOSED}),
     State.CLOSING: frozenset({State.CLOSED}),

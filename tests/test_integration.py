@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from broker import BrokerConfig
-from client import AsyncClient, Client, JoinRefused
+from client import AsyncClient, Client, ConnectionClosed, JoinRefused
 from client import events as ev
 from protocol import (
     Error,
@@ -122,6 +122,34 @@ def test_refused_nicknames_say_why(connect: Connect, broker: InProcessBroker) ->
             assert caught.value.code == code
         finally:
             client.close()
+
+
+def test_one_client_can_retry_refused_nicknames_until_one_is_free(
+    connect: Connect, broker: InProcessBroker
+) -> None:
+    connect("taken")
+    client = Client(broker.router, "taken")
+    try:
+        for _ in range(5):  # each retry watches the handshake with a new monitor
+            with pytest.raises(JoinRefused) as caught:
+                client.connect("Taken", timeout=5 * SCALE)
+            assert caught.value.code == "nick_taken"
+        welcome = client.connect("free", timeout=5 * SCALE)
+        assert welcome.nick == "free"
+    finally:
+        client.close()
+
+
+def test_closing_while_the_join_is_pending_does_not_raise(broker: InProcessBroker) -> None:
+    async def scenario() -> None:
+        client = AsyncClient(broker.router, "hasty")
+        joining = asyncio.ensure_future(client.connect(timeout=5 * SCALE))
+        await asyncio.sleep(0)  # let connect send its hello, then give up at once
+        await client.close()
+        [outcome] = await asyncio.gather(joining, return_exceptions=True)
+        assert isinstance(outcome, ConnectionClosed)
+
+    asyncio.run(scenario())
 
 
 # --- delivery ---------------------------------------------------------------------------
