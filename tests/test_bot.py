@@ -333,6 +333,24 @@ def test_the_bot_keeps_under_the_brokers_rate() -> None:
         asyncio.run(scenario(broker.router))
 
 
+def test_bot_joins_afresh_when_its_session_ends() -> None:
+    async def scenario(router: str) -> None:
+        bot = _echo_bot(router)
+        async with serving(bot), AsyncClient(router, "alice") as alice:
+            first = bot.client
+            assert first is not None
+            await first.close()  # as if the broker had refused to take the bot back
+            deadline = time.monotonic() + 10 * SCALE
+            while bot.client is None or bot.client is first or bot.client.rooms != ["lobby"]:
+                assert time.monotonic() < deadline, "the bot did not join again"
+                await asyncio.sleep(0.02)
+            await alice.say("!echo again")
+            assert (await _next_line(alice, "echo")).text == "again"
+
+    with running_broker() as broker:
+        asyncio.run(scenario(broker.router))
+
+
 @pytest.mark.timeout(60 * SCALE)
 def test_bot_rejoins_a_restarted_broker_on_the_same_endpoints() -> None:
     flags = ("--heartbeat", "0.3", "--client-timeout", "2")

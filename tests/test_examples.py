@@ -65,9 +65,11 @@ def python_example(name: str, *args: str) -> list[str]:
     return [sys.executable, str(EXAMPLES / f"{name}.py"), *args]
 
 
-def stop_and_check(proc: subprocess.Popen[bytes], watcher: Client, nick: str, log: Path) -> None:
-    """SIGTERM: the example must leave (others see ``exit``) and exit 0."""
-    proc.send_signal(signal.SIGTERM)
+def stop_and_check(
+    proc: subprocess.Popen[bytes], watcher: Client, nick: str, log: Path, sig: int = signal.SIGTERM
+) -> None:
+    """SIGTERM (or ``sig``): the example must leave (others see ``exit``) and exit 0."""
+    proc.send_signal(sig)
     wait_for(watcher, ev.Leave, lambda e: e.nick == nick and e.reason == "exit", timeout=10)
     try:
         status = proc.wait(10 * SCALE)
@@ -126,7 +128,8 @@ def test_bridge_marks_origin_and_skips_relayed_lines() -> None:
 
 
 @pytest.mark.timeout(60 * SCALE)
-def test_echo_bot(chat_broker: BrokerProcess, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_echo_bot(chat_broker: BrokerProcess, tmp_path: Path, sig: int) -> None:
     log = tmp_path / "echo.log"
     with (
         watching(chat_broker, "alice") as alice,
@@ -138,7 +141,7 @@ def test_echo_bot(chat_broker: BrokerProcess, tmp_path: Path) -> None:
         alice.say("!echo hello, world")
         line = line_from(alice, "echo")
         assert (line.room, line.text) == ("lobby", "hello, world")
-        stop_and_check(proc, alice, "echo", log)
+        stop_and_check(proc, alice, "echo", log, sig)
 
 
 @pytest.mark.timeout(60 * SCALE)
