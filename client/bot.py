@@ -52,8 +52,6 @@ from protocol import (
     JoinRefused,
     Limits,
     ProtocolError,
-    Reply,
-    Welcome,
     nick_key,
     validate_nick,
     validate_room,
@@ -298,6 +296,7 @@ class Bot:
         self.limiter = RateLimiter(max_rate or 0.0, 1, margin=rate_margin)
         self._handlers = _Handlers()
         self._client: AsyncClient | None = None
+        self._limits: Limits | None = None
         self._outbox: asyncio.Queue[_Line] | None = None
         self._connected: asyncio.Event | None = None
         self._stop_event: asyncio.Event | None = None
@@ -493,6 +492,7 @@ class Bot:
             # lines and resend them all at once, past the broker's rate.
             if self._connected is not None:
                 if event.state == "reconnected":
+                    self._adopt_session_limits()
                     self._connected.set()
                 else:
                     self._connected.clear()
@@ -537,19 +537,12 @@ class Bot:
 
     # --- running -----------------------------------------------------------------
 
-    def _watch_welcome(self, client: AsyncClient) -> None:
-        # The client's events do not carry the welcome's limits, so look at the
-        # replies on their way into the session core (every welcome: a
-        # restarted broker may have other limits).
-        session = client.session
-        original = session.on_reply
-
-        def on_reply(reply: Reply, now: float) -> list[ev.Event]:
-            if isinstance(reply, Welcome):
-                self._adopt_limits(reply.limits)
-            return original(reply, now)
-
-        session.on_reply = on_reply  # type: ignore[method-assign]
+    def _adopt_session_limits(self) -> None:
+        # Every welcome, a restarted broker's included, may bring other limits.
+        limits = self._client.session.limits if self._client is not None else None
+        if limits is not None and limits is not self._limits:
+            self._limits = limits
+            self._adopt_limits(limits)
 
     def _adopt_limits(self, limits: Limits) -> None:
         self.text_limit = min(MAX_TEXT_BYTES, limits.text_bytes) or MAX_TEXT_BYTES
@@ -568,9 +561,9 @@ class Bot:
             backlog=self.backlog,
             curve=self.curve,
         )
-        self._watch_welcome(client)
         welcome = await client.connect(timeout=self.connect_timeout)
         self._client = client
+        self._adopt_session_limits()
         self._nick = welcome.nick
         log.info("joined %s as %s", ", ".join(welcome.rooms), welcome.nick)
         return client

@@ -46,6 +46,7 @@ from protocol import (
     Joined,
     JoinNotice,
     LeaveNotice,
+    Limits,
     ListRooms,
     NickNotice,
     Part,
@@ -156,6 +157,9 @@ class ClientSession:
         self.backlog = max(0, backlog)
         self.session_token: str | None = None
         self.broker_id: str | None = None
+        #: The broker's limits from the latest welcome (a restarted broker may
+        #: have other ones); None before the first welcome.
+        self.limits: Limits | None = None
         self.heartbeat = DEFAULT_HEARTBEAT
         self.last_heard = 0.0
         self.members: dict[str, list[str]] = {}
@@ -389,6 +393,7 @@ class ClientSession:
     def _on_welcome(self, reply: Welcome, now: float) -> list[ev.Event]:
         self.session_token = reply.session
         self.broker_id = reply.broker
+        self.limits = reply.limits
         self.heartbeat = reply.heartbeat
         self.nick = reply.nick
         self._next_ping = now + self.heartbeat
