@@ -61,6 +61,8 @@ SMOKE = [
     Scenario("idle1000", 30, 0, what="30 idle joined clients"),
 ]
 TARGETS = ["forwarder", "proxy", "broker"]
+#: Not run by default: the forwarder on asyncio, to price the event loop.
+EXTRA_TARGETS = ["forwarder-asyncio"]
 
 #: Figures shown in the table: (key, label, format).
 FIGURES: list[tuple[str, str, str]] = [
@@ -155,7 +157,8 @@ def start_server(
         command = [*(prefix or _broker_command()), *any_port]
         command += ["--history", str(history), "--max-rate", "0"]
     else:
-        command = [sys.executable, "-m", f"bench.{target}", *any_port]
+        module = target.replace("-", "_")
+        command = [sys.executable, "-m", f"bench.{module}", *any_port]
     command += extra
     log = workdir / f"{target}.log"
     with open(log, "wb") as err:
@@ -345,7 +348,7 @@ def render(
         if not rows:
             continue
         out.append(f"\n== {scenario.name}: {scenario.what}")
-        targets = [t for t in TARGETS if t in rows]
+        targets = [t for t in TARGETS + EXTRA_TARGETS if t in rows]
         header = f"{'figure':26}" + "".join(f"{t:>13}" for t in targets)
         header += f"{'broker/fwd':>12}{'proxy/fwd':>11}"
         out.append(header)
@@ -394,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.name for s in SCENARIOS],
         help="which scenarios (default all)",
     )
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=TARGETS)
+    parser.add_argument("--targets", nargs="+", choices=TARGETS + EXTRA_TARGETS, default=TARGETS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="JSON directory")
     parser.add_argument(
         "--broker-arg",
