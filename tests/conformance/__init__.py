@@ -1,0 +1,1 @@
+"""Black-box conformance suite for protocol v1 brokers (docs/CONFORMANCE.md)."""
