@@ -175,6 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-broker`` and ``python -m broker``."""
     args = build_parser().parse_args(argv)
+    # Handlers go in first: a signal during start-up (opening the history,
+    # binding) must still end in a clean shutdown, not the default death.
+    servers: list[BrokerServer] = []
+    stop_requested = False
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        for server in servers:
+            server.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -239,10 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     if curve_keys is not None:
         logging.getLogger("broker").info("CURVE public key %s", curve_keys[0].decode())
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        server.stop()
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    servers.append(server)
+    if stop_requested:
+        server.stop()  # asked to stop before the loop ran: it still says goodbye
     server.serve_forever()
     return 0
