@@ -23,6 +23,15 @@ from broker.history import HistoryStore
 from client import Client
 from client import events as ev
 
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/conformance/conftest.py: pytest only learns options
+    # from conftest files it loads at start-up.
+    group = parser.getgroup("conformance", "protocol v1 conformance suite (docs/CONFORMANCE.md)")
+    group.addoption("--router", default=None, help="ROUTER endpoint of the broker to check")
+    group.addoption("--pub", default=None, help="PUB endpoint (default: from the welcome)")
+
+
 #: Scales every wait in the tests (slow machines: CHAT_TEST_SCALE=3).
 SCALE = float(os.environ.get("CHAT_TEST_SCALE", "1"))
 ANY_PORT = "tcp://127.0.0.1:*"

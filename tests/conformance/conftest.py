@@ -2,9 +2,8 @@
 
 The broker under test is, in order of preference:
 
-1. the endpoints given by the options ``--router`` / ``--pub`` (these work only
-   when pytest loads this file at start-up, i.e. when you run
-   ``pytest tests/conformance``; see docs/CONFORMANCE.md);
+1. the endpoints given by the options ``--router`` / ``--pub`` (declared in
+   tests/conftest.py, which pytest loads at start-up);
 2. the environment variables ``CHAT_ROUTER`` / ``CHAT_PUB`` (``CHAT_PUB`` is
    optional: the welcome says where the PUB socket is);
 3. otherwise our own ``chat-broker``, started here on ephemeral ports with its
@@ -30,12 +29,6 @@ import pytest
 import zmq
 
 from tests.conformance.rawchat import SCALE, RawClient, unique_nick
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance", "protocol v1 conformance suite")
-    group.addoption("--router", default=None, help="ROUTER endpoint of the broker to check")
-    group.addoption("--pub", default=None, help="PUB endpoint (default: from the welcome)")
 
 
 @dataclass
