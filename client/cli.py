@@ -28,6 +28,26 @@ EXIT_UNREACHABLE = 1
 EXIT_REFUSED = 2
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds (got {text})")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative (got {text})")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The client's command-line options."""
     parser = argparse.ArgumentParser(prog="chat-client", description="Talk through a chat broker.")
@@ -47,8 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="subscribe here instead of where the broker says (port forwarding)",
     )
     parser.add_argument(
+        "--connect-timeout",
+        type=_positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="give up if no broker answers within this time (default 10)",
+    )
+    parser.add_argument(
         "--backlog",
-        type=int,
+        type=_count,
         default=50,
         metavar="N",
         help="lines of history to show on joining a room (default 50)",
@@ -184,7 +211,7 @@ async def run_json(args: argparse.Namespace) -> int:
         **getattr(args, "curve_options", {}),
     )
     try:
-        welcome = await client.connect()
+        welcome = await client.connect(timeout=args.connect_timeout)
     except JoinRefused as exc:
         _emit(ev.Error(code=exc.code, message=exc.message, req="hello"))
         return EXIT_REFUSED

@@ -353,7 +353,7 @@ class _Chat:
                 if not nick:
                     continue
             try:
-                welcome = await self.client.connect(nick)
+                welcome = await self.client.connect(nick, timeout=self.args.connect_timeout)
             except JoinRefused as exc:
                 if exc.code not in _RETRY_NICK:
                     self.show_event(ev.Error(code=exc.code, message=exc.message, req="hello"))

@@ -223,11 +223,21 @@ def test_json_mode_unreachable_broker_exits_1(clients: Callable[..., JsonClient]
         silent.listen()
         port = silent.getsockname()[1]
         started = time.monotonic()
-        client = clients(f"tcp://127.0.0.1:{port}", "alice")
+        client = clients(f"tcp://127.0.0.1:{port}", "alice", "--connect-timeout", "1.5")
         error = client.expect("error", timeout=20)
-        assert error["code"] == "unreachable"
+        assert error["code"] == "unreachable" and "1.5 s" in error["message"]
         assert client.wait() == 1
-        assert time.monotonic() - started < 15 * SCALE
+        assert time.monotonic() - started < 10 * SCALE
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--connect-timeout", "0"), ("--connect-timeout", "soon"), ("--backlog", "-1")],
+)
+def test_bad_client_flag_values_are_usage_errors(flag: str, value: str) -> None:
+    result = run(script("chat-client"), "--json", "--nick", "x", flag, value)
+    assert result.returncode == 2
+    assert flag in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("how", ["sigint", "sigterm", "no-stdin"])
