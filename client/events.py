@@ -14,6 +14,7 @@ __all__ = [
     "Error",
     "Event",
     "Help",
+    "HistoryEnd",
     "Join",
     "Joined",
     "Leave",
@@ -132,6 +133,13 @@ class Missed(_Event, tag="missed", frozen=True):
     count: int
 
 
+class HistoryEnd(_Event, tag="history_end", frozen=True):
+    """The end of the older lines ``/history`` asked for: ``count`` came (0: none left)."""
+
+    room: str
+    count: int
+
+
 class Error(_Event, tag="error", frozen=True):
     """A request of ours failed, or a line could not be delivered."""
 
@@ -182,6 +190,7 @@ Event = (
     | Who
     | Rooms
     | Missed
+    | HistoryEnd
     | Error
     | Connection
     | Help

@@ -314,6 +314,13 @@ class Renderer:
             _NOTICE,
         )
 
+    def _on_historyend(self, event: ev.HistoryEnd) -> Rendered:
+        room = escape_terminal(event.room)
+        if event.count == 0:
+            return self.notice(f"no older lines in #{room}", _NOTICE)
+        lines = "line" if event.count == 1 else "lines"
+        return self.notice(f"{event.count} older {lines} of #{room} above", _NOTICE)
+
     def _on_error(self, event: ev.Error) -> Rendered:
         text = f"{escape_terminal(event.message)} [{escape_terminal(event.code)}]"
         if event.text is not None:

@@ -506,7 +506,9 @@ class ClientSession:
             lines: list[ev.Event] = [_as_event(m, history=True) for m in reply.messages]
             if reply.messages:
                 track.oldest = reply.messages[0].seq
-            return lines
+            # A marker, so a reader knows the fetch is over (and an empty one
+            # is not mistaken for a lost answer).
+            return [*lines, ev.HistoryEnd(room=name, count=len(reply.messages))]
         track.repairing = False
         track.known = max(track.known, reply.seq)
         out: list[ev.Event] = []

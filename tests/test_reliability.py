@@ -320,6 +320,13 @@ def test_joining_replays_recent_history_then_older_on_request(connect) -> None: 
     older = [wait_for(carol, ev.Message) for _ in range(5)]
     assert [e.text for e in older] == [f"old {n}" for n in range(6, 11)]
     assert all(e.history for e in older)
+    assert wait_for(carol, ev.HistoryEnd).count == 5
+    carol.history(50)  # more than there is: the rest, then an end that says so
+    rest = [wait_for(carol, ev.Message) for _ in range(5)]
+    assert [e.text for e in rest] == [f"old {n}" for n in range(1, 6)]
+    assert wait_for(carol, ev.HistoryEnd).count == 5
+    carol.history(50)
+    assert wait_for(carol, ev.HistoryEnd) == ev.HistoryEnd(room="lobby", count=0)
 
 
 def test_resending_a_line_with_the_same_key_never_publishes_it_twice(connect) -> None:  # type: ignore[no-untyped-def]

@@ -243,3 +243,10 @@ def test_help_lists_every_command_within_80_columns() -> None:
 
 def test_plain_joins_fragments() -> None:
     assert plain([("bold", "a"), ("", "b")]) == "ab"
+
+
+def test_the_end_of_a_history_fetch_says_what_came() -> None:
+    r = renderer()
+    assert "no older lines in #lobby" in r.render(ev.HistoryEnd(room="lobby", count=0)).text
+    assert "3 older lines of #lobby above" in r.render(ev.HistoryEnd(room="lobby", count=3)).text
+    assert "1 older line of #lobby above" in r.render(ev.HistoryEnd(room="lobby", count=1)).text
