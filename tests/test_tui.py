@@ -10,16 +10,18 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pexpect
 import pytest
 
 from client import Client
 from client import events as ev
-from tests.conftest import SCALE, BrokerProcess, script, wait_for
+from tests.conftest import SCALE, BrokerProcess, script, spawn_broker, wait_for
 
 pytestmark = pytest.mark.timeout(int(90 * SCALE))
 
@@ -85,8 +87,6 @@ def _joined(child: pexpect.spawn, nick: str, room: str = "lobby") -> None:
 
 @pytest.fixture
 def chat_broker() -> Iterator[BrokerProcess]:
-    from tests.conftest import spawn_broker
-
     handle = spawn_broker("--client-timeout", "3")
     try:
         yield handle
@@ -238,3 +238,28 @@ def test_broker_going_away_is_shown(chat_broker: BrokerProcess) -> None:
         child.sendcontrol("d")
         see(child, "you left the chat")
         child.expect(pexpect.EOF)
+
+
+def test_a_restarted_broker_is_rejoined_and_shown(tmp_path: Path) -> None:
+    history = str(tmp_path / "history.sqlite3")
+    first = spawn_broker("--client-timeout", "3", "--history", history)
+    second: BrokerProcess | None = None
+    try:
+        with terminal_client(first, "--nick", "alice") as child:
+            _joined(child, "alice")
+            first.stop(signal.SIGKILL)  # no goodbye: only the heartbeats tell
+            see(child, "lost the broker; reconnecting...")
+            second = spawn_broker(
+                "--client-timeout", "3", "--history", history, router=first.router, pub=first.pub
+            )
+            see(child, "reconnected")
+            see(child, "[alice #lobby]")
+            with other(second, "bob") as bob:
+                child.sendline("still here")
+                assert wait_for(bob, ev.Message, lambda e: e.nick == "alice").text == "still here"
+            child.sendcontrol("d")
+            child.expect(pexpect.EOF)
+    finally:
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
