@@ -37,11 +37,20 @@ def _joined_session(seq: int = 0) -> ClientSession:
     session = ClientSession("me", ["lobby"], backlog=0)
     session.hello(0.0)
     session.take_output()
-    limits = Limits(text_bytes=4096, nick_length=32, room_length=32, rooms_per_client=50,
-                    frame_bytes=65536)
+    limits = Limits(
+        text_bytes=4096, nick_length=32, room_length=32, rooms_per_client=50, frame_bytes=65536
+    )
     session.on_reply(
-        Welcome(v=1, nick="me", session="tok", pub="tcp://127.0.0.1:1", broker="b",
-                heartbeat=1.0, timeout=5.0, limits=limits),
+        Welcome(
+            v=1,
+            nick="me",
+            session="tok",
+            pub="tcp://127.0.0.1:1",
+            broker="b",
+            heartbeat=1.0,
+            timeout=5.0,
+            limits=limits,
+        ),
         0.0,
     )
     session.on_reply(Joined(room="lobby", seq=seq, members=["me"]), 0.0)
@@ -178,10 +187,12 @@ def history_file(tmp_path: Path) -> Path:
     return tmp_path / "history.sqlite3"
 
 
-def _broker_with_file(path: Path, router: str = "tcp://127.0.0.1:*",
-                      pub: str = "tcp://127.0.0.1:*"):  # type: ignore[no-untyped-def]
-    return spawn_broker("--client-timeout", "2", "--max-rate", "0", "--history", str(path),
-                        router=router, pub=pub)
+def _broker_with_file(
+    path: Path, router: str = "tcp://127.0.0.1:*", pub: str = "tcp://127.0.0.1:*"
+):  # type: ignore[no-untyped-def]
+    return spawn_broker(
+        "--client-timeout", "2", "--max-rate", "0", "--history", str(path), router=router, pub=pub
+    )
 
 
 class _Recorder:
