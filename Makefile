@@ -26,7 +26,8 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check protocol broker client tests
+	$(BIN)/ruff check protocol broker client tests examples bench
+	$(BIN)/ruff format --check protocol broker client tests examples bench
 	$(BIN)/mypy
 
 clean:
