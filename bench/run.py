@@ -215,15 +215,18 @@ def run_loadgen(
         "--window",
         str(scenario.window),
     ]
-    proc = subprocess.run(
-        command,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=timeout,
-        preexec_fn=_pinned(core),
-        check=False,
-    )
+    try:
+        proc = subprocess.run(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+            preexec_fn=_pinned(core),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:  # run() has killed it
+        return {"failed": f"loadgen did not finish within {timeout} s"}
     if proc.returncode != 0:
         return {"failed": f"loadgen exited {proc.returncode}: {proc.stderr.decode()[-2000:]}"}
     result: dict[str, Any] = json.loads(proc.stdout)
@@ -340,6 +343,7 @@ def render(
     summary: dict[str, dict[str, dict[str, Any]]],
     verdicts: list[dict[str, Any]],
     scenarios: list[Scenario],
+    smoke: bool = False,
 ) -> str:
     """The table people read."""
     out: list[str] = []
@@ -374,6 +378,8 @@ def render(
                     "CPU µs per delivery is still the server's own."
                 )
     out.append("\n== targets (issue 7)")
+    if smoke:
+        out.append("  (smoke run: tiny scenarios, so these verdicts mean nothing)")
     for verdict in verdicts:
         shown = verdict.get("ratio", verdict.get("value"))
         value = "-" if shown is None else (f"{shown:.2f}" if isinstance(shown, float) else shown)
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workroot, ignore_errors=True)
     summary = summarise(results)
     verdicts = goals(summary)
-    print(render(summary, verdicts, scenarios))
+    print(render(summary, verdicts, scenarios, args.smoke))
     report = {
         "meta": {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
