@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections import deque
 from pathlib import Path
 
 from protocol import ChatMessage
@@ -32,7 +33,9 @@ CREATE TABLE IF NOT EXISTS messages (
     key    TEXT,
     UNIQUE (room, seq)
 );
-CREATE INDEX IF NOT EXISTS messages_ts ON messages (ts);
+-- No index on ts: it cost a quarter of every insert and served only the age
+-- sweep, which finds its range by rowid instead (SqliteHistory.prune).
+DROP INDEX IF EXISTS messages_ts;
 CREATE TABLE IF NOT EXISTS rooms (
     room     TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
@@ -66,6 +69,11 @@ class SqliteHistory:
         self._last: dict[str, int] = dict(self._db.execute("SELECT room, last_seq FROM rooms"))
         self._dirty: set[str] = set()
         self._next_prune = 0.0
+        # (time.time() of a sweep, highest rowid then): every row up to that
+        # rowid was stored by then, so the age sweep need look at no row past
+        # the newest mark older than its cutoff (rowids grow with insertion).
+        self._marks: deque[tuple[float, int]] = deque()
+        self._swept_old = False
 
     def last_seq(self, room: str) -> int:
         return self._last.get(room, 0)
@@ -109,7 +117,14 @@ class SqliteHistory:
             self.prune()
 
     def prune(self, now: float | None = None) -> None:
-        """Drop lines beyond the retention limits."""
+        """Drop lines beyond the retention limits.
+
+        The age limit is applied with a lag of at most one sweep interval: a
+        sweep deletes old lines only up to the rowid recorded by the newest
+        earlier sweep that is itself past the cutoff (no index on ``ts``).
+        The first sweep of a process scans the whole table once.
+        """
+        wall = time.time() if now is None else now
         db = self._db
         db.execute("BEGIN")
         for room, last in self._last.items():
@@ -117,8 +132,21 @@ class SqliteHistory:
                 "DELETE FROM messages WHERE room = ? AND seq <= ?", (room, last - self._per_room)
             )
         if self._max_age > 0:
-            cutoff = (time.time() if now is None else now) - self._max_age
-            db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
+            cutoff = wall - self._max_age
+            if not self._swept_old:
+                # Lines from before this process have no marks: one full scan.
+                db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
+                self._swept_old = True
+            else:
+                bound = None
+                while self._marks and self._marks[0][0] < cutoff:
+                    bound = self._marks.popleft()[1]
+                if bound is not None:
+                    # ``ts < ?`` too: a clock that went back, or a reused rowid,
+                    # never makes a younger line go early.
+                    db.execute("DELETE FROM messages WHERE rowid <= ? AND ts < ?", (bound, cutoff))
+            (top,) = db.execute("SELECT max(rowid) FROM messages").fetchone()
+            self._marks.append((wall, top or 0))
         db.execute("COMMIT")
 
     def fetch(
