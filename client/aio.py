@@ -395,8 +395,12 @@ class AsyncClient:
 
     async def _shut(self, reason: str) -> None:
         self.session.closed_by_front_end(reason)
-        if self._join_waiter is not None and not self._join_waiter.done():
-            self._join_waiter.set_exception(ConnectionClosed(reason))
+        waiter = self._join_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionClosed(reason))
+            # Whoever awaits it still gets the exception; if nobody does (a
+            # connect that already gave up), asyncio must not log it as lost.
+            waiter.exception()
         if self._stop_watching is not None:
             # The monitor socket must be closed, or the context never terminates.
             await self._stop_watching()
