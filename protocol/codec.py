@@ -9,7 +9,8 @@ Decoders raise only :class:`ProtocolError`, whatever the input.
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import msgspec
 
@@ -56,6 +57,14 @@ _REPLY_TYPES = frozenset(
     }
 )
 _BROADCAST_TYPES = frozenset({"message", "join", "leave", "nick"})
+#: What a decoder may raise on bad input; anything else is a bug of ours.
+_DECODE_ERRORS = (
+    msgspec.DecodeError,
+    msgspec.ValidationError,
+    UnicodeDecodeError,
+    ValueError,
+    RecursionError,  # nesting deeper than the interpreter allows: a few KiB of "["
+)
 
 
 def room_topic(room: str) -> bytes:
@@ -74,6 +83,11 @@ def encode(message: Request | Reply | Broadcast) -> bytes:
     return _encoder.encode(message)
 
 
+#: :func:`encode` without the Python call around it: the broker's loop
+#: encodes two bodies per line (same bytes as :func:`encode`).
+encode_body: Final[Callable[[Request | Reply | Broadcast], bytes]] = _encoder.encode
+
+
 def encode_broadcast(message: Broadcast) -> list[bytes]:
     """A broadcast as its two frames: topic and body."""
     return [room_topic(message.room), _encoder.encode(message)]
@@ -85,6 +99,11 @@ def decode_request(frames: list[bytes]) -> Request:
         raise ProtocolError(
             ErrorCode.BAD_FRAME, f"a request is exactly one frame (got {len(frames)})"
         )
+    # The broker's hot path: try the decoder inline, one call fewer per request.
+    try:
+        return _request_decoder.decode(frames[0])  # type: ignore[no-any-return]
+    except _DECODE_ERRORS:
+        pass
     return _decode(_request_decoder, frames[0], _REQUEST_TYPES, "request")  # type: ignore[no-any-return]
 
 
@@ -114,13 +133,7 @@ def _decode(
 ) -> Any:
     try:
         return decoder.decode(frame)
-    except (
-        msgspec.DecodeError,
-        msgspec.ValidationError,
-        UnicodeDecodeError,
-        ValueError,
-        RecursionError,  # nesting deeper than the interpreter allows: a few KiB of "["
-    ):
+    except _DECODE_ERRORS:
         pass
     # The fast path failed: work out, slowly and only now, what is wrong.
     raise _diagnose(decoder, frame, known, what)
