@@ -38,13 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pub bound to {pub.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr, flush=True)
     # The cheapest pyzmq idiom (the broker's loop uses the same): frame by frame
     # with int flags; recv_multipart/send_multipart cost microseconds more.
-    recv, send = router.recv, pub.send
+    # The compiled send, as the broker calls it: pyzmq's Socket.send is a
+    # Python wrapper costing 0.2 µs per frame more.
+    recv, send = router.recv, zmq.backend.Socket.send
     more = int(zmq.SNDMORE)
     while True:
         recv()  # the routing id
         payload = recv()  # the generator sends exactly one frame
-        send(TOPIC, more)
-        send(payload)
+        send(pub, TOPIC, more)
+        send(pub, payload)
 
 
 if __name__ == "__main__":
