@@ -103,6 +103,8 @@ class AsyncClient:
         self._join_waiter: asyncio.Future[ev.Welcome] | None = None
         self._stop_watching: Callable[[], Coroutine[None, None, None]] | None = None
         self._closed = asyncio.Event()
+        # Set each time the pump has handled input: settle() waits on it.
+        self._progress = asyncio.Event()
         self._wake = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------
@@ -205,8 +207,34 @@ class AsyncClient:
 
         return stop
 
-    async def close(self, timeout: float = 2.0) -> None:
-        """Leave (others see ``exit``) and release the sockets."""
+    async def settle(self, timeout: float) -> bool:
+        """Wait until every line sent so far is acknowledged and every join
+        answered (see ``ClientSession.busy``), for at most ``timeout`` seconds.
+        Returns whether it settled."""
+        deadline = time.monotonic() + timeout
+        while self.session.busy and not self._closed.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), left)
+        return not self.session.busy
+
+    async def close(self, timeout: float = 2.0, *, settle: float = 5.0) -> None:
+        """Leave (others see ``exit``) and release the sockets.
+
+        Lines still unacknowledged (e.g. typed just before the end of input, or
+        waiting for a room being joined) get up to ``settle`` seconds to be
+        delivered first; any left then become ``error`` events with code
+        ``not_delivered``, so none is dropped silently.
+        """
+        if (
+            self.session.state in (State.JOINED, State.RECONNECTING)
+            and self.session.busy
+            and not await self.settle(settle)
+        ):
+            self._deliver(self.session.undelivered("not delivered: the chat was closed first"))
         if self.session.state in (State.JOINED, State.RECONNECTING, State.JOINING):
             self.session.leave()
             self._flush()
@@ -371,6 +399,7 @@ class AsyncClient:
                     if self._dealer is not None:
                         self._flush()
                     self._deliver(events)
+                    self._progress.set()
         finally:
             self._closed.set()
             self._events.put_nowait(None)

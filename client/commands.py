@@ -6,6 +6,7 @@ line starting with ``//`` sends the rest, starting with one ``/``, as text.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from client import events as ev
@@ -82,18 +83,24 @@ async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
             )
         ]
     if name == "join":
-        return await _guard(client.join(rest), name) if rest and " " not in rest else [_usage(name)]
+        return (
+            await _guard(client.join(rest), name, line)
+            if rest and " " not in rest
+            else [_usage(name)]
+        )
     if name == "part":
-        return await _guard(client.part(rest or None), name)
+        return await _guard(client.part(rest or None), name, line)
     if name == "rooms":
-        return await _guard(client.list_rooms(), name)
+        return await _guard(client.list_rooms(), name, line)
     if name == "who":
-        return await _guard(client.who(rest or None), name)
+        return await _guard(client.who(rest or None), name, line)
     if name == "me":
         return await _guard(client.action(rest), name, rest) if rest else [_usage(name)]
     if name == "nick":
         return (
-            await _guard(client.rename(rest), name) if rest and " " not in rest else [_usage(name)]
+            await _guard(client.rename(rest), name, line)
+            if rest and " " not in rest
+            else [_usage(name)]
         )
     if name == "msg":
         nick, _, text = rest.partition(" ")
@@ -104,11 +111,12 @@ async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
     if rest and not rest.isdigit():
         return [_usage(name)]
     count = int(rest) if rest else 50
-    return await _guard(client.history(max(1, min(count, 1000))), name)
+    return await _guard(client.history(max(1, min(count, 1000))), name, line)
 
 
-async def _guard(operation, name: str, text: str | None = None) -> list[ev.Event]:  # type: ignore[no-untyped-def]
-    """Run an operation; a refusal on our side becomes an error event."""
+async def _guard(operation: Awaitable[object], name: str, text: str) -> list[ev.Event]:
+    """Run an operation; a refusal on our side becomes an error event that
+    carries ``text`` (the line, or the command) so the user sees what was not sent."""
     try:
         await operation
     except ProtocolError as exc:

@@ -295,6 +295,8 @@ class Renderer:
     def _on_who(self, event: ev.Who) -> Rendered:
         names = ", ".join(escape_terminal(m) for m in sorted(event.members, key=str.casefold))
         count = len(event.members)
+        if not count:
+            return self.notice(f"nobody is in #{escape_terminal(event.room)}", "")
         return self.notice(f"#{escape_terminal(event.room)} ({count}): {names}", "")
 
     def _on_rooms(self, event: ev.Rooms) -> Rendered:
@@ -335,11 +337,14 @@ class Renderer:
         return self.notice(escape_terminal(event.state), _NOTICE)
 
     def _on_shutdown(self, event: ev.Shutdown) -> Rendered:
-        return self.notice(
-            f"the broker is shutting down ({escape_terminal(event.reason)}); "
-            "will reconnect when it is back",
-            _ERROR,
+        reason = escape_terminal(event.reason)
+        # The broker's reason usually says it already; don't say it twice.
+        said = (
+            reason
+            if "shutting down" in reason.lower()
+            else f"the broker is shutting down ({reason})"
         )
+        return self.notice(f"{said}; will reconnect when it is back", _ERROR)
 
     def _on_help(self, event: ev.Help) -> Rendered:
         usage_width = max((len(c.usage) for c in event.commands), default=0) + 2

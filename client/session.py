@@ -30,6 +30,7 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 from client import events as ev
+from client.pacing import RateLimiter
 from protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -181,6 +182,10 @@ class ClientSession:
         self._sync_of: dict[str, int] = {}
         # keys of lines not sent yet: typed while reconnecting or joining their room
         self._held: set[str] = set()
+        # Lines over the broker's flood limit wait here, (when to send, key),
+        # in order, instead of being refused (docs/PROTOCOL.md §6).
+        self._pacer = RateLimiter()
+        self._paced: deque[tuple[float, str]] = deque()
         self._now = 0.0
         #: How many repair requests were made (for tests and diagnostics).
         self.repairs = 0
@@ -202,6 +207,35 @@ class ClientSession:
         """Lines sent or queued that the broker has not acknowledged yet."""
         return len(self._unacked)
 
+    @property
+    def busy(self) -> bool:
+        """Whether something we asked for is unfinished: a line not yet
+        acknowledged (sent, paced or held) or a room still being joined.
+        A front-end waits for this to clear before leaving, so that lines
+        typed just before the end of input are not lost."""
+        return bool(self._unacked or self._joining)
+
+    def undelivered(self, reason: str) -> list[ev.Event]:
+        """Give up on every line not acknowledged yet: one error event each
+        (with the line's text and key), so none is lost silently."""
+        out: list[ev.Event] = []
+        for key, line in self._unacked.items():
+            room = line.room if isinstance(line, Say) else None
+            out.append(
+                ev.Error(
+                    code="not_delivered",
+                    message=reason,
+                    req="say" if isinstance(line, Say) else "msg",
+                    room=room,
+                    text=line.text,
+                    key=key,
+                )
+            )
+        self._unacked.clear()
+        self._held.clear()
+        self._paced.clear()
+        return out
+
     def hello(self, now: float, nick: str | None = None) -> None:
         """Ask to join (again, after a refusal, perhaps with another nickname)."""
         if nick is not None:
@@ -212,9 +246,14 @@ class ClientSession:
         self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
 
     def tick(self, now: float) -> list[ev.Event]:
-        """Heartbeats, liveness of the broker, reconnect attempts."""
+        """Heartbeats, liveness of the broker, reconnect attempts, paced lines."""
         self._now = now
         if self.state is State.JOINED:
+            while self._paced and self._paced[0][0] <= now:
+                _, key = self._paced.popleft()
+                line = self._unacked.get(key)
+                if line is not None:
+                    self._send(line)
             if now - self.last_heard > self._dead_after:
                 return self._lose_broker(now)
             for name, track in self._tracks.items():
@@ -269,6 +308,9 @@ class ClientSession:
         me = nick_key(self.nick)
         if isinstance(message, JoinNotice):
             if nick_key(message.nick) == me:
+                return []
+            if message.nick in self.members.get(room, ()):
+                # Already here: someone rejoining a restarted broker, not news.
                 return []
             self._members_add(room, message.nick)
             return [ev.Join(room=room, nick=message.nick, ts=message.ts)]
@@ -394,6 +436,7 @@ class ClientSession:
         self.session_token = reply.session
         self.broker_id = reply.broker
         self.limits = reply.limits
+        self._pacer.configure(reply.limits.rate, reply.limits.burst)
         self.heartbeat = reply.heartbeat
         self.nick = reply.nick
         self._next_ping = now + self.heartbeat
@@ -436,15 +479,16 @@ class ClientSession:
             self._attempt = 0
             out.append(ev.Connection(state="reconnected"))
             self._held.clear()
-            for line in self._unacked.values():
-                self._send(line)  # the broker drops any it already has, by key
+            self._paced.clear()
+            for key in self._unacked:
+                self._transmit(key)  # the broker drops any it already has, by key
         elif self.state is State.JOINED:
             out.append(ev.Joined(room=name, members=list(reply.members)))
         if self._held and self.state is State.JOINED:
             for key, line in self._unacked.items():
                 if key in self._held and isinstance(line, Say) and line.room == name:
                     self._held.discard(key)
-                    self._send(line)
+                    self._transmit(key)
         for message in waiting:
             out += self.on_broadcast(message, now)
         return out
@@ -625,8 +669,13 @@ class ClientSession:
         return dropped
 
     def _require_joined(self) -> None:
+        if self.state is State.RECONNECTING:
+            raise ProtocolError(
+                ErrorCode.NOT_JOINED,
+                "not connected to the broker right now (reconnecting); try again once reconnected",
+            )
         if self.state is not State.JOINED:
-            raise ProtocolError(ErrorCode.NOT_JOINED, f"not joined (state: {self.state.value})")
+            raise ProtocolError(ErrorCode.NOT_JOINED, f"not in the chat ({self.state.value})")
 
     def _new_key(self) -> str:
         self._keys += 1
@@ -637,10 +686,19 @@ class ClientSession:
         if self.state is State.JOINED and (
             isinstance(line, SendPrivate) or line.room in self._tracks
         ):
-            self._send(line)
+            self._transmit(key)
         else:
             self._held.add(key)  # sent in order once we are back, or in that room
         return key
+
+    def _transmit(self, key: str) -> None:
+        """Send a line now, or pace it after the ones already waiting."""
+        wait = self._pacer.reserve(self._now)
+        if wait <= 0 and not self._paced:
+            self._send(self._unacked[key])
+            return
+        after = self._paced[-1][0] if self._paced else self._now
+        self._paced.append((max(after, self._now + wait), key))
 
     def _lose_broker(self, now: float) -> list[ev.Event]:
         self._move(State.RECONNECTING)

@@ -3,11 +3,20 @@ behind (no unretrieved futures, no lost lines at the end of input)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import subprocess
 import sys
 import textwrap
 
-from tests.conftest import InProcessBroker
+import pytest
+
+from client import AsyncClient, Client
+from client import events as ev
+from client.session import ClientSession, State
+from protocol import Joined, JoinNotice, Limits, ProtocolError, Say, Welcome
+from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for
 
 _REFUSED_THEN_UNREACHABLE = textwrap.dedent(
     """
@@ -43,3 +52,140 @@ def test_failed_joins_leave_no_unretrieved_exception(broker: InProcessBroker) ->
     )
     assert result.stdout.split() == ["refused", "nick_invalid", "unreachable"]
     assert "never retrieved" not in result.stderr, result.stderr
+
+
+# --- nothing typed is lost at the end of input -------------------------------------
+
+
+def _json_client(server: str, nick: str, stdin: str) -> list[dict[str, object]]:
+    """Run ``chat-client --json`` with all of ``stdin`` at once; its events."""
+    result = subprocess.run(
+        [script("chat-client"), "--json", "--backlog", "0", "--server", server, "--nick", nick],
+        input=stdin.encode(),
+        capture_output=True,
+        timeout=30 * SCALE,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_lines_after_a_join_at_the_end_of_input_are_delivered() -> None:
+    broker = spawn_broker("--client-timeout", "3")
+    listener = Client(broker.router, "listener", "ops")
+    try:
+        listener.connect()
+        events = _json_client(broker.router, "scripty", "/join ops\nhello ops\n")
+        assert [e["type"] for e in events][:2] == ["welcome", "joined"]
+        assert not [e for e in events if e["type"] == "error"]
+        line = wait_for(listener, ev.Message, lambda e: e.nick == "scripty")
+        assert (line.room, line.text) == ("ops", "hello ops")
+    finally:
+        listener.close()
+        broker.stop()
+
+
+def test_a_paste_over_the_flood_limit_is_paced_not_refused() -> None:
+    # The broker's defaults: 5 lines a second, bursts of 10.
+    broker = spawn_broker("--client-timeout", "3")
+    listener = Client(broker.router, "listener")
+    try:
+        listener.connect()
+        pasted = [f"pasted line {n}" for n in range(15)]
+        events = _json_client(broker.router, "paster", "".join(f"{t}\n" for t in pasted))
+        assert not [e for e in events if e["type"] == "error"]
+        heard = [wait_for(listener, ev.Message, lambda e: e.nick == "paster").text for _ in pasted]
+        assert heard == pasted
+    finally:
+        listener.close()
+        broker.stop()
+
+
+def test_lines_that_cannot_be_delivered_before_closing_are_reported() -> None:
+    broker = spawn_broker("--client-timeout", "3")
+
+    async def scenario() -> list[ev.Event]:
+        client = AsyncClient(broker.router, "stranded", backlog=0)
+        await client.connect(timeout=10 * SCALE)
+        broker.stop(signal.SIGKILL)  # gone without a word: the line can't be acked
+        key = await client.say("into the void")
+        await client.close(settle=0.5)
+        leftovers = [event async for event in client]
+        assert any(isinstance(e, ev.Error) and e.key == key for e in leftovers)
+        return leftovers
+
+    try:
+        leftovers = asyncio.run(scenario())
+        [error] = [e for e in leftovers if isinstance(e, ev.Error)]
+        assert (error.code, error.text) == ("not_delivered", "into the void")
+    finally:
+        broker.stop()
+
+
+# --- the session core: reconnecting, rejoin notices --------------------------------
+
+
+def _session_in(state_after_welcome: bool = True) -> ClientSession:
+    session = ClientSession("me", ["lobby"], backlog=0)
+    session.hello(0.0)
+    limits = Limits(
+        text_bytes=4096,
+        nick_length=32,
+        room_length=32,
+        rooms_per_client=50,
+        frame_bytes=65536,
+        rate=5.0,
+        burst=10,
+    )
+    session.on_reply(
+        Welcome(
+            v=1,
+            nick="me",
+            session="tok",
+            pub="tcp://127.0.0.1:1",
+            broker="b",
+            heartbeat=1.0,
+            timeout=5.0,
+            limits=limits,
+        ),
+        0.0,
+    )
+    session.on_reply(Joined(room="lobby", seq=0, members=["me", "bob"]), 0.0)
+    session.take_output()
+    return session
+
+
+def test_commands_while_reconnecting_say_so_in_plain_words() -> None:
+    session = _session_in()
+    session.tick(100.0)  # the broker has been silent far too long
+    assert session.state is State.RECONNECTING
+    for command in (lambda: session.join("ops"), lambda: session.who(None), session.list_rooms):
+        with pytest.raises(ProtocolError) as caught:
+            command()
+        assert caught.value.code == "not_joined"
+        assert "reconnecting" in caught.value.message
+    # Chat lines are different: they are kept and sent once back.
+    session.say("kept for later")
+    assert session.busy
+
+
+def test_someone_already_here_rejoining_is_not_announced_again() -> None:
+    session = _session_in()
+    notice = JoinNotice(room="lobby", nick="bob", ts=1.0)
+    assert session.on_broadcast(notice, 1.0) == []
+    newcomer = JoinNotice(room="lobby", nick="carol", ts=1.0)
+    assert session.on_broadcast(newcomer, 1.0) == [ev.Join(room="lobby", nick="carol", ts=1.0)]
+
+
+def test_lines_over_the_brokers_burst_wait_their_turn_in_order() -> None:
+    session = _session_in()  # the broker allows 5 lines a second, bursts of 10
+    keys = [session.say(f"line {n}") for n in range(15)]
+    sent = [r.key for r in session.take_output().requests if isinstance(r, Say)]
+    assert sent == keys[:9]  # a little under the burst, to stay clear of refusals
+    now = 0.0
+    while len(sent) < 15:
+        now += 0.05
+        session.tick(now)
+        sent += [r.key for r in session.take_output().requests if isinstance(r, Say)]
+        assert now < 5, "paced lines never went"
+    assert sent == keys
+    assert now >= 6 / (5 * 0.9) - 0.1  # six more lines at 90 % of 5 a second
