@@ -6,6 +6,8 @@ first. The same structs are what ``Client`` and ``AsyncClient`` yield.
 
 from __future__ import annotations
 
+import re
+
 import msgspec
 
 __all__ = [
@@ -200,6 +202,17 @@ Event = (
 _encoder = msgspec.json.Encoder()
 
 
+# Characters JSON lets through raw that still act on a terminal or split a
+# line for some readers: DEL, the C1 controls, the line and paragraph
+# separators, and the bidirectional overrides and isolates (in UTF-8).
+_UNSAFE_IN_JSON = re.compile(rb"\x7f|\xc2[\x80-\x9f]|\xe2\x80[\xa8-\xae]|\xe2\x81[\xa6-\xa9]")
+
+
+def _as_json_escape(match: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % ord(match.group().decode("utf-8"))
+
+
 def encode_event(event: Event) -> bytes:
-    """The event as one line of JSON (no newline)."""
-    return _encoder.encode(event)
+    """The event as one line of JSON (no newline), with every control
+    character, line separator and bidi control written as a ``\\uXXXX`` escape."""
+    return _UNSAFE_IN_JSON.sub(_as_json_escape, _encoder.encode(event))

@@ -11,6 +11,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import AsyncClient, Client
 from client import events as ev
@@ -189,3 +191,18 @@ def test_lines_over_the_brokers_burst_wait_their_turn_in_order() -> None:
         assert now < 5, "paced lines never went"
     assert sent == keys
     assert now >= 6 / (5 * 0.9) - 0.1  # six more lines at 90 % of 5 a second
+
+
+# --- JSON mode output is safe to print and to split into lines --------------------
+
+_UNSAFE = {0x7F, *range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A)}
+
+
+@settings(max_examples=300)
+@given(st.text())
+def test_json_events_escape_every_control_and_separator(text: str) -> None:
+    message = ev.Message(room="lobby", nick="x", text=text, ts=1.0, id="i", seq=1)
+    line = ev.encode_event(message).decode("utf-8")
+    assert len(line.splitlines()) == 1
+    assert not [c for c in line if ord(c) < 0x20 or ord(c) in _UNSAFE]
+    assert json.loads(line)["text"] == text
