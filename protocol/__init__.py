@@ -15,6 +15,7 @@ from protocol.codec import (
     room_topic,
     sync_topic,
 )
+from protocol.endpoints import check_endpoint
 from protocol.errors import (
     BrokerUnreachable,
     ChatError,
@@ -125,6 +126,7 @@ __all__ = [
     "Welcome",
     "Who",
     "WhoReply",
+    "check_endpoint",
     "decode_broadcast",
     "decode_reply",
     "decode_request",

@@ -57,6 +57,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_CLIENTS = "too_many_clients"
     RATE_LIMITED = "rate_limited"
     SESSION_INVALID = "session_invalid"  # resume with an unknown session token
+    BAD_ENDPOINT = "bad_endpoint"  # local only: a malformed ZeroMQ endpoint (protocol/endpoints.py)
 
 
 class ChatError(Exception):
