@@ -143,7 +143,15 @@ def parse_public_key(text: str) -> bytes:
 
 
 def load_allowed_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
-    """The Z85 public keys of every ``*.key`` file in ``directory``."""
+    """The Z85 public keys of every ``*.key`` file in ``directory`` (empty if
+    there is none). Raises KeyFileError if ``directory`` is not a directory or
+    a key file in it is not valid."""
+    if not os.path.isdir(directory):
+        # zmq.auth would say "Invalid certificate directory"; say what is wanted.
+        raise KeyFileError(
+            f"{os.fspath(directory)} is not a directory (--allow-keys takes a "
+            "directory of *.key files)"
+        )
     try:
         certificates = zmq.auth.load_certificates(directory)
     except (OSError, ValueError) as exc:

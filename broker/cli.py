@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sqlite3
 import sys
@@ -15,6 +16,7 @@ from broker import auth
 from broker.core import MAX_FRAME_BYTES, BrokerConfig
 from broker.server import BrokerServer
 from broker.sqlite_history import SqliteHistory, default_history_path
+from protocol import ProtocolError, check_endpoint
 
 __all__ = ["main"]
 
@@ -22,18 +24,89 @@ DEFAULT_ROUTER = "tcp://127.0.0.1:5555"
 DEFAULT_PUB = "tcp://127.0.0.1:5556"
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+#: Smallest --max-frame: a line of MAX_TEXT_BYTES (4096) bytes of UTF-8 can
+#: take 6 bytes of JSON per byte when every byte is escaped (``\\u0001``), and
+#: the rest of a ``say`` (room, key, field names) adds a few hundred more;
+#: 32 KiB always holds it, so no valid line is ever dropped as too big.
+MIN_FRAME_BYTES = 32 * 1024
+#: Largest value of any count: ZeroMQ options (--pub-hwm, --max-frame) are C
+#: ints and SQLite integers are 64-bit, so a bigger number would crash later.
+MAX_COUNT = 2**31 - 1
+#: Longest --client-timeout or --heartbeat: a day.
+MAX_SECONDS = 86_400.0
+#: Longest --history-days: a century (0 already means forever).
+MAX_HISTORY_DAYS = 36_500.0
+
+
+def _number(text: str, what: str) -> float:
+    # float() accepts "nan", "inf" and "1e999"; none of them is a setting.
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r} (not a finite number)")
+    return value
+
+
+def _seconds(text: str) -> float:
+    what = f"a number of seconds above 0 and at most {MAX_SECONDS:g}"
+    value = _number(text, what)
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    what = "a number of 0 or more (0 turns the limit off)"
+    value = _number(text, what)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _days(text: str) -> float:
+    what = f"a number of days from 0 (keep forever) to {MAX_HISTORY_DAYS:g}"
+    value = _number(text, what)
+    if not 0 <= value <= MAX_HISTORY_DAYS:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def _whole(text: str, least: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not least <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return value
 
 
 def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+    return _whole(text, 1, f"a whole number from 1 to {MAX_COUNT}")
+
+
+def _frame_size(text: str) -> int:
+    return _whole(
+        text,
+        MIN_FRAME_BYTES,
+        f"a number of bytes from {MIN_FRAME_BYTES} (room for the longest line) to {MAX_COUNT}",
+    )
+
+
+def _bind_endpoint(text: str) -> str:
+    try:
+        return check_endpoint(text, bind=True)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _connect_endpoint(text: str) -> str:
+    try:
+        return check_endpoint(text, bind=False)
+    except ProtocolError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,34 +117,40 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--router",
         default=DEFAULT_ROUTER,
+        type=_bind_endpoint,
         metavar="ENDPOINT",
         help=f"where clients send requests (default {DEFAULT_ROUTER})",
     )
     parser.add_argument(
         "--pub",
         default=DEFAULT_PUB,
+        type=_bind_endpoint,
         metavar="ENDPOINT",
         help=f"where broadcasts are published (default {DEFAULT_PUB})",
     )
     parser.add_argument(
         "--advertise-pub",
+        type=_connect_endpoint,
         metavar="ENDPOINT",
         help="the PUB endpoint to tell clients, if not the bound one "
-        "(behind NAT or port forwarding)",
+        "(behind NAT or port forwarding); a host and port they can connect "
+        "to (a 0.0.0.0 host means: the host they reached the router on)",
     )
     parser.add_argument(
         "--client-timeout",
-        type=_positive,
+        type=_seconds,
         default=10.0,
         metavar="SECONDS",
         help="drop a client silent for this long (default 10)",
     )
     parser.add_argument(
         "--heartbeat",
-        type=_positive,
+        type=_seconds,
         default=None,
         metavar="SECONDS",
-        help="how often clients must ping (default: a quarter of --client-timeout, at most 2)",
+        help="how often clients must ping; at most half of --client-timeout, so "
+        "one late ping does not drop a client (default: a quarter of "
+        "--client-timeout, at most 2)",
     )
     parser.add_argument(
         "--max-clients",
@@ -89,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-rate",
-        type=float,
+        type=_rate,
         default=5.0,
         metavar="LINES",
         help="flood control: lines per second per client, 0 turns it off (default 5)",
@@ -103,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-history-rate",
-        type=float,
+        type=_rate,
         default=10.0,
         metavar="N",
         help="history, who and room-list requests per second per client, 0 turns "
@@ -111,11 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--max-frame",
-        type=_count,
+        type=_frame_size,
         default=MAX_FRAME_BYTES,
         metavar="BYTES",
         help="largest frame a client may send (ZMQ_MAXMSGSIZE); a bigger one "
-        f"drops its connection (default {MAX_FRAME_BYTES})",
+        f"drops its connection (default {MAX_FRAME_BYTES}; at least "
+        f"{MIN_FRAME_BYTES}, so a line of 4096 bytes always fits even with "
+        "every byte JSON-escaped)",
     )
     parser.add_argument(
         "--curve-secret",
@@ -150,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--history-days",
-        type=float,
+        type=_days,
         default=30.0,
         metavar="DAYS",
         help="drop lines older than this; 0 keeps them forever (default 30)",
@@ -174,7 +255,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-broker`` and ``python -m broker``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.heartbeat is not None and args.heartbeat > args.client_timeout / 2:
+        # A client pings once per heartbeat; with less than two pings per
+        # timeout, one late ping (a busy machine, a lost packet) drops it.
+        parser.error(
+            f"--heartbeat {args.heartbeat:g} is more than half of --client-timeout "
+            f"{args.client_timeout:g}: clients would be dropped between heartbeats"
+        )
+    if (args.allow_keys or args.nick_keys) and not args.curve_secret:
+        parser.error("--allow-keys and --nick-keys need --curve-secret")
     # Handlers go in first: a signal during start-up (opening the history,
     # binding) must still end in a clean shutdown, not the default death.
     servers: list[BrokerServer] = []
@@ -193,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    heartbeat = args.heartbeat or min(2.0, args.client_timeout / 4)
+    heartbeat = min(2.0, args.client_timeout / 4) if args.heartbeat is None else args.heartbeat
     config = BrokerConfig(
         client_timeout=args.client_timeout,
         heartbeat=heartbeat,
@@ -204,26 +295,22 @@ def main(argv: list[str] | None = None) -> int:
         max_history_rate=args.max_history_rate,
         max_frame=args.max_frame,
     )
-    if args.max_rate < 0 or args.max_history_rate < 0:
-        print("chat-broker: --max-rate and --max-history-rate cannot be negative", file=sys.stderr)
-        return 2
     curve_keys: tuple[bytes, bytes] | None = None
     allowed: frozenset[str] | None = None
-    if (args.allow_keys or args.nick_keys) and not args.curve_secret:
-        print("chat-broker: --allow-keys and --nick-keys need --curve-secret", file=sys.stderr)
-        return 2
     try:
         if args.curve_secret:
             curve_keys = auth.load_secret(args.curve_secret)
         if args.allow_keys:
             allowed = auth.load_allowed_keys(args.allow_keys)
+            if not allowed:
+                logging.getLogger("broker").warning(
+                    "--allow-keys %s holds no *.key file: no client will be able to connect",
+                    args.allow_keys,
+                )
         if args.nick_keys:
             config.nick_keys = auth.load_nick_keys(args.nick_keys)
     except auth.KeyFileError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
-        return 2
-    if args.history_days < 0:
-        print("chat-broker: --history-days cannot be negative", file=sys.stderr)
         return 2
     history_path = args.history or default_history_path()
     try:

@@ -42,10 +42,16 @@ _SECRET_BANNER = """#   ****  Generated on {now} by chat-keygen  ****
 def write_keypair(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """Create ``PATH.key`` and ``PATH.key_secret``; returns their paths.
 
-    Raises FileExistsError if either exists (neither is then touched) and
-    OSError for other failures (a half-written pair is removed).
+    Raises ValueError if ``path`` has no file name part (empty, ``dir/``,
+    ``.``, ``..``: the files would be hidden ``.key`` files), FileExistsError
+    if either exists (neither is then touched) and OSError for other failures
+    (a half-written pair is removed).
     """
     base = os.fspath(path)
+    if os.path.basename(base) in ("", ".", ".."):
+        raise ValueError(
+            f"{base!r} names no file: give a path and a name without the extension, e.g. keys/alice"
+        )
     public_path, secret_path = Path(base + ".key"), Path(base + ".key_secret")
     for existing in (public_path, secret_path):
         if existing.exists() or existing.is_symlink():
@@ -98,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-keygen``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         public_path, secret_path = write_keypair(args.path)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits 2, like any other usage error
     except FileExistsError as exc:
         print(f"chat-keygen: {exc}", file=sys.stderr)
         return EXIT_EXISTS
