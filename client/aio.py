@@ -27,6 +27,7 @@ from protocol import (
     ConnectionClosed,
     JoinRefused,
     ProtocolError,
+    check_endpoint,
     decode_broadcast,
     decode_reply,
     encode,
@@ -84,7 +85,10 @@ class AsyncClient:
         """``server_key`` (the broker's Z85 public key) turns on CURVE encryption;
         ``client_keys`` (public, secret; Z85) is our keypair, a fresh one if
         not given. ``curve`` sets raw socket options (``{"CURVE_SERVERKEY": ...}``)."""
-        self.server = server
+        # Checked here: libzmq would only fail at connect, deep in the pump.
+        self.server = check_endpoint(server, bind=False)
+        if pub is not None:
+            check_endpoint(pub, bind=False)
         self.session = ClientSession(
             nick, rooms or [room], server=server, pub_override=pub, backlog=backlog
         )
@@ -105,6 +109,7 @@ class AsyncClient:
         self._closed = asyncio.Event()
         # Set each time the pump has handled input: settle() waits on it.
         self._progress = asyncio.Event()
+        self._fatal: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
 
     # --- life cycle --------------------------------------------------------
@@ -157,6 +162,9 @@ class AsyncClient:
         except JoinRefused as exc:
             if exc.code == "auth_failed":
                 await self._shut(reason="auth_failed")
+            raise
+        except BrokerUnreachable:
+            await self._shut(reason="unreachable")
             raise
         finally:
             self._join_waiter = None
@@ -352,13 +360,30 @@ class AsyncClient:
             self._wake.set()
         assert self._dealer is not None and self._sub is not None
         if out.connect_pub is not None:
-            self._sub.connect(out.connect_pub)
+            try:
+                self._sub.connect(check_endpoint(out.connect_pub, bind=False))
+            except (ProtocolError, zmq.ZMQError) as exc:
+                self._unusable_pub(out.connect_pub, exc)
         for subscribe, topic in out.subscribe:
             self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
         for request in out.requests:
             # Not connected yet and the queue is full: heartbeats will tell.
             with contextlib.suppress(zmq.Again):
                 self._dealer.send(encode(request), zmq.NOBLOCK)
+
+    def _unusable_pub(self, pub: str, exc: ProtocolError | zmq.ZMQError) -> None:
+        why = exc.message if isinstance(exc, ProtocolError) else str(exc)
+        message = (
+            f"cannot subscribe to the broker's broadcasts at {pub!r} ({why}); "
+            "if the broker is behind NAT or port forwarding, give the right endpoint with --pub"
+        )
+        waiter = self._join_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(BrokerUnreachable(message))
+            return
+        # A restarted broker advertising a bad endpoint: nothing more can work.
+        self._deliver([ev.Error(code="bad_endpoint", message=message)])
+        self._fatal = asyncio.ensure_future(self._shut(reason="bad_endpoint"))
 
     def _deliver(self, events: list[ev.Event]) -> None:
         waiter = self._join_waiter

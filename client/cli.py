@@ -18,7 +18,7 @@ from zmq.utils import z85
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import execute
-from protocol import BrokerUnreachable, JoinRefused, ProtocolError, validate_room
+from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
 
 __all__ = ["build_parser", "curve_options", "main"]
 
@@ -150,7 +150,14 @@ def _z85_key(key: bytes, option: str) -> bytes:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-client`` and ``python -m client``."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for option, endpoint in (("--server", args.server), ("--pub", args.pub)):
+        if endpoint is not None:
+            try:
+                check_endpoint(endpoint, bind=False)
+            except ProtocolError as exc:
+                parser.error(f"{option}: {exc.message}")
     try:
         validate_room(args.room)
     except ProtocolError as exc:

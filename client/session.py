@@ -791,10 +791,16 @@ def _reachable(pub: str, server: str) -> str:
     """The PUB endpoint from a welcome, with a wildcard host (``*``, ``0.0.0.0``)
     replaced by the host we reached the router on."""
     parts = urlsplit(pub)
+    try:
+        port = parts.port
+    except ValueError:  # not a port at all: the front-end reports the endpoint
+        return pub
     if parts.scheme != "tcp" or parts.hostname not in ("*", "0.0.0.0", "::", None):
         return pub
     host = urlsplit(server).hostname or "127.0.0.1"
-    return f"tcp://{host}:{parts.port}"
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address
+    return f"tcp://{host}:{port}"
 
 
 _REPLY_HANDLERS = {

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
-from protocol import ConnectionClosed
+from protocol import ConnectionClosed, check_endpoint
 
 __all__ = ["Client"]
 
@@ -47,7 +47,12 @@ class Client:
         server_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """Options as for :class:`AsyncClient` (``server_key`` turns on CURVE)."""
+        """Options as for :class:`AsyncClient` (``server_key`` turns on CURVE).
+
+        Raises ProtocolError (``bad_endpoint``) for an unusable endpoint."""
+        check_endpoint(server, bind=False)  # before a thread exists to clean up
+        if pub is not None:
+            check_endpoint(pub, bind=False)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, daemon=True, name="chat-client"

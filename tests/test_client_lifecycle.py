@@ -9,14 +9,16 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from client import AsyncClient, Client
+from broker import BrokerConfig, BrokerServer
+from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
-from client.session import ClientSession, State
+from client.session import ClientSession, State, _reachable
 from protocol import Joined, JoinNotice, Limits, ProtocolError, Say, Welcome
 from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for
 
@@ -206,3 +208,59 @@ def test_json_events_escape_every_control_and_separator(text: str) -> None:
     assert len(line.splitlines()) == 1
     assert not [c for c in line if ord(c) < 0x20 or ord(c) in _UNSAFE]
     assert json.loads(line)["text"] == text
+
+
+# --- endpoints --------------------------------------------------------------------
+
+
+def test_a_bad_server_endpoint_is_refused_before_any_socket() -> None:
+    for endpoint in ("foo", "tcp://127.0.0.1:99999", "tcp://*:5555"):
+        with pytest.raises(ProtocolError) as caught:
+            Client(endpoint, "x")
+        assert caught.value.code == "bad_endpoint"
+    result = subprocess.run(
+        [script("chat-client"), "--json", "--nick", "x", "--server", "foo"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "--server: bad endpoint 'foo'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unusable_pub_endpoint_in_the_welcome_fails_the_join_clearly() -> None:
+    # A broker (not ours: ours refuses such a flag) that advertises nonsense.
+    server = BrokerServer(
+        "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", BrokerConfig(), advertised_pub="tcp://*:*"
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        client = Client(server.router_endpoint, "x")
+        try:
+            with pytest.raises(BrokerUnreachable) as caught:
+                client.connect(timeout=10 * SCALE)
+            assert "cannot subscribe" in str(caught.value) and "--pub" in str(caught.value)
+        finally:
+            client.close()
+        # The same broker works for a client told where to subscribe.
+        with Client(server.router_endpoint, "y", pub=server.pub_endpoint) as fine:
+            assert fine.nick == "y"
+    finally:
+        server.stop()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("advertised", "server", "expected"),
+    [
+        ("tcp://*:5556", "tcp://[::1]:5555", "tcp://[::1]:5556"),
+        ("tcp://0.0.0.0:5556", "tcp://chat.example.org:5555", "tcp://chat.example.org:5556"),
+        ("tcp://10.0.0.1:5556", "tcp://chat.example.org:5555", "tcp://10.0.0.1:5556"),
+        ("tcp://*:*", "tcp://h:1", "tcp://*:*"),  # left for check_endpoint to refuse
+    ],
+)
+def test_a_wildcard_pub_host_becomes_the_host_of_the_router(
+    advertised: str, server: str, expected: str
+) -> None:
+    assert _reachable(advertised, server) == expected
