@@ -66,7 +66,12 @@ class SqliteHistory:
         self._per_room = per_room
         self._max_age = max_age
         self._pending: list[tuple[str, int, str, str, str, float, int, str | None]] = []
+        # A room's last number is the larger of the rooms table (written only
+        # with deletions, see _save_rooms) and its newest line still stored.
         self._last: dict[str, int] = dict(self._db.execute("SELECT room, last_seq FROM rooms"))
+        for room, top in self._db.execute("SELECT room, MAX(seq) FROM messages GROUP BY room"):
+            if top > self._last.get(room, 0):
+                self._last[room] = top
         self._dirty: set[str] = set()
         self._next_prune = 0.0
         # (time.time() of a sweep, highest rowid then): every row up to that
@@ -100,17 +105,14 @@ class SqliteHistory:
         db = self._db
         db.execute("BEGIN")
         try:
+            # Only the lines: the rooms table waits for the next sweep, which
+            # saves a page write per commit (docs/PERFORMANCE.md).
             db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?)", self._pending)
-            db.executemany(
-                "INSERT OR REPLACE INTO rooms VALUES (?, ?)",
-                [(room, self._last[room]) for room in self._dirty],
-            )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
         self._pending.clear()
-        self._dirty.clear()
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
@@ -127,6 +129,7 @@ class SqliteHistory:
         wall = time.time() if now is None else now
         db = self._db
         db.execute("BEGIN")
+        self._save_rooms()
         for room, last in self._last.items():
             db.execute(
                 "DELETE FROM messages WHERE room = ? AND seq <= ?", (room, last - self._per_room)
@@ -148,6 +151,17 @@ class SqliteHistory:
             (top,) = db.execute("SELECT max(rowid) FROM messages").fetchone()
             self._marks.append((wall, top or 0))
         db.execute("COMMIT")
+
+    def _save_rooms(self) -> None:
+        # Inside every transaction that deletes lines, before it deletes: a
+        # room's number then survives its lines (an age sweep may take them
+        # all), and a restart finds the rest as MAX(seq) of the stored lines.
+        if self._dirty:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO rooms VALUES (?, ?)",
+                [(room, self._last[room]) for room in self._dirty],
+            )
+            self._dirty.clear()
 
     def fetch(
         self, room: str, after: int, before: int | None, limit: int
@@ -196,5 +210,8 @@ class SqliteHistory:
     def close(self) -> None:
         try:
             self.flush()
+            self._db.execute("BEGIN")
+            self._save_rooms()
+            self._db.execute("COMMIT")
         finally:
             self._db.close()

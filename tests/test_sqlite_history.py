@@ -90,3 +90,36 @@ def test_old_database_with_ts_index_is_opened_and_swept(tmp_path: Path) -> None:
         assert indexes == []
     finally:
         store.close()
+
+
+def test_sequence_numbers_survive_a_crash_without_close(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    base = time.time()
+    first = SqliteHistory(path, max_age=100.0)
+    try:
+        for seq in (1, 2, 3):
+            first.append(_line("a", seq, base), None)
+        first.append(_line("b", 1, base), None)
+        first.flush()  # committed, then the process "dies": no close()
+        again = SqliteHistory(path, max_age=100.0)
+        try:
+            assert (again.last_seq("a"), again.last_seq("b")) == (3, 1)
+        finally:
+            again._db.close()
+        first.prune(now=base + 500)  # every line expires; the numbers must not
+        for seq in (4, 5):
+            first.append(_line("a", seq, base + 1000), None)
+        first.flush()
+        again = SqliteHistory(path, max_age=100.0)
+        try:
+            assert (again.last_seq("a"), again.last_seq("b")) == (5, 1)
+            assert _seqs(again, "a") == [4, 5]
+        finally:
+            again._db.close()
+    finally:
+        first.close()
+    reopened = SqliteHistory(path)
+    try:
+        assert (reopened.last_seq("a"), reopened.last_seq("b")) == (5, 1)
+    finally:
+        reopened.close()
