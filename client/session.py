@@ -182,6 +182,8 @@ class ClientSession:
         self._sync_of: dict[str, int] = {}
         # keys of lines not sent yet: typed while reconnecting or joining their room
         self._held: set[str] = set()
+        # Rooms we were in and are joining again after a reconnect.
+        self._rejoining: set[str] = set()
         # Lines over the broker's flood limit wait here, (when to send, key),
         # in order, instead of being refused (docs/PROTOCOL.md §6).
         self._pacer = RateLimiter()
@@ -442,6 +444,8 @@ class ClientSession:
         self._next_ping = now + self.heartbeat
         self._out.connect_pub = self.pub_override or _reachable(reply.pub, self.server)
         rooms = list(self._tracks) or self.wanted_rooms
+        if self.state is State.RECONNECTING:
+            self._rejoining = {name for name in rooms if name in self._tracks}
         for name in rooms:
             self._out.subscribe.append((True, room_topic(name)))
             if name not in self._tracks:
@@ -451,7 +455,13 @@ class ClientSession:
 
     def _on_joined(self, reply: Joined, now: float) -> list[ev.Event]:
         name = reply.room
-        self.members[name] = list(reply.members)
+        if name in self._rejoining:
+            # Back in a room we were in: keep whom we knew, so those who come
+            # back to a restarted broker after us are not announced as new.
+            known = self.members.get(name, [])
+            self.members[name] = known + [m for m in reply.members if m not in known]
+        else:
+            self.members[name] = list(reply.members)
         waiting = self._joining.pop(name, [])
         out: list[ev.Event] = []
         track = self._tracks.get(name)
@@ -474,14 +484,9 @@ class ClientSession:
             out.append(
                 ev.Welcome(nick=self.nick, room=name, rooms=self.rooms, members=reply.members)
             )
-        elif self.state is State.RECONNECTING and not self._joining:
-            self._move(State.JOINED)
-            self._attempt = 0
-            out.append(ev.Connection(state="reconnected"))
-            self._held.clear()
-            self._paced.clear()
-            for key in self._unacked:
-                self._transmit(key)  # the broker drops any it already has, by key
+        elif self.state is State.RECONNECTING:
+            self._rejoining.discard(name)
+            out += self._maybe_reconnected()
         elif self.state is State.JOINED:
             out.append(ev.Joined(room=name, members=list(reply.members)))
         if self._held and self.state is State.JOINED:
@@ -492,6 +497,18 @@ class ClientSession:
         for message in waiting:
             out += self.on_broadcast(message, now)
         return out
+
+    def _maybe_reconnected(self) -> list[ev.Event]:
+        """Back in every room (or refused the ones we could not rejoin)."""
+        if self.state is not State.RECONNECTING or self._joining or self._rejoining:
+            return []
+        self._move(State.JOINED)
+        self._attempt = 0
+        self._held.clear()
+        self._paced.clear()
+        for key in self._unacked:
+            self._transmit(key)  # the broker drops any it already has, by key
+        return [ev.Connection(state="reconnected")]
 
     def _on_parted(self, reply: Parted, now: float) -> list[ev.Event]:
         self._tracks.pop(reply.room, None)
@@ -593,6 +610,9 @@ class ClientSession:
                 track.repairing = False
         if reply.req == "join" and reply.room:
             self._joining.pop(reply.room, None)
+            if reply.room in self._rejoining:
+                self._rejoining.discard(reply.room)
+                self._tracks.pop(reply.room, None)  # the restarted broker refused it
             self._out.subscribe.append((False, room_topic(reply.room)))
             if self.current == reply.room:
                 self.current = self.rooms[-1] if self._tracks else None
@@ -626,6 +646,8 @@ class ClientSession:
                     key=line.key,
                 )
             )
+        if reply.req == "join":
+            out += self._maybe_reconnected()
         return out
 
     def _on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:

@@ -264,3 +264,30 @@ def test_a_wildcard_pub_host_becomes_the_host_of_the_router(
     advertised: str, server: str, expected: str
 ) -> None:
     assert _reachable(advertised, server) == expected
+
+
+def test_rejoining_every_room_after_a_restart_is_one_reconnected_event() -> None:
+    session = _session_in()  # in lobby with bob
+    session.join("ops")
+    session.on_reply(Joined(room="ops", seq=0, members=["me", "bob"]), 0.5)
+    session.tick(100.0)  # silence: reconnecting
+    session.tick(200.0)  # a new hello goes out
+    limits = Limits(
+        text_bytes=4096, nick_length=32, room_length=32, rooms_per_client=50, frame_bytes=65536
+    )
+    welcome = Welcome(
+        v=1,
+        nick="me",
+        session="new",
+        pub="tcp://127.0.0.1:1",
+        broker="b2",
+        heartbeat=1.0,
+        timeout=5.0,
+        limits=limits,
+    )
+    events = session.on_reply(welcome, 200.0)
+    events += session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 200.0)
+    events += session.on_reply(Joined(room="ops", seq=0, members=["me"]), 200.0)
+    assert events == [ev.Connection(state="reconnected")]
+    # Bob comes back to the restarted broker after us: not news.
+    assert session.on_broadcast(JoinNotice(room="ops", nick="bob", ts=2.0), 200.0) == []
