@@ -393,6 +393,8 @@ class ClientSession:
     def rename(self, nick: str) -> None:
         """Ask to change nickname (the answer is a ``nick`` or ``error`` event)."""
         validate_nick(nick)
+        if nick == self.nick:  # a change of case only is a real rename
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"you are already called {nick}")
         self._require_joined()
         self._send(Rename(nick=nick))
 

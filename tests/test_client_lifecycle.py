@@ -19,7 +19,7 @@ from broker import BrokerConfig, BrokerServer
 from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
 from client.session import ClientSession, State, _reachable
-from protocol import Joined, JoinNotice, Limits, ProtocolError, Say, Welcome
+from protocol import Joined, JoinNotice, Limits, ProtocolError, Rename, Say, Welcome
 from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for
 
 _REFUSED_THEN_UNREACHABLE = textwrap.dedent(
@@ -291,3 +291,14 @@ def test_rejoining_every_room_after_a_restart_is_one_reconnected_event() -> None
     assert events == [ev.Connection(state="reconnected")]
     # Bob comes back to the restarted broker after us: not news.
     assert session.on_broadcast(JoinNotice(room="ops", nick="bob", ts=2.0), 200.0) == []
+
+
+def test_renaming_to_the_same_name_is_refused_locally_but_a_case_change_is_not() -> None:
+    session = _session_in()
+    with pytest.raises(ProtocolError) as caught:
+        session.rename("me")
+    assert caught.value.code == "nick_taken" and "already" in caught.value.message
+    session.rename("Me")
+    assert [r for r in session.take_output().requests if isinstance(r, Rename)] == [
+        Rename(nick="Me")
+    ]
