@@ -7,12 +7,18 @@ operating system when ``flush`` returns, so a ``kill -9`` of the broker loses
 nothing that anyone has seen or that was acknowledged; an operating-system
 crash or power cut can lose the last transactions (WAL without fsync per
 commit), in which case clients resend the unacknowledged lines by key.
+
+Speed (docs/PERFORMANCE.md): a commit writes only the lines (the rooms table
+is written with each retention sweep), there is no index on ``ts``, and WAL
+checkpoints run in a thread of their own with a connection of their own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -44,6 +50,11 @@ CREATE TABLE IF NOT EXISTS rooms (
 
 #: Seconds between retention sweeps; retention is not on the per-message path.
 PRUNE_EVERY = 10.0
+#: Seconds between the checkpoint thread's passive checkpoints.
+CHECKPOINT_EVERY = 0.2
+#: WAL pages after which a commit checkpoints in the loop itself: a fallback,
+#: for when the checkpoint thread never finds the WAL quiet enough to restart it.
+WAL_FALLBACK_PAGES = 4_000
 
 
 def default_history_path() -> Path:
@@ -79,6 +90,18 @@ class SqliteHistory:
         # the newest mark older than its cutoff (rowids grow with insertion).
         self._marks: deque[tuple[float, int]] = deque()
         self._swept_old = False
+        # Checkpoints (copying the WAL into the database and syncing it, tens
+        # of milliseconds on a slow disk) run in a thread of their own, so
+        # they do not stall the loop and the lines waiting behind a commit.
+        self._commits = 0
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if str(path) != ":memory:":
+            self._db.execute(f"PRAGMA wal_autocheckpoint={WAL_FALLBACK_PAGES}")
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, args=(str(path),), name="checkpoint", daemon=True
+            )
+            self._checkpointer.start()
 
     def last_seq(self, room: str) -> int:
         return self._last.get(room, 0)
@@ -113,6 +136,7 @@ class SqliteHistory:
             db.execute("ROLLBACK")
             raise
         self._pending.clear()
+        self._commits += 1
         now = time.monotonic()
         if now >= self._next_prune:
             self._next_prune = now + PRUNE_EVERY
@@ -151,6 +175,21 @@ class SqliteHistory:
             (top,) = db.execute("SELECT max(rowid) FROM messages").fetchone()
             self._marks.append((wall, top or 0))
         db.execute("COMMIT")
+
+    def _checkpoint_loop(self, path: str) -> None:
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            seen = 0
+            while not self._stop.wait(CHECKPOINT_EVERY):
+                if self._commits == seen:
+                    continue
+                seen = self._commits
+                # PASSIVE: never waits for, nor blocks, the loop's writes. Busy
+                # or failing, the loop's fallback checkpoint remains.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
 
     def _save_rooms(self) -> None:
         # Inside every transaction that deletes lines, before it deletes: a
@@ -214,4 +253,7 @@ class SqliteHistory:
             self._save_rooms()
             self._db.execute("COMMIT")
         finally:
+            self._stop.set()
+            if self._checkpointer is not None:
+                self._checkpointer.join()
             self._db.close()

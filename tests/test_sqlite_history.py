@@ -105,7 +105,7 @@ def test_sequence_numbers_survive_a_crash_without_close(tmp_path: Path) -> None:
         try:
             assert (again.last_seq("a"), again.last_seq("b")) == (3, 1)
         finally:
-            again._db.close()
+            again.close()
         first.prune(now=base + 500)  # every line expires; the numbers must not
         for seq in (4, 5):
             first.append(_line("a", seq, base + 1000), None)
@@ -115,7 +115,7 @@ def test_sequence_numbers_survive_a_crash_without_close(tmp_path: Path) -> None:
             assert (again.last_seq("a"), again.last_seq("b")) == (5, 1)
             assert _seqs(again, "a") == [4, 5]
         finally:
-            again._db.close()
+            again.close()
     finally:
         first.close()
     reopened = SqliteHistory(path)
