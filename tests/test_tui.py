@@ -257,6 +257,11 @@ def test_a_restarted_broker_is_rejoined_and_shown(tmp_path: Path) -> None:
             with other(second, "bob") as bob:
                 child.sendline("still here")
                 assert wait_for(bob, ev.Message, lambda e: e.nick == "alice").text == "still here"
+            # prompt_toolkit prints incoming lines with the terminal briefly in
+            # cooked mode, where the tty itself swallows a Ctrl-D: let the
+            # leave notice be printed before pressing it.
+            see(child, "bob left #lobby")
+            see(child, "[alice #lobby]")
             child.sendcontrol("d")
             child.expect(pexpect.EOF)
     finally:
