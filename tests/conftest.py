@@ -22,6 +22,7 @@ from broker import BrokerConfig, BrokerServer
 from broker.history import HistoryStore
 from client import Client
 from client import events as ev
+from protocol import Limits, Welcome
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,6 +31,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "protocol v1 conformance suite (docs/CONFORMANCE.md)")
     group.addoption("--router", default=None, help="ROUTER endpoint of the broker to check")
     group.addoption("--pub", default=None, help="PUB endpoint (default: from the welcome)")
+
+
+def welcome(
+    nick: str = "me", *, broker: str = "b", session: str = "tok", rate: float = 0.0, burst: int = 0
+) -> Welcome:
+    """A broker's welcome, for tests that drive the client's session core."""
+    limits = Limits(
+        text_bytes=4096,
+        nick_length=32,
+        room_length=32,
+        rooms_per_client=50,
+        frame_bytes=65536,
+        rate=rate,
+        burst=burst,
+    )
+    return Welcome(
+        v=1,
+        nick=nick,
+        session=session,
+        pub="tcp://127.0.0.1:1",
+        broker=broker,
+        heartbeat=1.0,
+        timeout=5.0,
+        limits=limits,
+    )
 
 
 #: Scales every wait in the tests (slow machines: CHAT_TEST_SCALE=3).

@@ -19,8 +19,8 @@ from broker import BrokerConfig, BrokerServer
 from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
 from client.session import ClientSession, State, _reachable
-from protocol import Joined, JoinNotice, Limits, ProtocolError, Rename, Say, Welcome
-from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for
+from protocol import Joined, JoinNotice, ProtocolError, Rename, Say
+from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for, welcome
 
 _REFUSED_THEN_UNREACHABLE = textwrap.dedent(
     """
@@ -128,31 +128,11 @@ def test_lines_that_cannot_be_delivered_before_closing_are_reported() -> None:
 # --- the session core: reconnecting, rejoin notices --------------------------------
 
 
-def _session_in(state_after_welcome: bool = True) -> ClientSession:
+def _session_in() -> ClientSession:
+    """Joined to lobby (with bob) on a broker allowing 5 lines a second, bursts of 10."""
     session = ClientSession("me", ["lobby"], backlog=0)
     session.hello(0.0)
-    limits = Limits(
-        text_bytes=4096,
-        nick_length=32,
-        room_length=32,
-        rooms_per_client=50,
-        frame_bytes=65536,
-        rate=5.0,
-        burst=10,
-    )
-    session.on_reply(
-        Welcome(
-            v=1,
-            nick="me",
-            session="tok",
-            pub="tcp://127.0.0.1:1",
-            broker="b",
-            heartbeat=1.0,
-            timeout=5.0,
-            limits=limits,
-        ),
-        0.0,
-    )
+    session.on_reply(welcome(rate=5.0, burst=10), 0.0)
     session.on_reply(Joined(room="lobby", seq=0, members=["me", "bob"]), 0.0)
     session.take_output()
     return session
@@ -272,20 +252,7 @@ def test_rejoining_every_room_after_a_restart_is_one_reconnected_event() -> None
     session.on_reply(Joined(room="ops", seq=0, members=["me", "bob"]), 0.5)
     session.tick(100.0)  # silence: reconnecting
     session.tick(200.0)  # a new hello goes out
-    limits = Limits(
-        text_bytes=4096, nick_length=32, room_length=32, rooms_per_client=50, frame_bytes=65536
-    )
-    welcome = Welcome(
-        v=1,
-        nick="me",
-        session="new",
-        pub="tcp://127.0.0.1:1",
-        broker="b2",
-        heartbeat=1.0,
-        timeout=5.0,
-        limits=limits,
-    )
-    events = session.on_reply(welcome, 200.0)
+    events = session.on_reply(welcome(session="new", broker="b2"), 200.0)
     events += session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 200.0)
     events += session.on_reply(Joined(room="ops", seq=0, members=["me"]), 200.0)
     assert events == [ev.Connection(state="reconnected")]

@@ -24,11 +24,9 @@ from protocol import (
     History,
     HistoryReply,
     Joined,
-    Limits,
     Pong,
-    Welcome,
 )
-from tests.conftest import SCALE, script, spawn_broker, start_broker, wait_for
+from tests.conftest import SCALE, script, spawn_broker, start_broker, wait_for, welcome
 
 # --- the session core's sequence tracking, as a property -----------------------
 
@@ -37,22 +35,7 @@ def _joined_session(seq: int = 0) -> ClientSession:
     session = ClientSession("me", ["lobby"], backlog=0)
     session.hello(0.0)
     session.take_output()
-    limits = Limits(
-        text_bytes=4096, nick_length=32, room_length=32, rooms_per_client=50, frame_bytes=65536
-    )
-    session.on_reply(
-        Welcome(
-            v=1,
-            nick="me",
-            session="tok",
-            pub="tcp://127.0.0.1:1",
-            broker="b",
-            heartbeat=1.0,
-            timeout=5.0,
-            limits=limits,
-        ),
-        0.0,
-    )
+    session.on_reply(welcome(), 0.0)
     session.on_reply(Joined(room="lobby", seq=seq, members=["me"]), 0.0)
     session.take_output()
     return session
