@@ -17,9 +17,11 @@ What it does for its author:
   ``on_mention`` handlers (plain functions or coroutines);
 - ignores its own lines and replayed history unless told otherwise, so two bots
   cannot answer each other forever and a restart does not re-run old commands;
-- queues what it says through a token bucket slightly under the broker's flood
-  control (the ``limits`` of the welcome), and splits long replies at the
-  protocol's text limit on UTF-8 character boundaries, at white space if it can;
+- queues what it says in order and hands it to the session core, which paces
+  every line under the broker's flood control (the ``limits`` of the welcome);
+  an optional ``max_rate`` caps the bot's lines per second further; long
+  replies are split at the protocol's text limit on UTF-8 character
+  boundaries, at white space if it can;
 - survives the broker going away: the session core reconnects and rejoins on
   its own, and if the broker forgets the session for good the bot joins afresh;
 - logs through ``logging.getLogger("client.bot")``; a handler that raises is
@@ -34,6 +36,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import math
 import re
 import signal
 import time
@@ -43,7 +46,7 @@ from typing import Literal, TypeVar
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
-from client.pacing import DEFAULT_RATE_MARGIN, RateLimiter
+from client.pacing import RateLimiter
 from protocol import (
     MAX_TEXT_BYTES,
     BrokerUnreachable,
@@ -74,8 +77,6 @@ log = logging.getLogger("client.bot")
 Handler = Callable[["Context"], object]
 H = TypeVar("H", bound=Handler)
 
-#: Share of the broker's rate and burst the bot allows itself: a little under
-#: the limit, so clock differences never make the broker refuse a line.
 #: Delays between attempts to join afresh once a session is over for good.
 _REJOIN_BACKOFF = (0.5, 1.0, 2.0, 5.0, 10.0)
 #: How long a shutdown may spend sending what is still queued.
@@ -140,7 +141,8 @@ class Context:
     ``room`` is None for private lines. For commands, ``command`` is the
     command's name (lower case) and ``args`` the rest of the line, stripped;
     ``argv`` splits it at white space. :meth:`reply` and :meth:`reply_private`
-    return a future that resolves once the line is handed to the broker (await
+    return a future that resolves once the line is handed to the session core,
+    which sends it as soon as the broker's flood limits allow (await
     it if you need to; a plain function may ignore it).
     """
 
@@ -209,10 +211,11 @@ class Bot:
     the ``rooms`` it joins (default ``lobby``); ``prefix`` starts commands;
     ``answer_self`` and ``answer_history`` make it see its own lines and
     replayed history (both off by default); ``backlog`` is how many stored
-    lines to replay on joining (default none); ``rate_margin`` is the share of
-    the broker's flood limits it uses; ``max_rate`` caps its lines per second
-    further. ``pub`` and ``curve`` are passed to :class:`AsyncClient`.
-    Raises ProtocolError for an invalid nickname or room name.
+    lines to replay on joining (default none); ``max_rate`` caps its lines per
+    second below the broker's flood limits, which the session core already
+    keeps to. ``pub`` and ``curve`` are passed to :class:`AsyncClient`.
+    Raises ProtocolError for an invalid nickname or room name, ValueError for
+    a ``max_rate`` that is not a positive number.
     """
 
     def __init__(
@@ -225,7 +228,6 @@ class Bot:
         answer_self: bool = False,
         answer_history: bool = False,
         backlog: int = 0,
-        rate_margin: float = DEFAULT_RATE_MARGIN,
         max_rate: float | None = None,
         pub: str | None = None,
         curve: dict[str, bytes] | None = None,
@@ -233,6 +235,10 @@ class Bot:
     ) -> None:
         if not prefix:
             raise ValueError("the command prefix cannot be empty")
+        if max_rate is not None and not (max_rate > 0 and math.isfinite(max_rate)):
+            raise ValueError(
+                f"max_rate must be a positive number of lines per second, not {max_rate}"
+            )
         self.server = server
         self._nick = validate_nick(nick)
         self._rooms = list(dict.fromkeys(validate_room(r) for r in (rooms or ["lobby"])))
@@ -246,7 +252,10 @@ class Bot:
         self.connect_timeout = connect_timeout
         #: The protocol's text limit (from the welcome once connected).
         self.text_limit = MAX_TEXT_BYTES
-        self.limiter = RateLimiter(max_rate or 0.0, 1, margin=rate_margin)
+        #: The bot's own cap (``max_rate`` lines a second, no bursts), or None.
+        #: The broker's flood limits are the session core's business: it paces
+        #: every line under them, so a second bucket here would only add delay.
+        self.limiter = RateLimiter(max_rate, 1, margin=1.0) if max_rate is not None else None
         self._handlers = _Handlers()
         self._client: AsyncClient | None = None
         self._limits: Limits | None = None
@@ -330,7 +339,8 @@ class Bot:
 
     def send(self, text: str, room: str | None = None) -> asyncio.Future[None]:
         """Queue ``text`` for ``room`` (default: the first room); long text is
-        split. Returns a future resolved once the last piece is handed over (or
+        split. Returns a future resolved once the last piece is handed to the
+        session core, which paces it under the broker's flood limits (or
         failed with the ProtocolError or ClientError that stopped it)."""
         target = room if room is not None else self.rooms[0]
         return self._queue("room", target, text)
@@ -370,7 +380,8 @@ class Bot:
         return self._outbox
 
     async def _sender(self) -> None:
-        """Send queued lines one by one, at the rate the limiter allows."""
+        """Hand queued lines to the session one by one (it paces them under the
+        broker's limits), no faster than ``max_rate`` if there is one."""
         outbox = self._ensure_outbox()
         assert self._connected is not None
         while True:
@@ -379,10 +390,11 @@ class Bot:
                 if line.future.done():
                     continue  # an earlier piece of this reply failed
                 await self._connected.wait()
-                delay = self.limiter.reserve(time.monotonic())
-                if delay > 0:
-                    log.debug("rate limit: waiting %.2f s", delay)
-                    await asyncio.sleep(delay)
+                if self.limiter is not None:
+                    delay = self.limiter.reserve(time.monotonic())
+                    if delay > 0:
+                        log.debug("max_rate: waiting %.2f s", delay)
+                        await asyncio.sleep(delay)
                 await self._transmit(line)
             except (ProtocolError, ClientError) as exc:
                 log.warning("could not send %r to %s: %s", line.text[:60], line.target, exc)
@@ -441,8 +453,9 @@ class Bot:
             await self._run_all(self._handlers.leave, ctx, "on_leave")
         elif isinstance(event, ev.Connection):
             log.info("connection %s", event.state)
-            # Hold the queue while reconnecting: the session would keep the
-            # lines and resend them all at once, past the broker's rate.
+            # Hold the queue while reconnecting: a line's future then says when
+            # the line reached a live session, and if the session ends for good
+            # the lines still queued here go to the next one.
             if self._connected is not None:
                 if event.state == "reconnected":
                     self._adopt_session_limits()
@@ -451,8 +464,6 @@ class Bot:
                     self._connected.clear()
         elif isinstance(event, ev.Error):
             log.warning("broker error %s: %s", event.code, event.message)
-            if event.code == ErrorCode.RATE_LIMITED:
-                self.limiter.penalize(time.monotonic())
         elif isinstance(event, ev.Shutdown):
             log.warning("the broker is shutting down (%s); waiting for it", event.reason)
         elif isinstance(event, ev.Missed):
@@ -498,12 +509,14 @@ class Bot:
             self._adopt_limits(limits)
 
     def _adopt_limits(self, limits: Limits) -> None:
+        # Only the text limit matters here; the session paces under the rest.
         self.text_limit = min(MAX_TEXT_BYTES, limits.text_bytes) or MAX_TEXT_BYTES
-        rate, burst = limits.rate, limits.burst
-        if self.max_rate is not None and (rate <= 0 or self.max_rate < rate):
-            rate = self.max_rate
-        self.limiter.configure(rate, burst)
-        log.debug("limits: %s lines/s, burst %s, text %d bytes", rate, burst, self.text_limit)
+        log.debug(
+            "limits: %s lines/s, burst %s, text %d bytes",
+            limits.rate,
+            limits.burst,
+            self.text_limit,
+        )
 
     async def _open(self) -> AsyncClient:
         client = AsyncClient(

@@ -19,7 +19,7 @@ class RateLimiter:
     """A token bucket: ``rate`` lines per second, bursts of ``burst`` lines.
 
     Time is a parameter (any monotonic clock), so it is tested without waiting.
-    A rate of 0 means no limit. ``margin`` scales both numbers down so the bot
+    A rate of 0 means no limit. ``margin`` scales both numbers down so the client
     stays under the broker's own bucket.
     """
 

@@ -93,6 +93,19 @@ def test_rate_limiter_off_and_penalty() -> None:
     assert limiter.reserve(5.0) == pytest.approx(0.1)
 
 
+def test_max_rate_is_the_bots_only_pacing_of_its_own() -> None:
+    # Without max_rate the bot has no bucket: the session core paces its lines.
+    assert Bot("tcp://127.0.0.1:1", "plain").limiter is None
+    limiter = Bot("tcp://127.0.0.1:1", "capped", max_rate=2.0).limiter
+    assert limiter is not None
+    # Exactly max_rate, evenly spaced: no margin, no burst.
+    assert [limiter.reserve(10.0) for _ in range(3)] == [0.0, 0.5, 1.0]
+    assert limiter.reserve(12.0) == 0.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            Bot("tcp://127.0.0.1:1", "capped", max_rate=bad)
+
+
 # --- dispatch through the harness -----------------------------------------------------
 
 
@@ -299,7 +312,10 @@ def test_bot_answers_over_an_in_process_broker() -> None:
             await alice.say("!echo hello there")
             line = await _next_line(alice, "echo")
             assert (line.room, line.text) == ("lobby", "hello there")
-            assert bot.limiter.rate == pytest.approx(4.5)  # from the welcome's limits
+            # The welcome's limits reach the session, which paces; the bot adds none.
+            assert bot.client is not None and bot.client.session.limits is not None
+            assert bot.client.session.limits.rate == pytest.approx(5.0)
+            assert bot.limiter is None
 
     with running_broker() as broker:
         asyncio.run(scenario(broker.router))
@@ -330,6 +346,73 @@ def test_the_bot_keeps_under_the_brokers_rate() -> None:
         assert not errors
 
     with running_broker(max_rate=20, burst=5) as broker:
+        asyncio.run(scenario(broker.router))
+
+
+def test_a_burst_is_handed_to_the_session_at_once_and_paced_there_only() -> None:
+    # The session paces every line under the broker's limits; a bot that paced
+    # them too would hand them over only as fast as they can go out, so by the
+    # time its futures resolve the session would hold (almost) nothing unsent.
+    count = 30
+    handed: list[asyncio.Future[None]] = []
+    queued = asyncio.Event()
+
+    async def scenario(router: str) -> None:
+        bot = Bot(router, "burst", ["lobby"])
+
+        @bot.command("spam")
+        def spam(ctx: Context) -> None:
+            handed.extend(ctx.reply(f"line {i}") for i in range(count))
+            queued.set()
+
+        async with serving(bot), AsyncClient(router, "alice") as alice:
+            await alice.say("!spam")
+            await asyncio.wait_for(queued.wait(), 5 * SCALE)
+            await asyncio.wait_for(asyncio.gather(*handed), 5 * SCALE)
+            assert bot.client is not None
+            # 10 lines/s and bursts of 3 at the broker: the session sends 2 at
+            # once and 9 a second after that, so about 3 s of lines are waiting.
+            assert bot.client.session.unacked >= count // 2
+            texts = [(await _next_line(alice, "burst", 10)).text for _ in range(count)]
+            errors = []
+            with pytest.raises(TimeoutError):
+                errors.append(await alice.next_event(0.2))
+        assert texts == [f"line {i}" for i in range(count)]
+        assert not errors
+
+    with running_broker(max_rate=10, burst=3) as broker:
+        asyncio.run(scenario(broker.router))
+
+
+class _CountingLimiter(RateLimiter):
+    def __init__(self, rate: float) -> None:
+        super().__init__(rate, 1, margin=1.0)
+        self.reserved = 0
+
+    def reserve(self, now: float) -> float:
+        self.reserved += 1
+        return super().reserve(now)
+
+
+def test_max_rate_paces_each_line_the_bot_hands_over() -> None:
+    count = 5
+
+    async def scenario(router: str) -> None:
+        bot = Bot(router, "capped", ["lobby"], max_rate=50.0)
+        counting = bot.limiter = _CountingLimiter(50.0)
+
+        @bot.command("spam")
+        def spam(ctx: Context) -> None:
+            for i in range(count):
+                ctx.reply(f"line {i}")
+
+        async with serving(bot), AsyncClient(router, "alice") as alice:
+            await alice.say("!spam")
+            texts = [(await _next_line(alice, "capped", 10)).text for _ in range(count)]
+        assert texts == [f"line {i}" for i in range(count)]
+        assert counting.reserved == count
+
+    with running_broker(max_rate=100, burst=10) as broker:
         asyncio.run(scenario(broker.router))
 
 
