@@ -19,11 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import zmq
-import zmq.auth
 from zmq.utils import z85
 
 from protocol import ProtocolError, nick_key, validate_nick
+from protocol.keys import (
+    Z85_KEY_LENGTH,
+    KeyFileError,
+    load_key_directory,
+    load_secret,
+    parse_public_key,
+)
 
 __all__ = [
     "Z85_KEY_LENGTH",
@@ -41,12 +46,6 @@ __all__ = [
 #: Where libzmq sends authentication requests for every socket of a context.
 ZAP_ENDPOINT: Final = "inproc://zeromq.zap.01"
 _ZAP_VERSION: Final = b"1.0"
-#: Length of a CURVE key in Z85 text.
-Z85_KEY_LENGTH: Final = 40
-
-
-class KeyFileError(ValueError):
-    """A key, key file or key directory is missing or not valid."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,38 +107,8 @@ def _reply(request_id: bytes, status: bytes, text: str, user: str = "") -> list[
 
 
 # --- key files ---------------------------------------------------------------
-
-
-def load_secret(path: str | os.PathLike[str]) -> tuple[bytes, bytes]:
-    """``(public, secret)`` Z85 keys from a ``.key_secret`` file written by
-    ``chat-keygen`` (or zmq.auth.create_certificates). Raises KeyFileError."""
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read key file {os.fspath(path)}: {exc}") from None
-    if secret is None:
-        raise KeyFileError(
-            f"{os.fspath(path)} holds no secret key (give the .key_secret file, not .key)"
-        )
-    _check_z85(public, path)
-    _check_z85(secret, path)
-    return public, secret
-
-
-def parse_public_key(text: str) -> bytes:
-    """A public key given as a file (``.key`` or ``.key_secret``) or as its
-    40 Z85 characters; returns the Z85 bytes. Raises KeyFileError."""
-    if len(text) == Z85_KEY_LENGTH and not os.path.exists(text):
-        _check_z85(text.encode("ascii", "replace"), "the key given")
-        return text.encode("ascii")
-    try:
-        public, _ = zmq.auth.load_certificate(text)
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(
-            f"{text!r} is neither a key file nor a {Z85_KEY_LENGTH}-character Z85 key ({exc})"
-        ) from None
-    _check_z85(public, text)
-    return public
+# Keys and key files are read by protocol/keys.py, shared with the client;
+# load_secret, parse_public_key, KeyFileError and Z85_KEY_LENGTH are re-exported.
 
 
 def load_allowed_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
@@ -147,19 +116,11 @@ def load_allowed_keys(directory: str | os.PathLike[str]) -> frozenset[str]:
     there is none). Raises KeyFileError if ``directory`` is not a directory or
     a key file in it is not valid."""
     if not os.path.isdir(directory):
-        # zmq.auth would say "Invalid certificate directory"; say what is wanted.
         raise KeyFileError(
             f"{os.fspath(directory)} is not a directory (--allow-keys takes a "
             "directory of *.key files)"
         )
-    try:
-        certificates = zmq.auth.load_certificates(directory)
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"cannot read allowed keys in {os.fspath(directory)}: {exc}") from None
-    keys = frozenset(key.decode("ascii", "replace") for key in certificates)
-    for key in keys:
-        _check_z85(key.encode(), directory)
-    return keys
+    return load_key_directory(directory)
 
 
 def load_nick_keys(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -186,14 +147,8 @@ def load_nick_keys(path: str | os.PathLike[str]) -> dict[str, str]:
         except ProtocolError as exc:
             raise KeyFileError(f"{where}: {exc.message}") from None
         candidate = key if len(key) == Z85_KEY_LENGTH else str(base / key)
-        table[nick_key(nick)] = parse_public_key(candidate).decode("ascii")
+        try:
+            table[nick_key(nick)] = parse_public_key(candidate).decode("ascii")
+        except KeyFileError as exc:
+            raise KeyFileError(f"{where}: {exc}") from None
     return table
-
-
-def _check_z85(key: bytes, where: str | os.PathLike[str]) -> None:
-    try:
-        valid = len(key) == Z85_KEY_LENGTH and len(z85.decode(key)) == 32
-    except (ValueError, KeyError):  # what z85.decode raises for bad input
-        valid = False
-    if not valid:
-        raise KeyFileError(f"{os.fspath(where)}: not a {Z85_KEY_LENGTH}-character Z85 CURVE key")

@@ -11,14 +11,11 @@ import sys
 import threading
 from typing import Any
 
-import zmq
-import zmq.auth
-from zmq.utils import z85
-
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import execute
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
+from protocol.keys import KeyFileError, load_secret, parse_public_key
 
 __all__ = ["build_parser", "curve_options", "main"]
 
@@ -106,46 +103,25 @@ def build_parser() -> argparse.ArgumentParser:
 def curve_options(args: argparse.Namespace) -> dict[str, Any]:
     """The AsyncClient keyword options for ``--server-key``/``--curve-secret``.
 
-    Raises ValueError with a message for a person if a key cannot be read.
+    Raises ValueError with a message for a person: KeyFileError (a ValueError
+    too) if a key cannot be read.
     """
     if args.curve_secret and not args.server_key:
         raise ValueError("--curve-secret needs --server-key (the broker's public key)")
     if not args.server_key:
         return {}
-    options: dict[str, Any] = {"server_key": _public_key(args.server_key)}
+    # One reader for keys and key files, shared with the broker (protocol/keys.py);
+    # its messages name the key or file, and we name the flag.
+    try:
+        options: dict[str, Any] = {"server_key": parse_public_key(args.server_key)}
+    except KeyFileError as exc:
+        raise KeyFileError(f"--server-key: {exc}") from None
     if args.curve_secret:
         try:
-            public, secret = zmq.auth.load_certificate(args.curve_secret)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"--curve-secret: cannot read {args.curve_secret}: {exc}") from None
-        if secret is None:
-            raise ValueError(f"--curve-secret: {args.curve_secret} holds no secret key")
-        options["client_keys"] = (
-            _z85_key(public, "--curve-secret"),
-            _z85_key(secret, "--curve-secret"),
-        )
+            options["client_keys"] = load_secret(args.curve_secret)
+        except KeyFileError as exc:
+            raise KeyFileError(f"--curve-secret: {exc}") from None
     return options
-
-
-def _public_key(text: str) -> bytes:
-    if len(text) == 40 and not os.path.exists(text):
-        return _z85_key(text.encode("ascii", "replace"), "--server-key")
-    try:
-        public, _ = zmq.auth.load_certificate(text)
-    except (OSError, ValueError) as exc:
-        raise ValueError(
-            f"--server-key: {text!r} is neither a key file nor 40 Z85 characters ({exc})"
-        ) from None
-    return _z85_key(public, "--server-key")
-
-
-def _z85_key(key: bytes, option: str) -> bytes:
-    try:
-        if len(key) == 40 and len(z85.decode(key)) == 32:
-            return key
-    except (ValueError, KeyError):
-        pass
-    raise ValueError(f"{option}: not a valid CURVE key (40 Z85 characters)")
 
 
 def main(argv: list[str] | None = None) -> int:

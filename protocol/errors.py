@@ -6,6 +6,9 @@
     ├── ProtocolError              bytes that are not valid protocol v1, or a
     │                              request the protocol refuses; carries a
     │                              stable ``code`` (see ErrorCode, docs/PROTOCOL.md §7)
+    ├── KeyFileError               a CURVE key, key file or key directory given
+    │                              by the user is missing or not valid (also a
+    │                              ValueError; protocol/keys.py)
     └── ClientError                raised by the client library (client/)
         ├── JoinRefused            the broker refused our hello (nick_taken, ...)
         ├── RequestFailed          the broker answered a request with an error
@@ -29,6 +32,7 @@ __all__ = [
     "ConnectionClosed",
     "ErrorCode",
     "JoinRefused",
+    "KeyFileError",
     "ProtocolError",
     "RequestFailed",
 ]
@@ -74,6 +78,15 @@ class ProtocolError(ChatError):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+class KeyFileError(ChatError, ValueError):
+    """A CURVE key, key file or key directory is missing or not valid.
+
+    Local configuration, not the wire: the message names the key or file, and
+    the command line that read it adds the flag. A ValueError too, since it is
+    bad input to the function that raised it.
+    """
 
 
 class ClientError(ChatError):
