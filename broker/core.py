@@ -45,6 +45,7 @@ from protocol import (
     Join,
     Joined,
     JoinNotice,
+    JoinsNotice,
     LeaveNotice,
     Limits,
     ListRooms,
@@ -88,6 +89,9 @@ KEY_MEMORY: Final = 100_000
 EARLY_SYNC_LIMIT: Final = 64
 #: Most lines one history request returns.
 MAX_HISTORY_LIMIT: Final = 1000
+#: Most nicknames one ``joins`` notice lists (a 32-character nickname can take
+#: 130 bytes of JSON, so 100 of them stay far below any frame limit).
+JOINS_PER_NOTICE: Final = 100
 
 
 # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__
@@ -273,6 +277,20 @@ class BrokerCore:
             session.early_syncs.add(number)
             return []
         return self._synced(session, number, now)
+
+    def subscribed_all(self, notices: list[bytes], now: float) -> list[Action]:
+        """React to every XPUB notice the loop read in one turn.
+
+        Joins that complete in the same room in one turn are announced with one
+        ``joins`` notice instead of a ``join`` each (docs/PROTOCOL.md §5): when
+        many clients join a busy room at once (everyone coming back to a
+        restarted broker, a class logging in) per-join notices cost each member
+        one message per joiner, and the broker's PUB queues hold all of them.
+        """
+        actions: list[Action] = []
+        for notice in notices:
+            actions += self.subscribed(notice, now)
+        return _coalesce_joins(actions, now)
 
     def tick(self, now: float) -> list[Action]:
         """Expire silent clients and syncs that never came."""
@@ -647,6 +665,30 @@ def _throttled(bucket: TokenBucket, what: str) -> ProtocolError:
         f"too many {what}: at most {bucket.rate:g} a second (bursts of {bucket.burst:g}); "
         f"not delivered, try again in {max(bucket.retry_after(), 0.01):.2f} s",
     )
+
+
+def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
+    """``actions`` with the join notices of each room merged into ``joins``
+    notices, ahead of everything else (a turn of subscriptions publishes
+    nothing but join notices, so no broadcast is reordered)."""
+    joins: dict[str, list[str]] = {}
+    others: list[Action] = []
+    for action in actions:
+        if type(action) is Publish and type(action.message) is JoinNotice:
+            joins.setdefault(action.message.room, []).append(action.message.nick)
+        else:
+            others.append(action)
+    if all(len(nicks) < 2 for nicks in joins.values()):
+        return actions
+    merged: list[Action] = []
+    for room, nicks in joins.items():
+        for start in range(0, len(nicks), JOINS_PER_NOTICE):
+            chunk = nicks[start : start + JOINS_PER_NOTICE]
+            if len(chunk) == 1:
+                merged.append(Publish(JoinNotice(room=room, nick=chunk[0], ts=now)))
+            else:
+                merged.append(Publish(JoinsNotice(room=room, nicks=chunk, ts=now)))
+    return merged + others
 
 
 def _nicks(room: _Room) -> list[str]:

@@ -30,6 +30,8 @@ log = logging.getLogger("broker")
 TICK_SECONDS = 0.25
 #: Most requests read in one batch before the loop sends what they produced.
 BATCH = 500
+#: Most XPUB notices read in one batch (the rest wait for the next turn).
+SUBSCRIPTION_BATCH = 5_000
 #: How long, at shutdown, the ROUTER may spend delivering "shutdown" notices.
 SHUTDOWN_LINGER_MS = 500
 
@@ -133,12 +135,13 @@ class BrokerServer:
                 if zap is not None and zap in ready:
                     self._authenticate(zap)
                 if xpub in ready:
-                    while True:
+                    notices: list[bytes] = []
+                    for _ in range(SUBSCRIPTION_BATCH):
                         try:
-                            notice = xpub.recv(zmq.NOBLOCK)
+                            notices.append(xpub.recv(zmq.NOBLOCK))
                         except zmq.Again:
                             break
-                        actions += core.subscribed(notice, clock())
+                    actions += core.subscribed_all(notices, clock())
                 if router in ready:
                     for _ in range(BATCH):
                         try:

@@ -46,6 +46,7 @@ from protocol import (
     Join,
     Joined,
     JoinNotice,
+    JoinsNotice,
     LeaveNotice,
     Limits,
     ListRooms,
@@ -316,6 +317,14 @@ class ClientSession:
                 return []
             self._members_add(room, message.nick)
             return [ev.Join(room=room, nick=message.nick, ts=message.ts)]
+        if isinstance(message, JoinsNotice):
+            events: list[ev.Event] = []
+            for nick in message.nicks:
+                if nick_key(nick) == me or nick in self.members.get(room, ()):
+                    continue
+                self._members_add(room, nick)
+                events.append(ev.Join(room=room, nick=nick, ts=message.ts))
+            return events
         if isinstance(message, LeaveNotice):
             if nick_key(message.nick) == me:
                 return []

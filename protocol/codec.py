@@ -56,7 +56,7 @@ _REPLY_TYPES = frozenset(
         "goodbye",
     }
 )
-_BROADCAST_TYPES = frozenset({"message", "join", "leave", "nick"})
+_BROADCAST_TYPES = frozenset({"message", "join", "joins", "leave", "nick"})
 #: What a decoder may raise on bad input; anything else is a bug of ours.
 _DECODE_ERRORS = (
     msgspec.DecodeError,

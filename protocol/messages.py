@@ -28,6 +28,7 @@ __all__ = [
     "Join",
     "JoinNotice",
     "Joined",
+    "JoinsNotice",
     "LeaveNotice",
     "Limits",
     "ListRooms",
@@ -302,6 +303,16 @@ class JoinNotice(_Message, tag="join", frozen=True):
     ts: float
 
 
+class JoinsNotice(_Message, tag="joins", frozen=True):
+    """Everyone in ``nicks`` (two or more, in the order they joined) joined
+    ``room`` at the same moment: a join storm, announced once instead of once
+    per person."""
+
+    room: str
+    nicks: list[str]
+    ts: float
+
+
 class LeaveNotice(_Message, tag="leave", frozen=True):
     """``nick`` left ``room``; reason is exit, part, timeout or shutdown."""
 
@@ -321,4 +332,4 @@ class NickNotice(_Message, tag="nick", frozen=True):
     id: str
 
 
-Broadcast = ChatMessage | JoinNotice | LeaveNotice | NickNotice
+Broadcast = ChatMessage | JoinNotice | JoinsNotice | LeaveNotice | NickNotice

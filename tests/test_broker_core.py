@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from broker import BrokerConfig, BrokerCore, Publish, Send
-from broker.core import Action
+from broker.core import JOINS_PER_NOTICE, Action
 from protocol import (
     Broadcast,
     Bye,
@@ -24,6 +24,7 @@ from protocol import (
     Join,
     Joined,
     JoinNotice,
+    JoinsNotice,
     LeaveNotice,
     ListRooms,
     NickNotice,
@@ -123,6 +124,34 @@ def test_join_handshake_waits_for_the_sync_subscription() -> None:
     assert published(actions) == [JoinNotice(room="lobby", nick="Alice", ts=6.0)]
     assert sent(actions, b"A") == [Joined(room="lobby", seq=0, members=["Alice"])]
     assert [type(m) for m in published(say(core, b"A", "hi"))] == [ChatMessage]
+
+
+def test_joins_in_one_turn_are_announced_once_per_room() -> None:
+    core = make_core()
+    join(core, b"A", "alice", rooms=["lobby", "dev"])
+    welcomes = [
+        hello(core, b"N%d" % i, f"n{i}", rooms=["lobby"]) for i in range(JOINS_PER_NOTICE + 1)
+    ]
+    welcomes.append(hello(core, b"D", "dora", rooms=["dev"]))
+    notices = [b"\x01" + sync_topic(w.session, 0) for w in welcomes]
+    notices.insert(3, b"\x01" + room_topic("lobby"))  # other notices change nothing
+    actions = core.subscribed_all(notices, 7.0)
+    nicks = [f"n{i}" for i in range(JOINS_PER_NOTICE + 1)]
+    # In join order, at most JOINS_PER_NOTICE per notice; a lone joiner keeps `join`.
+    assert published(actions) == [
+        JoinsNotice(room="lobby", nicks=nicks[:JOINS_PER_NOTICE], ts=7.0),
+        JoinNotice(room="lobby", nick=nicks[-1], ts=7.0),
+        JoinNotice(room="dev", nick="dora", ts=7.0),
+    ]
+    # Everyone still gets their own joined reply, members as of their own join.
+    assert sent(actions, b"N1") == [
+        Joined(room="lobby", seq=0, members=["alice", "n0", "n1"]),
+    ]
+    assert sent(actions, b"D") == [Joined(room="dev", seq=0, members=["alice", "dora"])]
+    # A turn with one join stays a plain join.
+    last = hello(core, b"L", "lee", rooms=["lobby"])
+    actions = core.subscribed_all([b"\x01" + sync_topic(last.session, 0)], 8.0)
+    assert published(actions) == [JoinNotice(room="lobby", nick="lee", ts=8.0)]
 
 
 def test_joined_lists_members_and_starts_in_the_hello_rooms() -> None:

@@ -19,7 +19,7 @@ from broker import BrokerConfig, BrokerServer
 from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
 from client.session import ClientSession, State, _reachable
-from protocol import Joined, JoinNotice, ProtocolError, Rename, Say
+from protocol import Joined, JoinNotice, JoinsNotice, ProtocolError, Rename, Say
 from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for, welcome
 
 _REFUSED_THEN_UNREACHABLE = textwrap.dedent(
@@ -158,6 +158,17 @@ def test_someone_already_here_rejoining_is_not_announced_again() -> None:
     assert session.on_broadcast(notice, 1.0) == []
     newcomer = JoinNotice(room="lobby", nick="carol", ts=1.0)
     assert session.on_broadcast(newcomer, 1.0) == [ev.Join(room="lobby", nick="carol", ts=1.0)]
+
+
+def test_a_joins_notice_announces_each_newcomer_once() -> None:
+    session = _session_in()  # in lobby: us ("me") and bob
+    storm = JoinsNotice(room="lobby", nicks=["carol", "ME", "bob", "dave"], ts=2.0)
+    assert session.on_broadcast(storm, 2.0) == [
+        ev.Join(room="lobby", nick="carol", ts=2.0),
+        ev.Join(room="lobby", nick="dave", ts=2.0),
+    ]
+    assert {"carol", "dave"} <= set(session.members["lobby"])
+    assert session.on_broadcast(storm, 3.0) == []  # heard again: nothing new
 
 
 def test_lines_over_the_brokers_burst_wait_their_turn_in_order() -> None:

@@ -310,6 +310,49 @@ def test_the_first_broadcast_after_joined_reaches_a_bare_sub(
             sub.close(linger=0)
 
 
+def test_a_join_storm_announces_everyone_exactly_once(
+    connect: Connect, broker: InProcessBroker, zctx: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    # Thirty clients complete their joins at once, so the broker reads several
+    # sync subscriptions per turn and announces them together (`joins`).
+    alice = connect("alice")
+    watcher_dealer, watcher = raw_join(zctx, broker, "watcher")
+    nicks = [f"storm{i}" for i in range(30)]
+    dealers = [zctx.socket(zmq.DEALER) for _ in nicks]
+    subs = [zctx.socket(zmq.SUB) for _ in nicks]
+    try:
+        for dealer, nick in zip(dealers, nicks, strict=True):
+            dealer.connect(broker.router)
+            dealer.send(encode(Hello(v=1, nick=nick)))
+        welcomes = [reply(dealer) for dealer in dealers]
+        for sub, welcome in zip(subs, welcomes, strict=True):
+            assert isinstance(welcome, Welcome)
+            sub.connect(welcome.pub)
+            sub.subscribe(b"room/lobby/")
+        for sub, welcome in zip(subs, welcomes, strict=True):
+            assert isinstance(welcome, Welcome)
+            sub.subscribe(sync_topic(welcome.session, 0))
+        for dealer in dealers:
+            assert json.loads(recv(dealer)[0])["type"] == "joined"
+        # On the wire: every newcomer named once, in `join` or `joins` notices.
+        announced: list[str] = []
+        while len(announced) < len(nicks):
+            body = json.loads(recv(watcher)[1])
+            if body["type"] == "join" and body["nick"] != "watcher":  # its own
+                announced.append(body["nick"])
+            elif body["type"] == "joins":
+                assert len(body["nicks"]) >= 2
+                announced += body["nicks"]
+        assert sorted(announced) == sorted(nicks)
+        # Through the client library: one Join event each, none twice.
+        storm = set(nicks)
+        seen = [wait_for(alice, ev.Join, lambda e: e.nick in storm).nick for _ in nicks]
+        assert sorted(seen) == sorted(nicks)
+    finally:
+        for sock in [watcher_dealer, watcher, *dealers, *subs]:
+            sock.close(linger=0)
+
+
 BAD_FRAMES: list[tuple[list[bytes], str]] = [
     ([b"garbage"], "bad_frame"),
     ([b'{"type": "ping"}', b"extra"], "bad_frame"),

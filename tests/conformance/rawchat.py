@@ -53,6 +53,15 @@ def joined_to(room: str) -> Predicate:
     return lambda m: m.get("type") == "joined" and m.get("room") == room
 
 
+def announces_join(nick: str) -> Predicate:
+    """Matches the broadcast announcing that ``nick`` joined: a ``join``, or a
+    ``joins`` listing it (§5: a broker may announce simultaneous joins at once)."""
+    return lambda m: (
+        (m.get("type") == "join" and m.get("nick") == nick)
+        or (m.get("type") == "joins" and nick in m.get("nicks", ()))
+    )
+
+
 class RawClient:
     """One DEALER and one SUB, driven by hand.
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conformance.conftest import ClientFactory, JoinFactory
-from tests.conformance.rawchat import QUIET, joined_to, unique_nick, unique_room
+from tests.conformance.rawchat import QUIET, announces_join, joined_to, unique_nick, unique_room
 
 WELCOME_FIELDS = {"v", "nick", "session", "pub", "broker", "heartbeat", "timeout", "limits"}
 LIMIT_FIELDS = {
@@ -51,7 +51,7 @@ def test_handshake_join_broadcast_and_joined(raw: ClientFactory, chat: JoinFacto
     assert joined["seq"] == 0
     assert joined["members"][-1] == nick
     assert set(joined["members"]) == {watcher.welcome["nick"], nick}  # type: ignore[index]
-    topic, notice = watcher.broadcast(lambda m: m.get("type") == "join" and m["nick"] == nick)
+    topic, notice = watcher.broadcast(announces_join(nick))
     assert topic == f"room/{room}/".encode()
     assert notice["room"] == room and isinstance(notice["ts"], float | int)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conformance.conftest import JoinFactory
-from tests.conformance.rawchat import QUIET, unique_room
+from tests.conformance.rawchat import QUIET, announces_join, unique_room
 
 
 def is_text(text: str):  # type: ignore[no-untyped-def]
@@ -81,7 +81,7 @@ def test_join_part_and_leave_notice(chat: JoinFactory) -> None:
     mover_nick = mover.welcome["nick"]  # type: ignore[index]
     joined = mover.join_room(room)
     assert set(joined["members"]) == {stayer.welcome["nick"], mover_nick}  # type: ignore[index]
-    stayer.broadcast(lambda m: m.get("type") == "join" and m["nick"] == mover_nick)
+    stayer.broadcast(announces_join(mover_nick))
     mover.send({"type": "part", "room": room})
     assert mover.reply_of("parted") == {"type": "parted", "room": room}
     _, leave = stayer.broadcast(lambda m: m.get("type") == "leave" and m["nick"] == mover_nick)
