@@ -66,6 +66,7 @@ class _Body(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Body).decode
+_decode_batch = msgspec.json.Decoder(list[_Body]).decode
 _NOBLOCK = int(zmq.NOBLOCK)
 _LINE_PREFIX = b'{"type":"message",'
 _TEXT_FIELD = b'"text":"'
@@ -214,6 +215,15 @@ class LoadGen:
                 return
             payload = recv(_NOBLOCK)  # a message's frames arrive together
             now = time.perf_counter()
+            if chat and payload[:1] == b"[":
+                # A batch: several broadcasts in one frame (PROTOCOL.md §3).
+                for body in _decode_batch(payload):
+                    if body.type != "message":
+                        self.other += 1
+                        continue
+                    sender, counter, ts = body.text.split(":", 3)[:3]
+                    tally.deliver(receiver, int(sender), int(counter), now - float(ts))
+                continue
             if chat:
                 # The line's text, found without a full JSON decode (msgspec
                 # writes the tag first and fields in order); anything else,
@@ -239,23 +249,27 @@ class LoadGen:
                 frame = sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            body = _decode(frame)
-            kind = body.type
-            if kind == "ack":
-                self.acks += 1
-            elif kind == "pong":
-                pass
-            elif kind == "welcome":
-                sub = self.subs[i]
-                sub.subscribe(ROOM_TOPIC)
-                # Subscribed last: seeing it, the broker knows the room topic is live.
-                sub.subscribe(b"sync/%s/0/" % body.session.encode())
-            elif kind == "joined":
-                if not self.joined[i]:
-                    self.joined[i] = True
-                    self.joined_count += 1
-            elif len(self.errors) < 20:
-                self.errors.append(f"client {i}: {kind} {body.code} {body.message}")
+            for body in _decode_batch(frame) if frame[:1] == b"[" else [_decode(frame)]:
+                self.on_reply(i, body)
+
+    def on_reply(self, i: int, body: _Body) -> None:
+        """One reply (of a frame, or of a batch) for client ``i``."""
+        kind = body.type
+        if kind == "ack":
+            self.acks += 1
+        elif kind == "pong":
+            pass
+        elif kind == "welcome":
+            sub = self.subs[i]
+            sub.subscribe(ROOM_TOPIC)
+            # Subscribed last: seeing it, the broker knows the room topic is live.
+            sub.subscribe(b"sync/%s/0/" % body.session.encode())
+        elif kind == "joined":
+            if not self.joined[i]:
+                self.joined[i] = True
+                self.joined_count += 1
+        elif len(self.errors) < 20:
+            self.errors.append(f"client {i}: {kind} {body.code} {body.message}")
 
     def pump(self, poller: zmq.Poller, timeout_ms: float) -> None:
         for sock, _ in poller.poll(int(timeout_ms)):

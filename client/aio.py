@@ -31,6 +31,7 @@ from protocol import (
     decode_broadcast,
     decode_reply,
     encode,
+    unpack,
 )
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient"]
@@ -440,12 +441,23 @@ class AsyncClient:
             except zmq.Again:
                 return events
             try:
-                if private:
-                    events += session.on_reply(decode_reply(frames), now)
-                else:
-                    events += session.on_broadcast(decode_broadcast(frames), now)
+                if len(frames) != (1 if private else 2):
+                    (decode_reply if private else decode_broadcast)(frames)  # says what is wrong
+                # A batch (PROTOCOL.md §3) is several messages in one frame.
+                bodies = unpack(frames[-1])
             except ProtocolError as exc:
                 events.append(ev.Error(code=exc.code, message=f"from the broker: {exc.message}"))
+                continue
+            for body in bodies:
+                try:
+                    if private:
+                        events += session.on_reply(decode_reply([body]), now)
+                    else:
+                        events += session.on_broadcast(decode_broadcast([frames[0], body]), now)
+                except ProtocolError as exc:
+                    events.append(
+                        ev.Error(code=exc.code, message=f"from the broker: {exc.message}")
+                    )
 
     async def _shut(self, reason: str) -> None:
         self.session.closed_by_front_end(reason)

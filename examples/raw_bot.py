@@ -65,6 +65,12 @@ def reachable(pub: str, router: str) -> str:
     return pub
 
 
+def messages(frame: bytes) -> list[Message]:
+    """§3: a frame holds one JSON object, or a batch: an array of them, in order."""
+    value = json.loads(frame)
+    return value if isinstance(value, list) else [value]
+
+
 class RawBot:
     """One DEALER to the broker's ROUTER, one SUB to its XPUB (§1)."""
 
@@ -108,13 +114,13 @@ class RawBot:
             except zmq.Again:
                 break
             self.last_heard = time.monotonic()
-            replies.append(json.loads(frame))
+            replies += messages(frame)
         while self.sub in ready:
             try:
                 _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)  # §3: [topic, body]
             except zmq.Again:
                 break
-            broadcasts.append(json.loads(body))
+            broadcasts += messages(body)
         return replies, broadcasts
 
     # --- the join handshake (§5.1) -------------------------------------------

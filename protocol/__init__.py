@@ -6,14 +6,17 @@ share this package as the single source of truth for the wire format
 """
 
 from protocol.codec import (
+    BATCH_BYTES,
     SYNC_PREFIX,
     decode_broadcast,
     decode_reply,
     decode_request,
     encode,
     encode_broadcast,
+    pack,
     room_topic,
     sync_topic,
+    unpack,
 )
 from protocol.endpoints import check_endpoint
 from protocol.errors import (
@@ -78,6 +81,7 @@ from protocol.validation import (
 )
 
 __all__ = [
+    "BATCH_BYTES",
     "MAX_KEY_LENGTH",
     "MAX_NICK_LENGTH",
     "MAX_ROOM_LENGTH",
@@ -135,8 +139,10 @@ __all__ = [
     "encode",
     "encode_broadcast",
     "nick_key",
+    "pack",
     "room_topic",
     "sync_topic",
+    "unpack",
     "validate_key",
     "validate_nick",
     "validate_room",

@@ -2,6 +2,9 @@
 
 * A request or reply is exactly one frame: a UTF-8 JSON object.
 * A broadcast is two frames: the topic (``room/<name>/``) and the JSON object.
+* The broker may send several replies to one client, or several broadcasts to
+  one room, in one frame: a *batch*, the JSON array of their objects
+  (:func:`pack`, :func:`unpack`).
 
 Decoders raise only :class:`ProtocolError`, whatever the input.
 """
@@ -18,23 +21,31 @@ from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import Broadcast, Reply, Request
 
 __all__ = [
+    "BATCH_BYTES",
     "SYNC_PREFIX",
     "decode_broadcast",
     "decode_reply",
     "decode_request",
     "encode",
     "encode_broadcast",
+    "pack",
     "room_topic",
     "sync_topic",
+    "unpack",
 ]
 
 #: Prefix of the topics a client subscribes to prove its SUB socket is live.
 SYNC_PREFIX = b"sync/"
+#: Most bytes the broker packs into one batch frame: libzmq's own write size,
+#: enough to carry dozens of lines, small enough that a slow subscriber's
+#: queue of frames (its high-water mark counts frames) stays bounded.
+BATCH_BYTES: Final = 8192
 
 _encoder = msgspec.json.Encoder()
 _request_decoder = msgspec.json.Decoder(Request)
 _reply_decoder = msgspec.json.Decoder(Reply)
 _broadcast_decoder = msgspec.json.Decoder(Broadcast)
+_batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 _REQUEST_TYPES = frozenset(
     {"hello", "say", "msg", "join", "part", "nick", "who", "rooms", "history", "ping", "bye"}
@@ -91,6 +102,41 @@ encode_body: Final[Callable[[Request | Reply | Broadcast], bytes]] = _encoder.en
 def encode_broadcast(message: Broadcast) -> list[bytes]:
     """A broadcast as its two frames: topic and body."""
     return [room_topic(message.room), _encoder.encode(message)]
+
+
+def pack(bodies: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
+    """Encoded messages bound for one client (or one room), packed in order
+    into as few frames as stay within ``limit`` bytes: a lone message as it
+    is, several as a batch (a JSON array). A message longer than ``limit``
+    travels alone."""
+    if len(bodies) == 1:
+        return bodies
+    frames: list[bytes] = []
+    chunk: list[bytes] = []
+    size = 1
+    for body in bodies:
+        if chunk and size + len(body) + 1 > limit:
+            frames.append(chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]")
+            chunk = []
+            size = 1
+        chunk.append(body)
+        size += len(body) + 1
+    if chunk:
+        frames.append(chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]")
+    return frames
+
+
+def unpack(frame: bytes) -> list[bytes]:
+    """The encoded messages in one frame from the broker, in order: the frame
+    itself, or each element if it is a batch (it begins with ``[``). Decode
+    each with :func:`decode_reply` or :func:`decode_broadcast`, so that one
+    message a client does not understand costs it only that message."""
+    if frame[:1] != b"[":
+        return [frame]
+    try:
+        return [bytes(raw) for raw in _batch_decoder.decode(frame)]
+    except _DECODE_ERRORS:
+        raise ProtocolError(ErrorCode.BAD_FRAME, "a batch that is not a JSON array") from None
 
 
 def decode_request(frames: list[bytes]) -> Request:

@@ -22,7 +22,7 @@ import zmq
 
 from client import Client
 from client import events as ev
-from protocol import SYNC_PREFIX
+from protocol import SYNC_PREFIX, unpack
 from tests.conftest import SCALE, BrokerProcess, spawn_broker, wait_for
 
 FUZZERS = 4
@@ -138,12 +138,14 @@ class Fuzzer:
                 frames = self.dealer.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            self.replies += 1
+            bodies = unpack(frames[-1])  # one reply, or a batch of them
+            self.replies += len(bodies)
             # A welcome: finish the join, so later nonsense reaches the handlers.
-            body = json.loads(frames[-1])
-            if body.get("type") == "welcome":
-                self.sub.setsockopt(zmq.SUBSCRIBE, b"room/fuzz/")
-                self.sub.setsockopt(zmq.SUBSCRIBE, SYNC_PREFIX + body["session"].encode() + b"/0/")
+            for body in map(json.loads, bodies):
+                if body.get("type") == "welcome":
+                    self.sub.setsockopt(zmq.SUBSCRIBE, b"room/fuzz/")
+                    topic = SYNC_PREFIX + body["session"].encode() + b"/0/"
+                    self.sub.setsockopt(zmq.SUBSCRIBE, topic)
         while True:
             try:
                 self.sub.recv_multipart(zmq.NOBLOCK)

@@ -27,6 +27,7 @@ from protocol import (
     decode_reply,
     encode,
     sync_topic,
+    unpack,
 )
 from tests.conftest import SCALE, InProcessBroker, start_broker, wait_for
 
@@ -337,12 +338,12 @@ def test_a_join_storm_announces_everyone_exactly_once(
         # On the wire: every newcomer named once, in `join` or `joins` notices.
         announced: list[str] = []
         while len(announced) < len(nicks):
-            body = json.loads(recv(watcher)[1])
-            if body["type"] == "join" and body["nick"] != "watcher":  # its own
-                announced.append(body["nick"])
-            elif body["type"] == "joins":
-                assert len(body["nicks"]) >= 2
-                announced += body["nicks"]
+            for body in map(json.loads, unpack(recv(watcher)[1])):  # a batch, or one
+                if body["type"] == "join" and body["nick"] != "watcher":  # its own
+                    announced.append(body["nick"])
+                elif body["type"] == "joins":
+                    assert len(body["nicks"]) >= 2
+                    announced += body["nicks"]
         assert sorted(announced) == sorted(nicks)
         # Through the client library: one Join event each, none twice.
         storm = set(nicks)

@@ -32,7 +32,9 @@ from protocol import (
     encode,
     encode_broadcast,
     nick_key,
+    pack,
     room_topic,
+    unpack,
     validate_key,
     validate_nick,
     validate_room,
@@ -267,6 +269,59 @@ def test_every_broadcast_round_trips(cls: type[Any], data: st.DataObject) -> Non
     frames = encode_broadcast(message)
     assert frames[0] == room_topic(message.room)
     assert decode_broadcast(frames) == message
+
+
+# --- batches -----------------------------------------------------------------------------
+
+ANY_REPLY = st.one_of(*(message_strategy(cls) for cls in REPLY_TYPES))
+
+
+@FUZZ
+@given(replies=st.lists(ANY_REPLY, min_size=1, max_size=12), limit=st.integers(1, 3000))
+def test_packed_replies_unpack_to_the_same_messages_in_order(
+    replies: list[Any], limit: int
+) -> None:
+    bodies = [encode(reply) for reply in replies]
+    frames = pack(bodies, limit)
+    for frame in frames:
+        # Within the limit, unless one message alone is longer.
+        assert len(frame) <= limit or frame in bodies
+    assert [body for frame in frames for body in unpack(frame)] == bodies
+    decoded = [decode_reply([body]) for frame in frames for body in unpack(frame)]
+    assert decoded == replies
+
+
+def test_a_lone_message_is_not_wrapped_and_a_batch_is_an_array() -> None:
+    one = encode(Hello(v=1, nick="a"))
+    assert pack([one]) == [one]
+    frames = pack([one, one, one])
+    assert frames == [b"[" + b",".join([one] * 3) + b"]"]
+    assert json.loads(frames[0]) == [json.loads(one)] * 3
+    # A limit that fits two: the third starts a frame of its own, alone.
+    assert pack([one] * 3, limit=2 * len(one) + 3) == [b"[" + one + b"," + one + b"]", one]
+
+
+@FUZZ
+@given(frame=st.binary(max_size=64) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_unpack_returns_bodies_or_raises_protocol_error(frame: bytes) -> None:
+    try:
+        bodies = unpack(frame)
+    except ProtocolError as exc:
+        assert exc.code == ErrorCode.BAD_FRAME
+        return
+    assert all(isinstance(body, bytes) for body in bodies)
+    # Each body then decodes, or fails with a ProtocolError of its own.
+    for body in bodies:
+        decodes_or_protocol_error(decode_reply, [body])
+
+
+def test_one_bad_message_in_a_batch_costs_only_itself() -> None:
+    good = encode(protocol.Goodbye())
+    bodies = unpack(b"[" + good + b',{"type":"from-the-future"},' + good + b"]")
+    assert decode_reply([bodies[0]]) == decode_reply([bodies[2]]) == protocol.Goodbye()
+    with pytest.raises(ProtocolError) as caught:
+        decode_reply([bodies[1]])
+    assert caught.value.code == ErrorCode.UNKNOWN_TYPE
 
 
 # --- validation --------------------------------------------------------------------------

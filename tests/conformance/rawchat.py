@@ -53,6 +53,17 @@ def joined_to(room: str) -> Predicate:
     return lambda m: m.get("type") == "joined" and m.get("room") == room
 
 
+def messages(frame: bytes) -> list[Message]:
+    """The messages in one frame from the broker (§3): one JSON object, or a
+    batch, an array of two or more objects in order."""
+    value = json.loads(frame)
+    if isinstance(value, dict):
+        return [value]
+    assert isinstance(value, list) and len(value) >= 2, f"not a message or a batch: {frame!r}"
+    assert all(isinstance(item, dict) for item in value), f"a batch of non-objects: {frame!r}"
+    return value
+
+
 def announces_join(nick: str) -> Predicate:
     """Matches the broadcast announcing that ``nick`` joined: a ``join``, or a
     ``joins`` listing it (§5: a broker may announce simultaneous joins at once)."""
@@ -113,7 +124,7 @@ class RawClient:
                 except zmq.Again:
                     break
                 assert len(frames) == 1, f"a reply is one frame, got {frames!r}"
-                self.replies.append(json.loads(frames[0]))
+                self.replies += messages(frames[0])
         if self.sub in ready:
             while True:
                 try:
@@ -121,7 +132,10 @@ class RawClient:
                 except zmq.Again:
                     break
                 assert len(frames) == 2, f"a broadcast is two frames, got {frames!r}"
-                self.broadcasts.append((frames[0], json.loads(frames[1])))
+                for message in messages(frames[1]):
+                    # Every broadcast of a batch belongs to the topic's room.
+                    assert frames[0] == f"room/{message['room']}/".encode(), frames
+                    self.broadcasts.append((frames[0], message))
 
     def reply(self, predicate: Predicate = lambda m: True, timeout: float = WAIT) -> Message:
         """The first reply matching ``predicate``, taken out of the backlog."""
