@@ -177,6 +177,11 @@ class SqliteHistory:
         db.execute("COMMIT")
 
     def _checkpoint_loop(self, path: str) -> None:
+        # Background work: on Linux a thread has a nice value of its own, and at
+        # the lowest priority a checkpoint yields the core to the loop and to
+        # ZeroMQ's I/O thread instead of delaying the lines they are moving.
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         try:
             seen = 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from broker.sqlite_history import SqliteHistory
 from protocol import ChatMessage
@@ -123,3 +126,19 @@ def test_sequence_numbers_survive_a_crash_without_close(tmp_path: Path) -> None:
         assert (reopened.last_seq("a"), reopened.last_seq("b")) == (5, 1)
     finally:
         reopened.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="per-thread nice is Linux's")
+def test_checkpoints_run_at_the_lowest_priority(tmp_path: Path) -> None:
+    history = SqliteHistory(tmp_path / "h.sqlite3")
+    try:
+        (thread,) = [t for t in threading.enumerate() if t.name == "checkpoint"]
+        assert thread.native_id is not None
+        stat = Path(f"/proc/self/task/{thread.native_id}/stat")
+        deadline = time.monotonic() + 5
+        # The thread lowers its own priority as it starts: wait for that.
+        while (nice := int(stat.read_text().rsplit(")", 1)[1].split()[16])) != 19:
+            assert time.monotonic() < deadline, f"the checkpoint thread runs at nice {nice}"
+            time.sleep(0.01)
+    finally:
+        history.close()
