@@ -159,7 +159,7 @@ class LoadGen:
         self.dealers: list[zmq.Socket[bytes]] = []
         self.subs: list[zmq.Socket[bytes]] = []
         self.sub_set: set[zmq.Socket[bytes]] = set()
-        self.dealers_by_timer = False
+        self.dealer_poller: zmq.Poller | None = None
         self.next_dealer_read = 0.0
         self.index: dict[zmq.Socket[bytes], int] = {}
         self.tally = Tally(self.n, self.s)
@@ -281,11 +281,11 @@ class LoadGen:
                 self.on_sub(sock)
             else:
                 self.on_dealer(sock)
-        if self.dealers_by_timer:
+        if self.dealer_poller is not None:
             now = time.perf_counter()
             if now >= self.next_dealer_read:
                 self.next_dealer_read = now + DEALER_EVERY
-                for sock in self.dealers:
+                for sock, _ in self.dealer_poller.poll(0):
                     self.on_dealer(sock)
 
     def ping_due(self, now: float) -> None:
@@ -335,7 +335,10 @@ class LoadGen:
         poller = zmq.Poller()
         for sock in self.subs:
             poller.register(sock, zmq.POLLIN)
-        self.dealers_by_timer = self.chat
+        if self.chat:
+            self.dealer_poller = zmq.Poller()
+            for sock in self.dealers:
+                self.dealer_poller.register(sock, zmq.POLLIN)
         return poller
 
     def settle(self, poller: zmq.Poller) -> None:
