@@ -88,6 +88,8 @@ PREJOIN_LIMIT = 10_000
 DEFAULT_HEARTBEAT = 2.0
 #: Reconnect delays, in seconds, one per failed attempt, the last repeated.
 BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
+#: Times a line refused as ``rate_limited`` is sent again before it is reported.
+RATE_LIMITED_RETRIES = 3
 
 
 class State(Enum):
@@ -188,6 +190,8 @@ class ClientSession:
         # Lines over the broker's flood limit wait here, (when to send, key),
         # in order, instead of being refused (docs/PROTOCOL.md §6).
         self._pacer = RateLimiter()
+        #: Keys of lines the broker refused as rate_limited, and how often.
+        self._rate_retries: dict[str, int] = {}
         self._paced: deque[tuple[float, str]] = deque()
         self._now = 0.0
         #: How many repair requests were made (for tests and diagnostics).
@@ -555,6 +559,8 @@ class ClientSession:
 
     def _on_ack(self, reply: Ack, now: float) -> list[ev.Event]:
         self._unacked.pop(reply.key, None)
+        if self._rate_retries:
+            self._rate_retries.pop(reply.key, None)
         return []
 
     def _on_pong(self, reply: Pong, now: float) -> list[ev.Event]:
@@ -607,6 +613,20 @@ class ClientSession:
             # the lines are resent after the rejoin.
             return self._lose_broker(now) if self.state is State.JOINED else []
         failed = self._unacked.pop(reply.key, None) if reply.key else None
+        if reply.code == ErrorCode.RATE_LIMITED and failed is not None and reply.key:
+            tries = self._rate_retries.get(reply.key, 0)
+            if tries < RATE_LIMITED_RETRIES:
+                # The broker's bucket was emptier than our mirror of it (another
+                # clock, a restarted broker, a lower limit): not the line's
+                # fault. Slow down and send it again in turn; report it only if
+                # the broker keeps refusing it.
+                self._rate_retries[reply.key] = tries + 1
+                self._unacked[reply.key] = failed
+                self._pacer.penalize(now)
+                self._transmit(reply.key)
+                return []
+        if reply.key:
+            self._rate_retries.pop(reply.key, None)
         undeliverable: list[Say] = []
         if reply.req == "history" and reply.room:
             purposes = self._history_purpose.get(reply.room)

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from broker import BrokerConfig, BrokerServer
 from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
-from client.session import ClientSession, State, _reachable
-from protocol import Joined, JoinNotice, JoinsNotice, ProtocolError, Rename, Say
+from client.session import RATE_LIMITED_RETRIES, ClientSession, State, _reachable
+from protocol import Ack, Error, Joined, JoinNotice, JoinsNotice, ProtocolError, Rename, Say
 from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for, welcome
 
 _REFUSED_THEN_UNREACHABLE = textwrap.dedent(
@@ -169,6 +169,46 @@ def test_a_joins_notice_announces_each_newcomer_once() -> None:
     ]
     assert {"carol", "dave"} <= set(session.members["lobby"])
     assert session.on_broadcast(storm, 3.0) == []  # heard again: nothing new
+
+
+def test_a_line_refused_as_rate_limited_is_sent_again_then_reported() -> None:
+    session = _session_in()  # 5 lines a second, bursts of 10
+    key = session.say("hello")
+    (first,) = session.take_output().requests
+    refused = Error(code="rate_limited", message="slow down", req="say", key=key, room="lobby")
+    now = 1.0
+    for attempt in range(RATE_LIMITED_RETRIES):
+        # Not the line's fault: nothing is reported, and it waits its turn.
+        assert session.on_reply(refused, now) == []
+        assert session.busy
+        assert not [r for r in session.take_output().requests if isinstance(r, Say)]
+        resent: list[object] = []
+        while not resent:
+            now += 0.05
+            session.tick(now)
+            resent = [r for r in session.take_output().requests if isinstance(r, Say)]
+            assert now < 10 * (attempt + 1), "the refused line was never sent again"
+        assert resent == [first]  # the same line, the same key
+    # Refused once more: reported with its text, so nothing is lost silently.
+    (error,) = session.on_reply(refused, now)
+    assert isinstance(error, ev.Error) and (error.code, error.text, error.key) == (
+        "rate_limited",
+        "hello",
+        key,
+    )
+    assert not session.busy
+
+
+def test_an_ack_after_a_rate_limited_retry_settles_the_line() -> None:
+    session = _session_in()
+    key = session.say("hello")
+    session.take_output()
+    refused = Error(code="rate_limited", message="slow down", req="say", key=key, room="lobby")
+    assert session.on_reply(refused, 1.0) == []
+    session.tick(3.0)
+    assert [r.key for r in session.take_output().requests if isinstance(r, Say)] == [key]
+    assert session.on_reply(Ack(key=key, id="b-1", room="lobby", seq=1), 3.1) == []
+    assert not session.busy
 
 
 def test_lines_over_the_brokers_burst_wait_their_turn_in_order() -> None:
