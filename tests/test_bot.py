@@ -321,16 +321,21 @@ def test_bot_answers_over_an_in_process_broker() -> None:
         asyncio.run(scenario(broker.router))
 
 
+def _spam_command(bot: Bot, count: int) -> None:
+    """``!spam`` makes ``bot`` reply with ``count`` numbered lines at once."""
+
+    @bot.command("spam")
+    def spam(ctx: Context) -> None:
+        for i in range(count):
+            ctx.reply(f"line {i}")
+
+
 def test_the_bot_keeps_under_the_brokers_rate() -> None:
     count = 30
 
     async def scenario(router: str) -> None:
         bot = Bot(router, "chatty", ["lobby"])
-
-        @bot.command("spam")
-        def spam(ctx: Context) -> None:
-            for i in range(count):
-                ctx.reply(f"line {i}")
+        _spam_command(bot, count)
 
         async with serving(bot), AsyncClient(router, "alice") as alice:
             await alice.say("!spam")
@@ -400,11 +405,7 @@ def test_max_rate_paces_each_line_the_bot_hands_over() -> None:
     async def scenario(router: str) -> None:
         bot = Bot(router, "capped", ["lobby"], max_rate=50.0)
         counting = bot.limiter = _CountingLimiter(50.0)
-
-        @bot.command("spam")
-        def spam(ctx: Context) -> None:
-            for i in range(count):
-                ctx.reply(f"line {i}")
+        _spam_command(bot, count)
 
         async with serving(bot), AsyncClient(router, "alice") as alice:
             await alice.say("!spam")
