@@ -8,14 +8,18 @@ nothing that anyone has seen or that was acknowledged; an operating-system
 crash or power cut can lose the last transactions (WAL without fsync per
 commit), in which case clients resend the unacknowledged lines by key.
 
-Speed (docs/PERFORMANCE.md): a commit writes only the lines (the rooms table
-is written with each retention sweep), there is no index on ``ts``, and WAL
-checkpoints run in a thread of their own with a connection of their own.
+Speed (docs/PERFORMANCE.md): a commit writes one row per room per batch (the
+batch's lines as one JSON array, as they are published), not a row and an
+index entry per line; the rooms table is written with each retention sweep,
+there is no index on ``ts``, and WAL checkpoints run in a thread of their own
+with a connection of their own. Lines are therefore kept and dropped a
+batch at a time: retention may keep up to one batch more than its limits.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -23,30 +27,43 @@ import time
 from collections import deque
 from pathlib import Path
 
+import msgspec
+
 from protocol import ChatMessage
 
 __all__ = ["SqliteHistory", "default_history_path"]
 
+log = logging.getLogger("broker")
+
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS messages (
-    room   TEXT    NOT NULL,
-    seq    INTEGER NOT NULL,
-    id     TEXT    NOT NULL,
-    nick   TEXT    NOT NULL,
-    text   TEXT    NOT NULL,
-    ts     REAL    NOT NULL,
-    action INTEGER NOT NULL,
-    key    TEXT,
-    UNIQUE (room, seq)
+-- One row per room per batch the broker committed: its lines (``first`` to
+-- ``last``, consecutive sequence numbers of one room) as a JSON array of
+-- ``message`` objects, and their idempotency keys as a JSON array (null for a
+-- line sent without one; the column is NULL when no line of the batch had one).
+CREATE TABLE IF NOT EXISTS batches (
+    room  TEXT    NOT NULL,
+    first INTEGER NOT NULL,
+    last  INTEGER NOT NULL,
+    ts    REAL    NOT NULL,  -- the stamp of the batch's youngest line
+    lines BLOB    NOT NULL,
+    keys  BLOB,
+    UNIQUE (room, last)
 );
--- No index on ts: it cost a quarter of every insert and served only the age
--- sweep, which finds its range by rowid instead (SqliteHistory.prune).
-DROP INDEX IF EXISTS messages_ts;
 CREATE TABLE IF NOT EXISTS rooms (
     room     TEXT PRIMARY KEY,
     last_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+
+#: Lines per batch row when a database of the first format (a row per line,
+#: the ``messages`` table) is converted on opening.
+_CONVERT_LINES = 100
+#: Seconds of stamps one converted batch may span, so the age limit still
+#: drops old lines within a minute of when it would have dropped them alone.
+_CONVERT_SPAN = 60.0
+_encode = msgspec.json.Encoder().encode
+_decode_lines = msgspec.json.Decoder(list[ChatMessage]).decode
+_decode_keys = msgspec.json.Decoder(list[str | None]).decode
 
 #: Seconds between retention sweeps; retention is not on the per-message path.
 PRUNE_EVERY = 10.0
@@ -74,13 +91,14 @@ class SqliteHistory:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._convert_first_format()
         self._per_room = per_room
         self._max_age = max_age
-        self._pending: list[tuple[str, int, str, str, str, float, int, str | None]] = []
+        self._pending: list[tuple[ChatMessage, str | None]] = []
         # A room's last number is the larger of the rooms table (written only
         # with deletions, see _save_rooms) and its newest line still stored.
         self._last: dict[str, int] = dict(self._db.execute("SELECT room, last_seq FROM rooms"))
-        for room, top in self._db.execute("SELECT room, MAX(seq) FROM messages GROUP BY room"):
+        for room, top in self._db.execute("SELECT room, MAX(last) FROM batches GROUP BY room"):
             if top > self._last.get(room, 0):
                 self._last[room] = top
         self._dirty: set[str] = set()
@@ -107,30 +125,41 @@ class SqliteHistory:
         return self._last.get(room, 0)
 
     def append(self, message: ChatMessage, key: str | None) -> None:
-        self._pending.append(
-            (
-                message.room,
-                message.seq,
-                message.id,
-                message.nick,
-                message.text,
-                message.ts,
-                int(message.action),
-                key,
-            )
-        )
+        self._pending.append((message, key))
         self._last[message.room] = message.seq
         self._dirty.add(message.room)
 
     def flush(self) -> None:
         if not self._pending:
             return
+        # One row per room: a batch of lines is one insert, not one each with
+        # an index entry (docs/PERFORMANCE.md). A room's lines of one batch have
+        # consecutive numbers, appended in order.
+        rooms: dict[str, tuple[list[ChatMessage], list[str | None]]] = {}
+        for message, key in self._pending:
+            group = rooms.get(message.room)
+            if group is None:
+                rooms[message.room] = ([message], [key])
+            else:
+                group[0].append(message)
+                group[1].append(key)
+        rows = [
+            (
+                room,
+                lines[0].seq,
+                lines[-1].seq,
+                max(line.ts for line in lines),
+                _encode(lines),
+                _encode(keys) if any(key is not None for key in keys) else None,
+            )
+            for room, (lines, keys) in rooms.items()
+        ]
         db = self._db
         db.execute("BEGIN")
         try:
             # Only the lines: the rooms table waits for the next sweep, which
             # saves a page write per commit (docs/PERFORMANCE.md).
-            db.executemany("INSERT OR IGNORE INTO messages VALUES (?,?,?,?,?,?,?,?)", self._pending)
+            db.executemany("INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?)", rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
@@ -155,14 +184,15 @@ class SqliteHistory:
         db.execute("BEGIN")
         self._save_rooms()
         for room, last in self._last.items():
+            # Whole batches: one that straddles the limit stays until it is past.
             db.execute(
-                "DELETE FROM messages WHERE room = ? AND seq <= ?", (room, last - self._per_room)
+                "DELETE FROM batches WHERE room = ? AND last <= ?", (room, last - self._per_room)
             )
         if self._max_age > 0:
             cutoff = wall - self._max_age
             if not self._swept_old:
                 # Lines from before this process have no marks: one full scan.
-                db.execute("DELETE FROM messages WHERE ts < ?", (cutoff,))
+                db.execute("DELETE FROM batches WHERE ts < ?", (cutoff,))
                 self._swept_old = True
             else:
                 bound = None
@@ -171,8 +201,8 @@ class SqliteHistory:
                 if bound is not None:
                     # ``ts < ?`` too: a clock that went back, or a reused rowid,
                     # never makes a younger line go early.
-                    db.execute("DELETE FROM messages WHERE rowid <= ? AND ts < ?", (bound, cutoff))
-            (top,) = db.execute("SELECT max(rowid) FROM messages").fetchone()
+                    db.execute("DELETE FROM batches WHERE rowid <= ? AND ts < ?", (bound, cutoff))
+            (top,) = db.execute("SELECT max(rowid) FROM batches").fetchone()
             self._marks.append((wall, top or 0))
         db.execute("COMMIT")
 
@@ -215,41 +245,98 @@ class SqliteHistory:
         upper = last + 1 if before is None else min(before, last + 1)
         if upper <= after + 1 or limit <= 0:
             return [], 0
-        rows = self._db.execute(
-            "SELECT seq, id, nick, text, ts, action FROM messages"
-            " WHERE room = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (room, after, upper, limit),
-        ).fetchall()
-        rows.reverse()
-        (oldest,) = self._db.execute(
-            "SELECT MIN(seq) FROM messages WHERE room = ?", (room,)
+        newest_first: list[ChatMessage] = []
+        # Newest batch first, read lazily: a request for the last 50 lines
+        # decodes a batch or two, however long the room's history.
+        for (blob,) in self._db.execute(
+            "SELECT lines FROM batches WHERE room = ? AND last > ? AND first < ?"
+            " ORDER BY last DESC",
+            (room, after, upper),
+        ):
+            for line in reversed(_decode_lines(blob)):
+                if after < line.seq < upper:
+                    newest_first.append(line)
+            if len(newest_first) >= limit:
+                break
+        lines = newest_first[:limit]
+        lines.reverse()
+        # Batches of a room never overlap, so the oldest is the one that ends first.
+        oldest = self._db.execute(
+            "SELECT first FROM batches WHERE room = ? ORDER BY last LIMIT 1", (room,)
         ).fetchone()
-        oldest_kept = upper if oldest is None else oldest
+        oldest_kept = upper if oldest is None else oldest[0]
         missed = max(0, min(oldest_kept, upper) - (after + 1))
-        lines = [
-            ChatMessage(
-                room=room, nick=nick, text=text, ts=ts, id=id_, seq=seq, action=bool(action)
-            )
-            for seq, id_, nick, text, ts, action in rows
-        ]
         return lines, missed
 
     def recent_keys(self, count: int) -> list[tuple[str, ChatMessage]]:
-        rows = self._db.execute(
-            "SELECT key, room, seq, id, nick, text, ts, action FROM messages"
-            " WHERE key IS NOT NULL ORDER BY rowid DESC LIMIT ?",
-            (count,),
-        ).fetchall()
-        rows.reverse()
-        return [
-            (
-                key,
-                ChatMessage(
-                    room=room, nick=nick, text=text, ts=ts, id=id_, seq=seq, action=bool(action)
-                ),
+        newest_first: list[tuple[str, ChatMessage]] = []
+        for lines_blob, keys_blob in self._db.execute(
+            "SELECT lines, keys FROM batches WHERE keys IS NOT NULL ORDER BY rowid DESC"
+        ):
+            lines = _decode_lines(lines_blob)
+            keys = _decode_keys(keys_blob)
+            for key, line in zip(reversed(keys), reversed(lines), strict=True):
+                if key is not None:
+                    newest_first.append((key, line))
+            if len(newest_first) >= count:
+                break
+        keyed = newest_first[:count]
+        keyed.reverse()
+        return keyed
+
+    def _convert_first_format(self) -> None:
+        """Rewrite a database of the first format (a ``messages`` row per line)
+        as batches, once, in one transaction; insertion order is kept, so
+        ``recent_keys`` still finds the newest keys first."""
+        db = self._db
+        found = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+        ).fetchone()
+        if found is None:
+            return
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(
+                "SELECT room, seq, id, nick, text, ts, action, key FROM messages ORDER BY rowid"
             )
-            for key, room, seq, id_, nick, text, ts, action in rows
-        ]
+            group: list[tuple[ChatMessage, str | None]] = []
+            count = 0
+            for room, seq, id_, nick, text, ts, action, key in rows:
+                if group and (
+                    group[0][0].room != room
+                    or len(group) >= _CONVERT_LINES
+                    or abs(ts - group[0][0].ts) > _CONVERT_SPAN
+                ):
+                    self._insert_group(group)
+                    group = []
+                line = ChatMessage(
+                    room=room, nick=nick, text=text, ts=ts, id=id_, seq=seq, action=bool(action)
+                )
+                group.append((line, key))
+                count += 1
+            if group:
+                self._insert_group(group)
+            db.execute("DROP TABLE messages")  # and its indexes
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        log.info("history: converted %d stored lines to the batch format", count)
+
+    def _insert_group(self, group: list[tuple[ChatMessage, str | None]]) -> None:
+        lines = [line for line, _ in group]
+        keys = [key for _, key in group]
+        self._db.execute(
+            "INSERT OR IGNORE INTO batches VALUES (?,?,?,?,?,?)",
+            (
+                lines[0].room,
+                lines[0].seq,
+                lines[-1].seq,
+                max(line.ts for line in lines),
+                _encode(lines),
+                _encode(keys) if any(key is not None for key in keys) else None,
+            ),
+        )
 
     def close(self) -> None:
         try:

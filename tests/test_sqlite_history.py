@@ -142,3 +142,112 @@ def test_checkpoints_run_at_the_lowest_priority(tmp_path: Path) -> None:
             time.sleep(0.01)
     finally:
         history.close()
+
+
+def _store_batches(store: SqliteHistory, sizes: list[int], base: float) -> None:
+    """Room ``a`` gets batches of ``sizes`` lines (every third keyed); room
+    ``b`` one line with each batch, so rows of two rooms interleave."""
+    seq = 0
+    for n, size in enumerate(sizes):
+        for _ in range(size):
+            seq += 1
+            store.append(_line("a", seq, base + seq), f"a{seq}" if seq % 3 == 0 else None)
+        store.append(_line("b", n + 1, base + seq), f"b{n + 1}")
+        store.flush()
+
+
+def test_ranges_cut_across_batches(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    try:
+        _store_batches(store, [10, 10, 5], time.time())
+        assert _seqs(store, "a") == list(range(1, 26))
+        assert _seqs(store, "b") == [1, 2, 3]
+        lines, missed = store.fetch("a", 0, None, 7)  # the newest 7, in order
+        assert ([line.seq for line in lines], missed) == (list(range(19, 26)), 0)
+        lines, _ = store.fetch("a", 3, 15, 100)  # inside two batches
+        assert [line.seq for line in lines] == list(range(4, 15))
+        assert store.fetch("a", 12, 13, 100) == ([], 0)
+        assert [line.text for line in store.fetch("a", 9, 11, 5)[0]] == ["line 10"]
+    finally:
+        store.close()
+
+
+def test_line_retention_drops_whole_batches_once_past_the_limit(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3", per_room=10)
+    try:
+        _store_batches(store, [10, 10, 5], time.time())
+        store.prune()
+        # Lines 11-20 form one batch that straddles the limit (16-25): it stays.
+        lines, missed = store.fetch("a", 0, None, 100)
+        assert ([line.seq for line in lines], missed) == (list(range(11, 26)), 10)
+        for seq in range(26, 32):
+            store.append(_line("a", seq, time.time()), None)
+        store.flush()
+        store.prune()  # now the limit is 22-31: the batch of 11-20 goes
+        assert _seqs(store, "a") == list(range(21, 32))
+    finally:
+        store.close()
+
+
+def test_recent_keys_are_the_newest_across_batches_and_rooms(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = SqliteHistory(path)
+    try:
+        _store_batches(store, [10, 10, 5], time.time())
+    finally:
+        store.close()
+    again = SqliteHistory(path)
+    try:
+        keyed = [(key, line.room, line.seq) for key, line in again.recent_keys(100)]
+        expected = (
+            [(f"a{s}", "a", s) for s in (3, 6, 9)]
+            + [("b1", "b", 1)]
+            + [(f"a{s}", "a", s) for s in (12, 15, 18)]
+            + [("b2", "b", 2)]
+            + [(f"a{s}", "a", s) for s in (21, 24)]
+            + [("b3", "b", 3)]
+        )
+        assert keyed == expected
+        assert [key for key, _ in again.recent_keys(3)] == ["a21", "a24", "b3"]
+    finally:
+        again.close()
+
+
+def test_a_database_of_the_first_format_is_converted_once(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
+            nick TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL,
+            action INTEGER NOT NULL, key TEXT, UNIQUE (room, seq));
+        CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
+        """
+    )
+    rows = []
+    for seq in range(1, 251):  # room a, interleaved with room b, one action line
+        rows.append(("a", seq, f"b-a{seq}", "ann", f"a {seq}", 100.0 + seq, 0, f"ka{seq}"))
+        if seq % 100 == 0:
+            rows.append(("b", seq // 100, f"b-b{seq}", "bob", "me too", 100.0 + seq, 1, None))
+    db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)", rows)
+    db.commit()
+    db.close()
+    store = SqliteHistory(path)
+    try:
+        assert (store.last_seq("a"), store.last_seq("b")) == (250, 2)
+        lines, missed = store.fetch("a", 0, None, 1000)
+        assert ([line.seq for line in lines], missed) == (list(range(1, 251)), 0)
+        assert lines[41] == ChatMessage(
+            room="a", nick="ann", text="a 42", ts=142.0, id="b-a42", seq=42
+        )
+        (b_line,) = store.fetch("b", 1, 3, 10)[0]
+        assert (b_line.seq, b_line.action, b_line.nick) == (2, True, "bob")
+        keys = [key for key, _ in store.recent_keys(1000)]
+        assert keys == [f"ka{seq}" for seq in range(1, 251)]
+        tables = {name for (name,) in store._db.execute("SELECT name FROM sqlite_master")}
+        assert "messages" not in tables
+        # Stamps more than a minute apart (here 61 lines) never share a batch.
+        widths = store._db.execute("SELECT MAX(last - first) FROM batches").fetchone()
+        assert widths == (60,)
+    finally:
+        store.close()
