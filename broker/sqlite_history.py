@@ -19,6 +19,7 @@ batch at a time: retention may keep up to one batch more than its limits.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -245,14 +246,26 @@ class SqliteHistory:
         upper = last + 1 if before is None else min(before, last + 1)
         if upper <= after + 1 or limit <= 0:
             return [], 0
+        # Batches of a room never overlap. The ones in the range are those
+        # that end inside it, and at most one more that starts inside it and
+        # ends past it: both found through the (room, last) index, so an old
+        # range costs no more than a recent one.
+        straddling = self._db.execute(
+            "SELECT first, lines FROM batches WHERE room = ? AND last >= ? ORDER BY last LIMIT 1",
+            (room, upper),
+        ).fetchone()
+        inside = self._db.execute(
+            "SELECT lines FROM batches WHERE room = ? AND last > ? AND last < ? ORDER BY last DESC",
+            (room, after, upper),
+        )
+        blobs = itertools.chain(
+            [straddling[1]] if straddling is not None and straddling[0] < upper else [],
+            (blob for (blob,) in inside),
+        )
         newest_first: list[ChatMessage] = []
         # Newest batch first, read lazily: a request for the last 50 lines
         # decodes a batch or two, however long the room's history.
-        for (blob,) in self._db.execute(
-            "SELECT lines FROM batches WHERE room = ? AND last > ? AND first < ?"
-            " ORDER BY last DESC",
-            (room, after, upper),
-        ):
+        for blob in blobs:
             for line in reversed(_decode_lines(blob)):
                 if after < line.seq < upper:
                     newest_first.append(line)

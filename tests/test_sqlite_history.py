@@ -251,3 +251,22 @@ def test_a_database_of_the_first_format_is_converted_once(tmp_path: Path) -> Non
         assert widths == (60,)
     finally:
         store.close()
+
+
+def test_an_old_range_of_a_long_history(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    try:
+        base = time.time()
+        for start in range(1, 1001, 10):  # a hundred batches of ten lines
+            for seq in range(start, start + 10):
+                store.append(_line("a", seq, base), None)
+            store.flush()
+        # Both ends of the range fall inside batches (91-100 and 101-110).
+        lines, missed = store.fetch("a", 95, 107, 100)
+        assert ([line.seq for line in lines], missed) == (list(range(96, 107)), 0)
+        assert [line.seq for line in store.fetch("a", 95, 107, 3)[0]] == [104, 105, 106]
+        assert [line.seq for line in store.fetch("a", 101, 102, 5)[0]] == []
+        assert [line.seq for line in store.fetch("a", 0, 2, 5)[0]] == [1]
+        assert [line.seq for line in store.fetch("a", 998, None, 5)[0]] == [999, 1000]
+    finally:
+        store.close()
