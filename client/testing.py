@@ -32,7 +32,7 @@ from client.session import State
 if TYPE_CHECKING:
     from broker import BrokerServer
 
-__all__ = ["BotHarness", "RunningBroker", "Sent", "running_broker", "serving"]
+__all__ = ["BotHarness", "RunningBroker", "Sent", "running_broker", "serve_in_thread", "serving"]
 
 T = TypeVar("T")
 
@@ -142,6 +142,23 @@ class RunningBroker:
         """The broker's PUB endpoint."""
         return self.server.pub_endpoint
 
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the broker and wait for its thread (its sockets close with it).
+
+        Raises RuntimeError if it does not stop within ``timeout`` seconds.
+        """
+        self.server.stop()
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            raise RuntimeError(f"the test broker did not stop within {timeout} s")
+
+
+def serve_in_thread(server: BrokerServer) -> RunningBroker:
+    """Run ``server``'s loop in a daemon thread; stop it with :meth:`RunningBroker.stop`."""
+    thread = threading.Thread(target=server.serve_forever, name="test-broker", daemon=True)
+    thread.start()
+    return RunningBroker(server, thread)
+
 
 @contextlib.contextmanager
 def running_broker(
@@ -162,16 +179,11 @@ def running_broker(
     config = BrokerConfig(
         heartbeat=heartbeat, client_timeout=client_timeout, max_rate=max_rate, burst=burst
     )
-    server = BrokerServer("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", config)
-    thread = threading.Thread(target=server.serve_forever, name="test-broker", daemon=True)
-    thread.start()
+    running = serve_in_thread(BrokerServer("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", config))
     try:
-        yield RunningBroker(server, thread)
+        yield running
     finally:
-        server.stop()
-        thread.join(5)
-        if thread.is_alive():
-            raise RuntimeError("the test broker did not stop within 5 s")
+        running.stop()
 
 
 @contextlib.asynccontextmanager

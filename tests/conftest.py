@@ -22,6 +22,7 @@ from broker import BrokerConfig, BrokerServer
 from broker.history import HistoryStore
 from client import Client
 from client import events as ev
+from client.testing import RunningBroker, serve_in_thread
 from protocol import Limits, Welcome
 
 
@@ -74,25 +75,11 @@ def script(name: str) -> str:
     return found
 
 
-@dataclass
-class InProcessBroker:
-    """A broker running in a thread of the test process."""
+class InProcessBroker(RunningBroker):
+    """A broker running in a thread of the test process (client.testing's)."""
 
-    server: BrokerServer
-    thread: threading.Thread
-
-    @property
-    def router(self) -> str:
-        return self.server.router_endpoint
-
-    @property
-    def pub(self) -> str:
-        return self.server.pub_endpoint
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(5 * SCALE)
-        assert not self.thread.is_alive(), "broker thread did not stop"
+    def stop(self, timeout: float = 5 * SCALE) -> None:
+        super().stop(timeout)
 
 
 def start_broker(
@@ -110,9 +97,8 @@ def start_broker(
         config or BrokerConfig(client_timeout=3.0, heartbeat=0.5, max_rate=0),
         history,
     )
-    thread = threading.Thread(target=server.serve_forever, name="broker", daemon=True)
-    thread.start()
-    return InProcessBroker(server, thread)
+    running = serve_in_thread(server)
+    return InProcessBroker(running.server, running.thread)
 
 
 @pytest.fixture
