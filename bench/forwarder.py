@@ -9,33 +9,19 @@ it ends on SIGTERM (the default action).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import zmq
+
+from bench.baselines import bind_pair, parse_args
 
 TOPIC = b"room/bench/"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Bind, log the endpoints to stderr, forward until killed."""
-    parser = argparse.ArgumentParser(prog="bench.forwarder", description=__doc__.split("\n")[0])
-    parser.add_argument("--router", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub-hwm", type=int, default=10_000, help="as chat-broker's default")
-    args = parser.parse_args(argv)
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    pub = ctx.socket(zmq.PUB)
-    pub.sndhwm = args.pub_hwm
-    router.bind(args.router)
-    pub.bind(args.pub)
-    print(
-        f"router bound to {router.getsockopt_string(zmq.LAST_ENDPOINT)}",
-        file=sys.stderr,
-        flush=True,
-    )
-    print(f"pub bound to {pub.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr, flush=True)
+    args = parse_args("bench.forwarder", __doc__.split("\n")[0], argv)
+    router, pub = bind_pair(zmq.Context(), args)
     # The cheapest pyzmq idiom (the broker's loop uses the same): frame by frame
     # with int flags; recv_multipart/send_multipart cost microseconds more.
     # The compiled send, as the broker calls it: pyzmq's Socket.send is a

@@ -15,19 +15,14 @@ import sys
 import zmq
 import zmq.asyncio
 
+from bench.baselines import bind_pair, parse_args
+
 TOPIC = b"room/bench/"
 
 
-async def forward(router_endpoint: str, pub_endpoint: str, hwm: int) -> None:
+async def forward(args: argparse.Namespace) -> None:
     """Bind, log the endpoints to stderr, forward until cancelled."""
-    ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    pub = ctx.socket(zmq.PUB)
-    pub.sndhwm = hwm
-    router.bind(router_endpoint)
-    pub.bind(pub_endpoint)
-    print(f"router bound to {router.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr)
-    print(f"pub bound to {pub.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr, flush=True)
+    router, pub = bind_pair(zmq.asyncio.Context(), args)
     more = int(zmq.SNDMORE)
     recv, send = router.recv, pub.send
     while True:
@@ -39,12 +34,7 @@ async def forward(router_endpoint: str, pub_endpoint: str, hwm: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; ends on SIGTERM (the default action)."""
-    parser = argparse.ArgumentParser(prog="bench.forwarder_asyncio")
-    parser.add_argument("--router", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub-hwm", type=int, default=10_000)
-    args = parser.parse_args(argv)
-    asyncio.run(forward(args.router, args.pub, args.pub_hwm))
+    asyncio.run(forward(parse_args("bench.forwarder_asyncio", __doc__.split("\n")[0], argv)))
     return 0
 
 

@@ -8,31 +8,17 @@ and ends on SIGTERM (the default action).
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import zmq
 
+from bench.baselines import bind_pair, parse_args
+
 
 def main(argv: list[str] | None = None) -> int:
     """Bind, log the endpoints to stderr, relay until killed."""
-    parser = argparse.ArgumentParser(prog="bench.proxy", description=__doc__.split("\n")[0])
-    parser.add_argument("--router", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub", default="tcp://127.0.0.1:*")
-    parser.add_argument("--pub-hwm", type=int, default=10_000, help="as chat-broker's default")
-    args = parser.parse_args(argv)
-    ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    pub = ctx.socket(zmq.PUB)
-    pub.sndhwm = args.pub_hwm
-    router.bind(args.router)
-    pub.bind(args.pub)
-    print(
-        f"router bound to {router.getsockopt_string(zmq.LAST_ENDPOINT)}",
-        file=sys.stderr,
-        flush=True,
-    )
-    print(f"pub bound to {pub.getsockopt_string(zmq.LAST_ENDPOINT)}", file=sys.stderr, flush=True)
+    args = parse_args("bench.proxy", __doc__.split("\n")[0], argv)
+    router, pub = bind_pair(zmq.Context(), args)
     zmq.proxy(router, pub)
     return 0
 
