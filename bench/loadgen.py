@@ -376,13 +376,21 @@ class LoadGen:
         sent = self.sent
         chat = self.chat
         dealers = self.dealers
-        templates = self.say_templates if chat else []
+        templates: list[bytes] = self.say_templates if chat else []
         # Raw lines are padded to the size of the broker's broadcast of a line,
         # so that the baselines move as many bytes per delivery as the broker.
-        pad = b"x" * args.payload_bytes
+        pad: bytes = b"x" * args.payload_bytes
         # pyzmq's compiled send, as the servers use it: Socket.send is a Python
         # wrapper that costs the generator 0.2 µs a line, in every mode alike.
         send = zmq.backend.Socket.send
+
+        def line(s: int, c: int) -> bytes:
+            """Line ``c`` of sender ``s``, stamped as it leaves."""
+            if chat:
+                return templates[s] % (c, time.perf_counter(), c)
+            head = b"%d:%d:%.6f:" % (s, c, time.perf_counter())
+            return head + pad[len(head) :]
+
         paced = args.rate > 0
         interval = 1.0 / args.rate if paced else 0.0
         server0 = cpu_seconds(self.pid)
@@ -401,12 +409,7 @@ class LoadGen:
                     s = lines % self.s
                     if sent[s] - own[s][s] < window:
                         sent[s] += 1
-                        c = sent[s]
-                        if chat:
-                            send(dealers[s], templates[s] % (c, time.perf_counter(), c))
-                        else:
-                            head = b"%d:%d:%.6f:" % (s, c, time.perf_counter())
-                            send(dealers[s], head + pad[len(head) :])
+                        send(dealers[s], line(s, sent[s]))
                     lines += 1
                     next_due = start + lines * interval
                 # Rounded up: a poll(0) here would spin; a line sent up to 1 ms late
@@ -418,12 +421,7 @@ class LoadGen:
                     # A bounded chunk per sender keeps the loop reading in between.
                     for _ in range(min(room, 64)):
                         sent[s] += 1
-                        c = sent[s]
-                        if chat:
-                            send(dealers[s], templates[s] % (c, time.perf_counter(), c))
-                        else:
-                            head = b"%d:%d:%.6f:" % (s, c, time.perf_counter())
-                            send(dealers[s], head + pad[len(head) :])
+                        send(dealers[s], line(s, sent[s]))
                 wait = 50.0
             self.pump(poller, wait)
         sending_stopped = time.perf_counter()
