@@ -64,23 +64,32 @@ def test_a_line_with_a_younger_stamp_is_never_dropped_early(tmp_path: Path) -> N
         store.close()
 
 
-def test_old_database_with_ts_index_is_opened_and_swept(tmp_path: Path) -> None:
-    path = tmp_path / "old.sqlite3"
+def _first_format_database(path: Path, rows: list[tuple[object, ...]], extra: str = "") -> None:
+    """A history database as the first format wrote it (a ``messages`` row per
+    line), holding ``rows``; ``extra`` is more SQL (an index it once had)."""
     db = sqlite3.connect(path)
     db.executescript(
         """
         CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
             nick TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL,
             action INTEGER NOT NULL, key TEXT, UNIQUE (room, seq));
-        CREATE INDEX messages_ts ON messages (ts);
         CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
-        INSERT INTO messages VALUES ('a', 1, 'b-1', 'ann', 'old', 10.0, 0, 'k1');
-        INSERT INTO messages VALUES ('a', 2, 'b-2', 'ann', 'new', 1000.0, 0, 'k2');
-        INSERT INTO rooms VALUES ('a', 2);
         """
+        + extra
     )
+    db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)", rows)
     db.commit()
     db.close()
+
+
+def test_old_database_with_ts_index_is_opened_and_swept(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    rows = [
+        ("a", 1, "b-1", "ann", "old", 10.0, 0, "k1"),
+        ("a", 2, "b-2", "ann", "new", 1000.0, 0, "k2"),
+    ]
+    extra = "CREATE INDEX messages_ts ON messages (ts); INSERT INTO rooms VALUES ('a', 2);"
+    _first_format_database(path, rows, extra)
     store = SqliteHistory(path, max_age=100.0)
     try:
         assert store.last_seq("a") == 2
@@ -215,23 +224,12 @@ def test_recent_keys_are_the_newest_across_batches_and_rooms(tmp_path: Path) -> 
 
 def test_a_database_of_the_first_format_is_converted_once(tmp_path: Path) -> None:
     path = tmp_path / "v1.sqlite3"
-    db = sqlite3.connect(path)
-    db.executescript(
-        """
-        CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL,
-            nick TEXT NOT NULL, text TEXT NOT NULL, ts REAL NOT NULL,
-            action INTEGER NOT NULL, key TEXT, UNIQUE (room, seq));
-        CREATE TABLE rooms (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID;
-        """
-    )
     rows = []
     for seq in range(1, 251):  # room a, interleaved with room b, one action line
         rows.append(("a", seq, f"b-a{seq}", "ann", f"a {seq}", 100.0 + seq, 0, f"ka{seq}"))
         if seq % 100 == 0:
             rows.append(("b", seq // 100, f"b-b{seq}", "bob", "me too", 100.0 + seq, 1, None))
-    db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)", rows)
-    db.commit()
-    db.close()
+    _first_format_database(path, rows)
     store = SqliteHistory(path)
     try:
         assert (store.last_seq("a"), store.last_seq("b")) == (250, 2)
