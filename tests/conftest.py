@@ -180,6 +180,16 @@ def spawn_broker(*args: str, router: str = ANY_PORT, pub: str = ANY_PORT) -> Bro
 
 
 @pytest.fixture
+def chat_broker() -> Iterator[BrokerProcess]:
+    """``chat-broker`` as a subprocess, with a 3 s client timeout."""
+    handle = spawn_broker("--client-timeout", "3")
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture
 def broker_process() -> Iterator[BrokerProcess]:
     """``chat-broker`` as a subprocess, with a 2 s client timeout."""
     handle = spawn_broker("--client-timeout", "2")

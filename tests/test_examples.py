@@ -22,7 +22,7 @@ import pytest
 from client import Client
 from client import events as ev
 from client.testing import BotHarness
-from tests.conftest import BIN, SCALE, BrokerProcess, spawn_broker, wait_for
+from tests.conftest import BIN, SCALE, BrokerProcess, wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -33,15 +33,6 @@ def _load(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def chat_broker() -> Iterator[BrokerProcess]:
-    handle = spawn_broker("--client-timeout", "3")
-    try:
-        yield handle
-    finally:
-        handle.stop()
 
 
 @contextmanager

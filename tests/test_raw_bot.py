@@ -6,25 +6,16 @@ import ast
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from client import Client
 from client import events as ev
-from tests.conftest import SCALE, BrokerProcess, spawn_broker, wait_for
+from tests.conftest import SCALE, BrokerProcess, wait_for
 
 RAW_BOT = Path(__file__).resolve().parent.parent / "examples" / "raw_bot.py"
 PROJECT_PACKAGES = {"protocol", "client", "broker", "tests", "examples", "msgspec"}
-
-
-@pytest.fixture
-def chat_broker() -> Iterator[BrokerProcess]:
-    """A real ``chat-broker`` with a short client timeout."""
-    handle = spawn_broker("--client-timeout", "3")
-    yield handle
-    handle.stop()
 
 
 def start_bot(tmp_path: Path, router: str, *args: str) -> subprocess.Popen[bytes]:

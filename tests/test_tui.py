@@ -85,15 +85,6 @@ def _joined(child: pexpect.spawn, nick: str, room: str = "lobby") -> None:
     see(child, f"[{nick} #{room}]")
 
 
-@pytest.fixture
-def chat_broker() -> Iterator[BrokerProcess]:
-    handle = spawn_broker("--client-timeout", "3")
-    try:
-        yield handle
-    finally:
-        handle.stop()
-
-
 def test_partial_line_survives_an_incoming_message(chat_broker: BrokerProcess) -> None:
     with other(chat_broker, "bob") as bob, terminal_client(chat_broker, "--nick", "alice") as child:
         _joined(child, "alice")
