@@ -1,17 +1,32 @@
 # Two commands do all the set-up: `make run` (start a broker) and `make test`.
-# Both create the virtual environment .venv on first use, with python3 only.
+# Both create the virtual environment .venv on first use, with python3 only,
+# and install the exact versions of requirements/dev.lock (PIP_CONSTRAINT
+# reaches the isolated build of the package too, so setuptools is pinned).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MIN_VENV := .venv-min
+MIN_STAMP := $(MIN_VENV)/.installed
+LOCK := requirements/dev.lock
 
-.PHONY: run client test lint bench clean
+.PHONY: run client test test-min lint bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	PIP_CONSTRAINT=$(LOCK) $(BIN)/pip install --quiet --disable-pip-version-check 'pip==26.3'
+	PIP_CONSTRAINT=$(LOCK) $(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(STAMP)
+
+# The suite on the lowest runtime versions pyproject.toml admits
+# (requirements/min.txt); the development tools stay those of the lock.
+$(MIN_STAMP): pyproject.toml $(LOCK) requirements/min.txt
+	$(PYTHON) -m venv $(MIN_VENV)
+	grep -v -E '^(pyzmq|msgspec|prompt_toolkit)==' $(LOCK) > $(MIN_VENV)/constraints.txt
+	cat requirements/min.txt >> $(MIN_VENV)/constraints.txt
+	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check 'pip==26.3'
+	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(MIN_STAMP)
 
 run: $(STAMP)
 	$(BIN)/chat-broker $(ARGS)
@@ -22,13 +37,16 @@ client: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python -m bench.run $(ARGS)
+test-min: $(MIN_STAMP)
+	PATH=$(CURDIR)/$(MIN_VENV)/bin:$$PATH $(MIN_VENV)/bin/python -m pytest $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check protocol broker client tests examples bench
 	$(BIN)/ruff format --check protocol broker client tests examples bench
 	$(BIN)/mypy
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

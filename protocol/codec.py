@@ -147,7 +147,7 @@ def decode_request(frames: list[bytes]) -> Request:
         )
     # The broker's hot path: try the decoder inline, one call fewer per request.
     try:
-        return _request_decoder.decode(frames[0])  # type: ignore[no-any-return]
+        return _request_decoder.decode(frames[0])
     except _DECODE_ERRORS:
         pass
     return _decode(_request_decoder, frames[0], _REQUEST_TYPES, "request")  # type: ignore[no-any-return]
