@@ -6,7 +6,6 @@ import argparse
 import logging
 import math
 import signal
-import sqlite3
 import sys
 from types import FrameType
 
@@ -14,6 +13,7 @@ import zmq
 
 from broker import auth
 from broker.core import MAX_FRAME_BYTES, BrokerConfig
+from broker.history import StorageError
 from broker.server import BrokerServer
 from broker.sqlite_history import SqliteHistory, default_history_path
 from protocol import ProtocolError, check_endpoint
@@ -314,10 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     history_path = args.history or default_history_path()
     try:
+        # The default location is ours to create; an explicit path's directory
+        # must exist (a typo should not create directories, as root anywhere).
         history = SqliteHistory(
-            history_path, per_room=args.history_lines, max_age=args.history_days * 86400
+            history_path,
+            per_room=args.history_lines,
+            max_age=args.history_days * 86400,
+            create_dir=args.history is None,
         )
-    except (OSError, sqlite3.Error) as exc:
+    except (OSError, StorageError) as exc:
         print(f"chat-broker: cannot open history {history_path}: {exc}", file=sys.stderr)
         return 1
     try:
@@ -334,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as exc:
         history.close()
         print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
+        return 1
+    except StorageError as exc:  # reading the stored keys found a damaged page
+        history.close()
+        print(f"chat-broker: cannot open history {history_path}: {exc}", file=sys.stderr)
         return 1
     logging.getLogger("broker").info("history in %s", history_path)
     if curve_keys is not None:

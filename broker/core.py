@@ -20,14 +20,14 @@ A session goes through two states (docs/PROTOCOL.md §5.1):
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
-from broker.history import HistoryStore, MemoryHistory
+from broker import storage
+from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
 from broker.ratelimit import TokenBucket
 from protocol import (
     PROTOCOL_VERSION,
@@ -74,6 +74,7 @@ from protocol import (
     validate_room,
     validate_text,
 )
+from protocol.codec import describe_request
 from protocol.validation import MAX_NICK_LENGTH, MAX_ROOM_LENGTH, MAX_TEXT_BYTES
 
 __all__ = ["Action", "BrokerConfig", "BrokerCore", "Publish", "Send"]
@@ -231,12 +232,12 @@ class BrokerCore:
             request = decode_request(frames)
             if isinstance(request, Hello):
                 return self._hello(identity, session, request, now, peer)
-            if session is None or not session.active:
+            if session is None:
+                raise ProtocolError(ErrorCode.NOT_JOINED, "no session: say hello first")
+            if not session.active:
                 raise ProtocolError(
-                    ErrorCode.NOT_JOINED,
-                    "say hello first"
-                    if session is None
-                    else "still joining: subscribe to your sync topic first",
+                    ErrorCode.SYNCING,
+                    "still joining: subscribe to your sync topic, then wait for joined",
                 )
             kind = type(request)
             if kind in _FLOODING and not session.flood.take(now):
@@ -244,8 +245,26 @@ class BrokerCore:
             if kind in _QUERIES and not session.queries.take(now):
                 raise _throttled(session.queries, "history, who and room-list requests")
             return self._handlers[kind](session, request, now)  # type: ignore[operator, no-any-return]
+        except StorageError as exc:
+            # A read of the store failed (a damaged page, an I/O error): this
+            # request fails, the broker goes on (§7).
+            log.error("history: %s", exc)
+            request_type, key, room = describe_request(frames)
+            unreadable = "the broker cannot read its history now; try again later"
+            return [
+                Send(
+                    identity,
+                    Error(
+                        code=ErrorCode.UNAVAILABLE,
+                        message=unreadable,
+                        req=request_type,
+                        key=key,
+                        room=room,
+                    ),
+                )
+            ]
         except ProtocolError as exc:
-            request_type, key, room = _describe(frames)
+            request_type, key, room = describe_request(frames)
             log.info(
                 "refused %s from %s: %s",
                 request_type or "frames",
@@ -340,6 +359,27 @@ class BrokerCore:
         notice = Shutdown(reason="the broker is shutting down")
         return [Send(s.identity, notice) for s in self._sessions.values()]
 
+    def unstored(self, refused: Unstored, actions: list[Action]) -> list[Action]:
+        """The history could not store ``refused`` (lines of this turn): take
+        them back. ``actions`` (what the turn decided) comes back without their
+        broadcasts and acks, and with an ``unavailable`` error to each sender
+        instead (echoing the key, so the client resends it later); room numbers
+        and remembered keys go back to what is stored (docs/PROTOCOL.md §7)."""
+        for line, key in refused:
+            room = self._rooms.get(line.room)
+            if room is not None:
+                room.seq = self.history.last_seq(line.room)
+            if key is not None:
+                ack = self._keys.get(key)
+                if ack is not None and ack.id == line.id:
+                    del self._keys[key]  # so that the resend is stored
+
+        def sender_of(line: ChatMessage) -> bytes | None:
+            session = self._by_nick.get(nick_key(line.nick))
+            return session.identity if session is not None else None
+
+        return storage.refuse_unstored(refused, actions, sender_of, Publish, Send)
+
     def unreachable(self, identity: bytes) -> None:
         """The ROUTER could not route to ``identity`` (ROUTER_MANDATORY): its
         connection is gone. Keep the session for a resume; heartbeats decide."""
@@ -425,6 +465,7 @@ class BrokerCore:
             heartbeat=self.config.heartbeat,
             timeout=self.config.client_timeout,
             limits=self._limits,
+            epoch=self.history.epoch,
         )
 
     def _synced(self, session: _Session, number: int, now: float) -> list[Action]:
@@ -436,9 +477,7 @@ class BrokerCore:
         for name in rooms:
             if name in session.rooms:
                 room = self._rooms[name]
-                actions.append(
-                    Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room)))
-                )
+                actions.append(Send(session.identity, self._joined(room)))
             else:
                 actions += self._enter(session, name, now)
         return actions
@@ -451,14 +490,14 @@ class BrokerCore:
         session.rooms.add(name)
         return [
             Publish(JoinNotice(room=name, nick=session.nick, ts=now)),
-            Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room))),
+            Send(session.identity, self._joined(room)),
         ]
 
     def _join(self, session: _Session, request: Join, now: float) -> list[Action]:
         name = validate_room(request.room)
         if name in session.rooms:
             room = self._rooms[name]
-            return [Send(session.identity, Joined(room=name, seq=room.seq, members=_nicks(room)))]
+            return [Send(session.identity, self._joined(room))]
         waiting = sum(len(rooms) for rooms, _ in session.pending.values())
         if len(session.rooms) + waiting >= self.config.rooms_per_client:
             raise ProtocolError(
@@ -620,20 +659,30 @@ class BrokerCore:
         if name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
         limit = max(0, min(request.limit, MAX_HISTORY_LIMIT))
-        lines, missed = self.history.fetch(name, max(0, request.after), request.before, limit)
+        lines, missed = self.history.fetch(
+            name, max(0, request.after), request.before, limit, request.forward
+        )
         seq = self._rooms[name].seq
-        return [
-            Send(
-                session.identity,
-                HistoryReply(room=name, messages=lines, missed=missed, seq=seq),
-            )
-        ]
+        reply = HistoryReply(
+            room=name, messages=lines, missed=missed, seq=seq, epoch=self.history.room_epoch(name)
+        )
+        return [Send(session.identity, reply)]
 
     def _ping(self, session: _Session, request: Ping, now: float) -> list[Action]:
         seqs = {name: self._rooms[name].seq for name in session.rooms}
-        return [Send(session.identity, Pong(broker=self.broker_id, seqs=seqs))]
+        epoch = self.history.room_epoch
+        epochs = {name: epoch(name) for name in session.rooms}
+        return [Send(session.identity, Pong(broker=self.broker_id, seqs=seqs, epochs=epochs))]
 
     # --- helpers ---------------------------------------------------------
+
+    def _joined(self, room: _Room) -> Joined:
+        return Joined(
+            room=room.name,
+            seq=room.seq,
+            members=_nicks(room),
+            epoch=self.history.room_epoch(room.name),
+        )
 
     def _check_registered(self, nick: str, peer: str | None) -> None:
         owner = self.config.nick_keys.get(nick_key(nick))
@@ -693,22 +742,3 @@ def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
 
 def _nicks(room: _Room) -> list[str]:
     return [s.nick for s in room.members.values()]
-
-
-def _describe(frames: list[bytes]) -> tuple[str | None, str | None, str | None]:
-    """Best-effort ``type``, ``key`` and ``room`` of a refused request, so the
-    error reply can say what it answers."""
-    if len(frames) != 1:
-        return None, None, None
-    try:
-        value = json.loads(frames[0])
-    except (ValueError, RecursionError):
-        return None, None, None
-    if not isinstance(value, dict):
-        return None, None, None
-
-    def text(name: str) -> str | None:
-        item = value.get(name)
-        return item if isinstance(item, str) and len(item) <= 64 else None
-
-    return text("type"), text("key"), text("room")

@@ -148,7 +148,9 @@ class BrokerServer:
                     next_tick = time.monotonic() + TICK_SECONDS
                     actions += core.tick(clock())
                 if actions:
-                    core.history.flush()
+                    refused = core.history.flush()
+                    if refused:  # nothing of them goes out (broker/storage.py)
+                        actions = core.unstored(refused, actions)
                     self._execute(actions)
         finally:
             self._close()

@@ -18,7 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from protocol.errors import ErrorCode, ProtocolError
-from protocol.messages import Broadcast, Reply, Request
+from protocol.messages import PROTOCOL_VERSION, Broadcast, Reply, Request
 
 __all__ = [
     "BATCH_BYTES",
@@ -26,6 +26,7 @@ __all__ = [
     "decode_broadcast",
     "decode_reply",
     "decode_request",
+    "describe_request",
     "encode",
     "encode_broadcast",
     "pack",
@@ -146,11 +147,18 @@ def decode_request(frames: list[bytes]) -> Request:
             ErrorCode.BAD_FRAME, f"a request is exactly one frame (got {len(frames)})"
         )
     # The broker's hot path: try the decoder inline, one call fewer per request.
+    frame = frames[0]
     try:
-        return _request_decoder.decode(frames[0])
+        message = _request_decoder.decode(frame)
     except _DECODE_ERRORS:
         pass
-    return _decode(_request_decoder, frames[0], _REQUEST_TYPES, "request")  # type: ignore[no-any-return]
+    else:
+        # msgspec checks the UTF-8 of the strings it decodes but skips unknown
+        # fields unread (§2: bad bytes anywhere are bad_encoding). An ASCII
+        # frame, nearly every one, is valid UTF-8: a scan of the bytes, no copy.
+        if frame.isascii() or _is_utf8(frame):
+            return message
+    return _decode(_request_decoder, frame, _REQUEST_TYPES, "request")  # type: ignore[no-any-return]
 
 
 def decode_reply(frames: list[bytes]) -> Reply:
@@ -174,13 +182,50 @@ def decode_broadcast(frames: list[bytes]) -> Broadcast:
     return message
 
 
+def describe_request(frames: list[bytes]) -> tuple[str | None, str | None, str | None]:
+    """Best-effort ``type``, ``key`` and ``room`` of a refused request, for the
+    error reply to echo (§5 ``error``): only from a frame that is a JSON object
+    in UTF-8 (no byte-order mark), and only strings of at most 64 characters.
+    An error about a frame that is not JSON echoes nothing (§2)."""
+    if len(frames) != 1:
+        return None, None, None
+    try:
+        value = json.loads(frames[0].decode("utf-8"), parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None, None, None
+    if not isinstance(value, dict):
+        return None, None, None
+
+    def text(name: str) -> str | None:
+        item = value.get(name)
+        return item if isinstance(item, str) and len(item) <= 64 else None
+
+    return text("type"), text("key"), text("room")
+
+
+def _is_utf8(frame: bytes) -> bool:
+    try:
+        frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads takes NaN, Infinity and -Infinity; JSON has no such values.
+    raise ValueError(f"{name} is not JSON")
+
+
 def _decode(
     decoder: msgspec.json.Decoder[Any], frame: bytes, known: frozenset[str], what: str
 ) -> Any:
     try:
-        return decoder.decode(frame)
+        message = decoder.decode(frame)
     except _DECODE_ERRORS:
         pass
+    else:
+        if frame.isascii() or _is_utf8(frame):
+            return message
     # The fast path failed: work out, slowly and only now, what is wrong.
     raise _diagnose(decoder, frame, known, what)
 
@@ -193,7 +238,7 @@ def _diagnose(
     except UnicodeDecodeError:
         return ProtocolError(ErrorCode.BAD_ENCODING, f"the {what} is not valid UTF-8")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
         return ProtocolError(ErrorCode.BAD_FRAME, f"the {what} is not a JSON document")
     if not isinstance(value, dict):
@@ -201,6 +246,15 @@ def _diagnose(
     kind = value.get("type")
     if not isinstance(kind, str) or kind not in known:
         return ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown {what} type {kind!r}")
+    if kind == "hello" and what == "request":
+        # §7: the version is checked before anything else in a hello, so a
+        # client of another version learns that, whatever else it sent.
+        version = value.get("v")
+        if type(version) is not int or version != PROTOCOL_VERSION:
+            return ProtocolError(
+                ErrorCode.BAD_VERSION,
+                f"this broker speaks protocol version {PROTOCOL_VERSION}, not {version!r}",
+            )
     try:
         decoder.decode(frame)  # again, only for msgspec's description of the fault
     except msgspec.ValidationError as exc:

@@ -125,6 +125,9 @@ class History(_Message, tag="history", frozen=True):
     after: int = 0
     before: int | None = None
     limit: int = 50
+    #: With ``limit``: the oldest ``limit`` lines of the range (page forward
+    #: from ``after``) instead of the newest.
+    forward: bool = False
 
 
 class Ping(_Message, tag="ping", frozen=True):
@@ -164,6 +167,9 @@ class Welcome(_Message, tag="welcome", frozen=True):
     heartbeat: float
     timeout: float
     limits: Limits
+    #: The identity of the broker's history store (informative; rooms carry
+    #: theirs in ``joined``, ``history`` and ``pong``, docs/PROTOCOL.md §5.4).
+    epoch: str = ""
 
 
 class Joined(_Message, tag="joined", frozen=True):
@@ -172,6 +178,9 @@ class Joined(_Message, tag="joined", frozen=True):
     room: str
     seq: int
     members: list[str]
+    #: The numbering ``seq`` belongs to: when it differs from the one a client
+    #: holds for the room, the room's numbering restarted (§5.4).
+    epoch: str = ""
 
 
 class Parted(_Message, tag="parted", frozen=True):
@@ -243,6 +252,8 @@ class Pong(_Message, tag="pong", frozen=True):
 
     broker: str
     seqs: dict[str, int]
+    #: room -> the epoch of its numbering (§5.4).
+    epochs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ChatMessage(_Message, tag="message", frozen=True):
@@ -264,6 +275,7 @@ class HistoryReply(_Message, tag="history", frozen=True):
     messages: list[ChatMessage]
     missed: int = 0
     seq: int = 0
+    epoch: str = ""
 
 
 class Shutdown(_Message, tag="shutdown", frozen=True):

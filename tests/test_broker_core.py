@@ -13,6 +13,7 @@ import pytest
 
 from broker import BrokerConfig, BrokerCore, Publish, Send
 from broker.core import JOINS_PER_NOTICE, Action
+from broker.history import HistoryStore, MemoryHistory
 from protocol import (
     Broadcast,
     Bye,
@@ -50,13 +51,18 @@ from protocol import (
 )
 
 TIMEOUT = 10.0
+#: The epoch of make_core's history store.
+EPOCH = "e0e0e0e0e0e0e0e0"
 
 
-def make_core(**options: Any) -> BrokerCore:
+def make_core(history: HistoryStore | None = None, **options: Any) -> BrokerCore:
     """A core with flood control off (it has its own tests) and a 10 s timeout."""
     settings: dict[str, Any] = {"client_timeout": TIMEOUT, "heartbeat": 2.0, "max_rate": 0.0}
     settings.update(options)
-    return BrokerCore(BrokerConfig(**settings), broker_id="b1")
+    if history is None:
+        history = MemoryHistory()
+        history.epoch = EPOCH
+    return BrokerCore(BrokerConfig(**settings), history, broker_id="b1")
 
 
 def frames(request: Request) -> list[bytes]:
@@ -114,15 +120,18 @@ def test_join_handshake_waits_for_the_sync_subscription() -> None:
     welcome = hello(core, b"A", "Alice", now=5.0)
     assert (welcome.v, welcome.nick, welcome.broker, welcome.timeout) == (1, "Alice", "b1", TIMEOUT)
     assert welcome.limits.text_bytes == 4096
-    # Still syncing: talking is refused, and notices of other topics change nothing.
-    assert only_error(say(core, b"A", "hi"), b"A").code == ErrorCode.NOT_JOINED
+    assert welcome.epoch == EPOCH
+    # Still syncing: talking is refused (with its own code, §7: not "no session"),
+    # and notices of other topics change nothing.
+    assert only_error(say(core, b"A", "hi"), b"A").code == ErrorCode.SYNCING
+    assert only_error(core.handle(b"A", frames(Ping()), 5.0), b"A").code == ErrorCode.SYNCING
     assert core.subscribed(b"\x01" + room_topic("lobby"), 5.0) == []
     assert core.subscribed(b"\x00" + sync_topic(welcome.session, 0), 5.0) == []  # unsubscribe
     assert core.subscribed(b"\x01" + sync_topic("someone-else", 0), 5.0) == []
     assert core.subscribed(b"\x01sync/garbage", 5.0) == []
     actions = core.subscribed(b"\x01" + sync_topic(welcome.session, 0), 6.0)
     assert published(actions) == [JoinNotice(room="lobby", nick="Alice", ts=6.0)]
-    assert sent(actions, b"A") == [Joined(room="lobby", seq=0, members=["Alice"])]
+    assert sent(actions, b"A") == [Joined(room="lobby", seq=0, members=["Alice"], epoch=EPOCH)]
     assert [type(m) for m in published(say(core, b"A", "hi"))] == [ChatMessage]
 
 
@@ -145,9 +154,9 @@ def test_joins_in_one_turn_are_announced_once_per_room() -> None:
     ]
     # Everyone still gets their own joined reply, members as of their own join.
     assert sent(actions, b"N1") == [
-        Joined(room="lobby", seq=0, members=["alice", "n0", "n1"]),
+        Joined(room="lobby", seq=0, members=["alice", "n0", "n1"], epoch=EPOCH),
     ]
-    assert sent(actions, b"D") == [Joined(room="dev", seq=0, members=["alice", "dora"])]
+    assert sent(actions, b"D") == [Joined(room="dev", seq=0, members=["alice", "dora"], epoch=EPOCH)]
     # A turn with one join stays a plain join.
     last = hello(core, b"L", "lee", rooms=["lobby"])
     actions = core.subscribed_all([b"\x01" + sync_topic(last.session, 0)], 8.0)
@@ -163,8 +172,8 @@ def test_joined_lists_members_and_starts_in_the_hello_rooms() -> None:
         JoinNotice(room="dev", nick="bob", ts=0.0),
     ]
     assert sent(actions, b"B") == [
-        Joined(room="lobby", seq=0, members=["alice", "bob"]),
-        Joined(room="dev", seq=0, members=["bob"]),
+        Joined(room="lobby", seq=0, members=["alice", "bob"], epoch=EPOCH),
+        Joined(room="dev", seq=0, members=["bob"], epoch=EPOCH),
     ]
 
 
@@ -275,11 +284,11 @@ def test_join_part_who_and_rooms() -> None:
     assert core.handle(b"A", frames(Join(room="#Dev", sync=1)), 1.0) == []
     actions = core.subscribed(b"\x01" + sync_topic(welcome.session, 1), 1.0)
     assert published(actions) == [JoinNotice(room="dev", nick="alice", ts=1.0)]
-    assert sent(actions) == [Joined(room="dev", seq=0, members=["alice"])]
+    assert sent(actions) == [Joined(room="dev", seq=0, members=["alice"], epoch=EPOCH)]
     # The subscription may overtake the request: it is remembered.
     assert core.subscribed(b"\x01" + sync_topic(welcome.session, 2), 2.0) == []
     actions = core.handle(b"A", frames(Join(room="ops", sync=2)), 2.0)
-    assert sent(actions) == [Joined(room="ops", seq=0, members=["alice"])]
+    assert sent(actions) == [Joined(room="ops", seq=0, members=["alice"], epoch=EPOCH)]
 
     assert sent(core.handle(b"B", frames(Who(room="lobby")), 3.0)) == [
         WhoReply(room="lobby", members=["alice", "bob"])
@@ -353,7 +362,7 @@ def test_pings_keep_a_client_alive_and_report_room_sequences() -> None:
     say(core, b"A", "one")
     for now in range(5, 60, 5):
         (pong,) = sent(core.handle(b"A", frames(Ping()), float(now)))
-        assert pong == Pong(broker="b1", seqs={"lobby": 1})
+        assert pong == Pong(broker="b1", seqs={"lobby": 1}, epochs={"lobby": EPOCH})
         assert core.tick(float(now) + 1) == []
 
 

@@ -207,7 +207,7 @@ def test_hostile_frames(frame: bytes) -> None:
         (b'{"type": "welcome"}', ErrorCode.UNKNOWN_TYPE),  # a reply is no request
         (b'{"type": "say", "room": "lobby", "text": 5}', ErrorCode.BAD_MESSAGE),
         (b'{"type": "say", "room": "lobby"}', ErrorCode.BAD_MESSAGE),
-        (b'{"type": "hello", "v": "1", "nick": "a"}', ErrorCode.BAD_MESSAGE),
+        (b'{"type": "hello", "v": "1", "nick": "a"}', ErrorCode.BAD_VERSION),
     ],
 )
 def test_request_error_codes(frame: bytes, code: ErrorCode) -> None:

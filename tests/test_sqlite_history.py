@@ -113,6 +113,8 @@ def test_sequence_numbers_survive_a_crash_without_close(tmp_path: Path) -> None:
             first.append(_line("a", seq, base), None)
         first.append(_line("b", 1, base), None)
         first.flush()  # committed, then the process "dies": no close()
+        # ...and the kernel drops its lock on the history file (broker/filelock.py).
+        first._release()
         again = SqliteHistory(path, max_age=100.0)
         try:
             assert (again.last_seq("a"), again.last_seq("b")) == (3, 1)
