@@ -132,7 +132,7 @@ class SqliteHistory:
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
             self._release()
-            raise StorageError(describe_error(exc)) from None
+            raise StorageError(_opening_error(exc, path)) from None
         try:
             self._open(memory)
         except StorageError:
@@ -142,7 +142,7 @@ class SqliteHistory:
         except _READ_ERRORS as exc:
             self._db.close()
             self._release()
-            raise StorageError(describe_error(exc)) from None
+            raise StorageError(_opening_error(exc, path)) from None
         self._per_room = per_room
         self._max_age = max_age
         self._pending: Unstored = []
@@ -589,6 +589,20 @@ def describe_error(exc: BaseException) -> str:
         return f"damaged file: stored lines do not decode ({exc})"
     return str(exc)
 
+
+def _opening_error(exc: BaseException, path: str | Path) -> str:
+    # On a full disk SQLite cannot make its -shm file and says "disk I/O
+    # error"; the operator needs to hear "full".
+    if str(path) != ":memory:" and isinstance(exc, sqlite3.Error):
+        with contextlib.suppress(OSError):
+            stat = os.statvfs(Path(path).parent)
+            if stat.f_bavail * stat.f_frsize < _NEARLY_FULL:
+                return f"disk full: no space left in {Path(path).parent} ({exc})"
+    return describe_error(exc)
+
+
+#: Free bytes below which a failure to open is put down to a full disk.
+_NEARLY_FULL = 64 * 1024
 
 _MEANINGS = {
     sqlite3.SQLITE_FULL: "disk full",

@@ -156,7 +156,9 @@ def test_joins_in_one_turn_are_announced_once_per_room() -> None:
     assert sent(actions, b"N1") == [
         Joined(room="lobby", seq=0, members=["alice", "n0", "n1"], epoch=EPOCH),
     ]
-    assert sent(actions, b"D") == [Joined(room="dev", seq=0, members=["alice", "dora"], epoch=EPOCH)]
+    assert sent(actions, b"D") == [
+        Joined(room="dev", seq=0, members=["alice", "dora"], epoch=EPOCH)
+    ]
     # A turn with one join stays a plain join.
     last = hello(core, b"L", "lee", rooms=["lobby"])
     actions = core.subscribed_all([b"\x01" + sync_topic(last.session, 0)], 8.0)
