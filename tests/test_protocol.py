@@ -451,3 +451,105 @@ def test_key_rules(key: str) -> None:
         assert validate_key(key) == key
     else:
         assert invalid(validate_key, key) == ErrorCode.KEY_INVALID
+
+
+# --- the right code for each fault (issue 13: §2, §7) ---------------------------------
+
+_REQUEST_TAGS = sorted(
+    str(msgspec.inspect.type_info(t).tag)  # type: ignore[attr-defined]
+    for t in REQUEST_TYPES
+)
+
+
+def _reject(name: str) -> Any:
+    raise ValueError(name)
+
+
+def expected_request_code(frame: bytes) -> ErrorCode | None:
+    """What §2 and §7 say a request frame is refused with, decided with the
+    standard library alone; None where only the message's fields decide."""
+    try:
+        document = frame.decode("utf-8")
+    except UnicodeDecodeError:
+        return ErrorCode.BAD_ENCODING
+    try:
+        value = json.loads(document, parse_constant=_reject)
+    except (ValueError, RecursionError):
+        return ErrorCode.BAD_FRAME
+    if not isinstance(value, dict):
+        return ErrorCode.BAD_MESSAGE
+    if value.get("type") not in _REQUEST_TAGS:
+        return ErrorCode.UNKNOWN_TYPE
+    version = value.get("v")
+    if value["type"] == "hello" and (type(version) is not int or version != 1):
+        return ErrorCode.BAD_VERSION
+    return None
+
+
+@st.composite
+def request_frames(draw: st.DrawFn) -> bytes:
+    """Request-like frames: real types with stray fields and values, some with
+    bytes spliced in (invalid UTF-8, NaN, a byte-order mark) anywhere."""
+    body: dict[str, Any] = {"type": draw(st.sampled_from([*_REQUEST_TAGS, "nope"]))}
+    body.update(draw(st.dictionaries(st.sampled_from(["v", "nick", "room", "text", "x", "key"]),
+                                     json_values, max_size=4)))  # fmt: skip
+    if body["type"] == "hello" and draw(st.booleans()):
+        body["v"] = draw(st.sampled_from([1, 2, 0, "1", True, 1.0, None]))
+    frame = json.dumps(body).encode()
+    splice = draw(
+        st.sampled_from(
+            [b"", b"\xff", b"\xc3", b"\xed\xa0\x80", b"NaN", b"Infinity", b"\xef\xbb\xbf"]
+        )
+    )
+    if splice:
+        at = draw(st.integers(0, len(frame)))
+        frame = frame[:at] + splice + frame[at:]
+    return frame
+
+
+@FUZZ
+@given(request_frames() | st.binary(max_size=64))
+def test_any_request_frame_decodes_or_raises_the_code_the_document_gives(frame: bytes) -> None:
+    expected = expected_request_code(frame)
+    try:
+        decode_request([frame])
+    except ProtocolError as exc:
+        if expected is not None:
+            assert exc.code == expected, (frame, exc)
+        else:  # fields of the wrong type, or a lone surrogate escape in one
+            assert exc.code in {ErrorCode.BAD_MESSAGE, ErrorCode.BAD_ENCODING}, (frame, exc)
+        return
+    assert expected is None, (frame, expected)
+
+
+@FUZZ
+@given(request_frames())
+def test_replies_and_broadcasts_refuse_bytes_that_are_not_utf8(frame: bytes) -> None:
+    for decoder, frames in ((decode_reply, [frame]), (decode_broadcast, [b"room/x/", frame])):
+        try:
+            decoder(frames)
+        except ProtocolError as exc:
+            if expected_request_code(frame) == ErrorCode.BAD_ENCODING:
+                assert exc.code == ErrorCode.BAD_ENCODING
+            continue
+        frame.decode("utf-8")  # whatever decodes is valid UTF-8
+
+
+@pytest.mark.parametrize(
+    ("frame", "echo"),
+    [
+        (b'{"type":"say","key":"k","room":"r"}', ("say", "k", "r")),
+        ('{"type":"say","key":"k"}'.encode("utf-16"), (None, None, None)),
+        ('{"type":"say","key":"k"}'.encode("utf-16-le"), (None, None, None)),
+        (b'\xef\xbb\xbf{"type":"say","key":"k"}', (None, None, None)),
+        (b'{"type":"say","key":"k","x":NaN}', (None, None, None)),
+        (b'{"type":"say","key":"k","x":"\xff"}', (None, None, None)),
+        (b'{"type":"say","key":"' + b"k" * 65 + b'"}', ("say", None, None)),
+    ],
+)
+def test_describe_request_echoes_only_from_json_objects(
+    frame: bytes, echo: tuple[str | None, ...]
+) -> None:
+    from protocol.codec import describe_request
+
+    assert describe_request([frame]) == echo

@@ -22,6 +22,13 @@ BAD_FRAMES = [
     pytest.param([b'{"type":"say","room":"lobby"}'], "bad_message", id="missing-field"),
     pytest.param([b'{"type":"say","room":"lobby","text":7}'], "bad_message", id="wrong-type"),
     pytest.param([b'{"type":"join","room":"x","sync":"1"}'], "bad_message", id="string-int"),
+    # §2: invalid UTF-8 anywhere, even in a field the broker ignores.
+    pytest.param([b'{"type":"ping","extra":"\xff"}'], "bad_encoding", id="utf8-ignored-field"),
+    pytest.param([b'{"type":"ping","\xc3":1}'], "bad_encoding", id="utf8-ignored-name"),
+    # §2: NaN and Infinity are not JSON.
+    pytest.param([b'{"type":"ping","x":NaN}'], "bad_frame", id="nan"),
+    pytest.param([b'{"type":"ping","x":-Infinity}'], "bad_frame", id="infinity"),
+    pytest.param([b'\xef\xbb\xbf{"type":"ping"}'], "bad_frame", id="byte-order-mark"),
 ]
 
 
@@ -47,6 +54,39 @@ def test_malformed_requests_before_hello_get_an_error_too(raw: ClientFactory) ->
     client.send_frames([b"\x00\x01garbage"])
     assert client.error()["code"] in {"bad_frame", "bad_encoding"}
     client.join("after-garbage-" + unique_room("x")[-8:])
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param(b'{"type":"hello","v":2}', id="v2-alone"),
+        pytest.param(b'{"type":"hello","v":2,"nick":5,"rooms":"x"}', id="v2-wrong-types"),
+        pytest.param(b'{"type":"hello","v":"1","nick":"ann"}', id="v-string"),
+    ],
+)
+def test_the_hello_version_is_checked_first(raw: ClientFactory, frame: bytes) -> None:
+    client = raw()
+    client.send_frames([frame])
+    error = client.error()
+    assert (error["code"], error["req"]) == ("bad_version", "hello")
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        pytest.param('{"type":"ping","key":"k"}'.encode("utf-16"), id="utf-16"),
+        pytest.param('{"type":"ping","key":"k"}'.encode("utf-16-le"), id="utf-16-no-bom"),
+        pytest.param(b'\xef\xbb\xbf{"type":"ping","key":"k"}', id="utf-8-bom"),
+    ],
+)
+def test_an_error_about_a_frame_that_is_not_json_has_no_req(
+    raw: ClientFactory, frame: bytes
+) -> None:
+    client = raw()
+    client.send_frames([frame])
+    error = client.error()
+    assert error["code"] in {"bad_frame", "bad_encoding"}
+    assert "req" not in error and "key" not in error, error
 
 
 def test_error_names_the_refused_request(chat: JoinFactory) -> None:

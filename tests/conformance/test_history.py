@@ -47,6 +47,41 @@ def test_history_range_and_limit(chat: JoinFactory) -> None:
     assert [m["text"] for m in client.reply_of("history")["messages"]] == ["r4", "r5"]
 
 
+def test_history_pages_forward_with_forward_true(chat: JoinFactory) -> None:
+    room = unique_room("pages")
+    client = chat("pager", [room])
+    seqs = say_lines(client, room, [f"p{n}" for n in range(7)])
+    # §4: forward returns the OLDEST lines of the range; page on from the last seq.
+    after, got = seqs[0] - 1, []
+    while True:
+        client.send({"type": "history", "room": room, "after": after, "limit": 3, "forward": True})
+        page = [m["seq"] for m in client.reply_of("history")["messages"]]
+        if not page:
+            break
+        assert len(page) <= 3
+        got += page
+        after = page[-1]
+    assert got == seqs
+
+
+def test_epochs_name_one_numbering_everywhere(chat: JoinFactory) -> None:
+    # §5.4: joined, history and pong carry the room's epoch; the welcome the store's.
+    room = unique_room("epoch")
+    client = chat("epochs", [room])
+    welcome = client.welcome
+    assert welcome is not None
+    joined = client.join_room(unique_room("other"))
+    client.send({"type": "history", "room": room})
+    history = client.reply_of("history")
+    client.send({"type": "ping"})
+    pong = client.reply_of("pong")
+    epoch = history.get("epoch", "")
+    assert isinstance(epoch, str) and epoch
+    assert joined.get("epoch") and isinstance(welcome.get("epoch", ""), str)
+    assert pong["epochs"][room] == epoch
+    assert set(pong["epochs"]) == set(pong["seqs"])
+
+
 def test_history_needs_membership(chat: JoinFactory) -> None:
     client = chat("outsider")
     client.send({"type": "history", "room": unique_room("closed")})

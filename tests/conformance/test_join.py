@@ -44,7 +44,7 @@ def test_handshake_join_broadcast_and_joined(raw: ClientFactory, chat: JoinFacto
     assert welcome["type"] == "welcome"
     # Not joined until the SUB has subscribed the sync topic (§5.1 step 2).
     client.send({"type": "ping"})
-    refused = client.error("not_joined")
+    refused = client.error("syncing")
     assert refused["req"] == "ping"
     client.subscribe_after_welcome(welcome, [room])
     joined = client.reply(joined_to(room))
