@@ -491,8 +491,8 @@ def request_frames(draw: st.DrawFn) -> bytes:
     """Request-like frames: real types with stray fields and values, some with
     bytes spliced in (invalid UTF-8, NaN, a byte-order mark) anywhere."""
     body: dict[str, Any] = {"type": draw(st.sampled_from([*_REQUEST_TAGS, "nope"]))}
-    body.update(draw(st.dictionaries(st.sampled_from(["v", "nick", "room", "text", "x", "key"]),
-                                     json_values, max_size=4)))  # fmt: skip
+    names = st.sampled_from(["v", "nick", "room", "text", "x", "key"])
+    body.update(draw(st.dictionaries(names, json_values, max_size=4)))
     if body["type"] == "hello" and draw(st.booleans()):
         body["v"] = draw(st.sampled_from([1, 2, 0, "1", True, 1.0, None]))
     frame = json.dumps(body).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.history import StorageError
 from broker.sqlite_history import SqliteHistory
 from protocol import ChatMessage
 
@@ -268,5 +270,163 @@ def test_an_old_range_of_a_long_history(tmp_path: Path) -> None:
         assert [line.seq for line in store.fetch("a", 101, 102, 5)[0]] == []
         assert [line.seq for line in store.fetch("a", 0, 2, 5)[0]] == [1]
         assert [line.seq for line in store.fetch("a", 998, None, 5)[0]] == [999, 1000]
+    finally:
+        store.close()
+
+
+# --- identity, paging and failures (issue 13) ------------------------------------------
+
+
+def test_a_store_keeps_its_epoch_and_an_emptied_file_gets_a_new_one(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = SqliteHistory(path)
+    epoch = store.epoch
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    store.append(_line("a", 1, time.time()), None)
+    store.flush()
+    store.close()
+    again = SqliteHistory(path)
+    assert (again.epoch, again.room_epoch("a"), again.last_seq("a")) == (epoch, epoch, 1)
+    again.close()
+    path.write_bytes(b"")  # emptied
+    emptied = SqliteHistory(path)
+    assert emptied.epoch != epoch and emptied.last_seq("a") == 0
+    emptied.close()
+
+
+def test_a_file_from_before_epochs_gets_one_and_numbering_continues(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    store = SqliteHistory(path)
+    for seq in (1, 2, 3):
+        store.append(_line("a", seq, time.time()), None)
+    store.flush()
+    store.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("DROP TABLE meta")
+    old = SqliteHistory(path)
+    epoch = old.epoch
+    assert old.last_seq("a") == 3 and epoch
+    old.close()
+    again = SqliteHistory(path)
+    assert again.epoch == epoch  # assigned once
+    again.close()
+
+
+def test_forward_returns_the_oldest_lines_of_the_range(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    try:
+        for batch in ((1, 2, 3), (4,), (5, 6), (7, 8, 9, 10)):
+            for seq in batch:
+                store.append(_line("a", seq, time.time()), None)
+            store.flush()
+        for after, before, limit in [(0, None, 3), (2, None, 4), (3, 9, 2), (0, None, 100)]:
+            lines, _ = store.fetch("a", after, before, limit, forward=True)
+            top = 11 if before is None else before
+            assert [m.seq for m in lines] == list(range(after + 1, top))[:limit]
+            lines, _ = store.fetch("a", after, before, limit)
+            assert [m.seq for m in lines] == list(range(after + 1, top))[-limit:]
+    finally:
+        store.close()
+
+
+class _FailingAt:
+    """A connection that fails one statement: before it runs, or just after."""
+
+    def __init__(self, db: sqlite3.Connection, statement: str, after: bool = False) -> None:
+        self.db, self.statement, self.after = db, statement, after
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql.startswith(self.statement):
+            if self.after:
+                self.db.execute(sql, *args)
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        return self.db.executemany(sql, rows)  # type: ignore[arg-type]
+
+
+def test_a_failed_commit_hands_its_lines_back_and_rewinds_the_numbering(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    real = store._db
+    try:
+        store.append(_line("a", 1, time.time()), "k1")
+        assert store.flush() == []
+        store._db = _FailingAt(real, "COMMIT")  # type: ignore[assignment]
+        for seq in (2, 3):
+            store.append(_line("a", seq, time.time()), f"k{seq}")
+        refused = store.flush()
+        assert [(m.seq, key) for m, key in refused] == [(2, "k2"), (3, "k3")]
+        assert store.last_seq("a") == 1
+        store.append(_line("a", 2, time.time()), "k2")
+        assert len(store.flush()) == 1
+        assert sum("cannot store lines" in r.message for r in caplog.records) == 1  # once
+        store._db = real
+        store.append(_line("a", 2, time.time()), "k2")
+        assert store.flush() == []
+        assert _seqs(store, "a") == [1, 2]
+        assert any("storing lines again" in r.message for r in caplog.records)
+    finally:
+        store._db = real
+        store.close()
+
+
+def test_a_commit_that_went_through_despite_an_error_is_not_refused(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    real = store._db
+    try:
+        store._db = _FailingAt(real, "COMMIT", after=True)  # type: ignore[assignment]
+        store.append(_line("a", 1, time.time()), "k1")
+        assert store.flush() == []  # stored: never reported undelivered
+        store._db = real
+        assert _seqs(store, "a") == [1]
+    finally:
+        store._db = real
+        store.close()
+
+
+def test_a_failed_sweep_after_a_commit_keeps_the_lines(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3", per_room=1)
+    real = store._db
+    try:
+        store._db = _FailingAt(real, "DELETE")  # type: ignore[assignment]
+        store.append(_line("a", 1, time.time()), "k1")
+        assert store.flush() == []  # the sweep of this flush fails; the line stays stored
+        store._db = real
+        assert _seqs(store, "a") == [1]
+    finally:
+        store._db = real
+        store.close()
+
+
+def test_a_line_after_one_refused_in_the_same_turn_is_refused_too(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    real = store._db
+    try:
+        store._db = _FailingAt(real, "COMMIT")  # type: ignore[assignment]
+        store.append(_line("a", 1, time.time()), None)
+        store.fetch("a", 0, None, 10)  # flushes, and fails: kept for the loop's flush
+        store._db = real
+        store.append(_line("a", 2, time.time()), None)  # numbered after the refused one
+        assert [m.seq for m, _ in store.flush()] == [1, 2]  # no hole in the numbering
+        assert store.last_seq("a") == 0 and _seqs(store, "a") == []
+    finally:
+        store._db = real
+        store.close()
+
+
+def test_a_damaged_line_is_a_storage_error(tmp_path: Path) -> None:
+    store = SqliteHistory(tmp_path / "h.sqlite3")
+    try:
+        store.append(_line("a", 1, time.time()), None)
+        store.flush()
+        store._db.execute("UPDATE batches SET lines = x'ff00'")
+        with pytest.raises(StorageError, match="cannot read the history of a"):
+            store.fetch("a", 0, None, 10)
     finally:
         store.close()

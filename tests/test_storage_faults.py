@@ -63,7 +63,7 @@ def _refused_at_start(*args: str) -> tuple[int, list[str]]:
             "--pub",
             "tcp://127.0.0.1:*",
             *args,
-        ],  # fmt: skip
+        ],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         timeout=20 * SCALE,
@@ -256,7 +256,7 @@ def _say_until_refused(raw: RawClient, prefix: str, text: str) -> tuple[list[str
     for n in range(2000):
         key = f"{prefix}-{n}"
         raw.send({"type": "say", "room": "lobby", "text": text, "key": key})
-        answer = raw.reply(lambda m: m.get("key") == key)
+        answer = raw.reply(lambda m, key=key: m.get("key") == key)  # type: ignore[misc]
         if answer["type"] == "ack":
             acked.append(key)
             continue
