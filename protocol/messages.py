@@ -326,7 +326,7 @@ class JoinsNotice(_Message, tag="joins", frozen=True):
 
 
 class LeaveNotice(_Message, tag="leave", frozen=True):
-    """``nick`` left ``room``; reason is exit, part, timeout or shutdown."""
+    """``nick`` left ``room``; reason is exit, part or timeout (docs/PROTOCOL.md §5)."""
 
     room: str
     nick: str
