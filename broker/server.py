@@ -18,7 +18,7 @@ import zmq
 
 from broker import auth
 from broker.core import Action, BrokerConfig, BrokerCore, Publish
-from broker.history import HistoryStore
+from broker.history import HistoryStore, StorageError
 from protocol import pack, room_topic
 from protocol.codec import encode_body as _encode
 
@@ -88,20 +88,27 @@ class BrokerServer:
             self._router.bind(router_endpoint)
             self._xpub.bind(pub_endpoint)
         except zmq.ZMQError:
-            self._router.close(0)
-            self._xpub.close(0)
-            if self._zap is not None:
-                self._zap.close(0)
-            if self._own_context:
-                self._ctx.term()
+            self._close_sockets()
             raise
         self.router_endpoint = _endpoint(self._router)
         self.pub_endpoint = _endpoint(self._xpub)
         config.pub_endpoint = advertised_pub or self.pub_endpoint
-        self.core = BrokerCore(config, history)
+        try:
+            self.core = BrokerCore(config, history)
+        except StorageError:  # the stored keys could not be read: a damaged file
+            self._close_sockets()
+            raise
         self._stopping = False
         self._topics: dict[str, bytes] = {}
         self._clock: Callable[[], float] = time.time
+
+    def _close_sockets(self) -> None:
+        self._router.close(0)
+        self._xpub.close(0)
+        if self._zap is not None:
+            self._zap.close(0)
+        if self._own_context:
+            self._ctx.term()
 
     def stop(self) -> None:
         """Ask the loop to finish (it tells clients and closes within a tick)."""
