@@ -1,7 +1,7 @@
 """The chat broker: a ROUTER for requests, an XPUB for broadcasts, one loop."""
 
 from broker.core import Action, BrokerConfig, BrokerCore, Publish, Send
-from broker.history import HistoryStore, MemoryHistory
+from broker.history import HistoryStore, MemoryHistory, StorageError
 from broker.server import BrokerServer
 
 __all__ = [
@@ -13,4 +13,5 @@ __all__ = [
     "MemoryHistory",
     "Publish",
     "Send",
+    "StorageError",
 ]
