@@ -247,36 +247,24 @@ class BrokerCore:
             return self._handlers[kind](session, request, now)  # type: ignore[operator, no-any-return]
         except StorageError as exc:
             # A read of the store failed (a damaged page, an I/O error): this
-            # request fails, the broker goes on (§7).
+            # request fails, the broker goes on (§7, §8).
             log.error("history: %s", exc)
-            request_type, key, room = describe_request(frames)
-            unreadable = "the broker cannot read its history now; try again later"
-            return [
-                Send(
-                    identity,
-                    Error(
-                        code=ErrorCode.UNAVAILABLE,
-                        message=unreadable,
-                        req=request_type,
-                        key=key,
-                        room=room,
-                    ),
-                )
-            ]
-        except ProtocolError as exc:
-            request_type, key, room = describe_request(frames)
-            log.info(
-                "refused %s from %s: %s",
-                request_type or "frames",
-                session.nick if session else identity.hex(),
-                exc,
+            refusal = ProtocolError(
+                ErrorCode.UNAVAILABLE, "the broker cannot read its history now; try again later"
             )
-            return [
-                Send(
-                    identity,
-                    Error(code=exc.code, message=exc.message, req=request_type, key=key, room=room),
-                )
-            ]
+        except ProtocolError as exc:
+            refusal = exc
+        request_type, key, room = describe_request(frames)
+        log.info(
+            "refused %s from %s: %s",
+            request_type or "frames",
+            session.nick if session else identity.hex(),
+            refusal,
+        )
+        error = Error(
+            code=refusal.code, message=refusal.message, req=request_type, key=key, room=room
+        )
+        return [Send(identity, error)]
 
     def subscribed(self, notice: bytes, now: float) -> list[Action]:
         """React to an XPUB notice (``\\x01`` + topic for a subscription)."""
