@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
@@ -430,3 +431,16 @@ def test_a_damaged_line_is_a_storage_error(tmp_path: Path) -> None:
             store.fetch("a", 0, None, 10)
     finally:
         store.close()
+
+
+def test_one_store_per_file_and_the_lock_names_its_holder(tmp_path: Path) -> None:
+    path = tmp_path / "h.sqlite3"
+    first = SqliteHistory(path)
+    try:
+        with pytest.raises(StorageError, match=rf"in use by another broker \(pid {os.getpid()}\)"):
+            SqliteHistory(path)
+    finally:
+        first.close()
+    SqliteHistory(path).close()  # free again once closed
+    memory = SqliteHistory(":memory:")  # memory stores need no lock
+    assert memory.epoch and memory.epoch != SqliteHistory(":memory:").epoch

@@ -12,7 +12,7 @@ import os
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -390,3 +390,21 @@ def test_an_emptied_history_file_gets_a_new_epoch(
     after = epochs()
     assert after[2] == 0
     assert after[0] != before[0] and len(after[0]) == 16
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda p: p.write_text("hello, not a database\n" * 200), "not a history file"),
+        (lambda p: p.mkdir(), "is a directory"),
+    ],
+    ids=["text-file", "directory"],
+)
+def test_a_history_that_is_no_history_file_is_refused_in_one_line(
+    tmp_path: Path, make: Callable[[Path], object], words: str
+) -> None:
+    path = tmp_path / "h.sqlite3"
+    make(path)
+    status, lines = _refused_at_start("--history", str(path))
+    assert status == 1
+    assert len(lines) == 1 and words in lines[0] and str(path) in lines[0], lines
