@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -81,7 +82,7 @@ def _fill(path: Path, room: str, count: int, text: str, keyed: bool, start: int 
     try:
         for seq in range(start, start + count):
             store.append(_line(room, seq, text), f"{room}-{seq}" if keyed else None)
-            assert store.flush() == []
+            assert not store.flush()
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as db:  # all into the main file
@@ -112,6 +113,21 @@ def _stored_keys(path: Path) -> set[str]:
 def test_a_read_only_history_is_refused_at_start(tmpfs: Path) -> None:
     path = tmpfs / "h.sqlite3"
     _fill(path, "lobby", 3, "hi", keyed=False)
+    # A broker killed while running leaves its -wal and -shm files: with them
+    # SQLite opens a read-only file without a word, and only the first write
+    # fails. The check at start-up must not depend on them.
+    writer = (
+        "import os, sys, time\n"
+        "from broker.sqlite_history import SqliteHistory\n"
+        "from protocol import ChatMessage\n"
+        "store = SqliteHistory(sys.argv[1])\n"
+        "store.append(ChatMessage(room='lobby', nick='n', text='t', ts=time.time(),\n"
+        "             id='x-4', seq=4), None)\n"
+        "store.flush()\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", writer, str(path)], check=True, timeout=30)
+    assert Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
     subprocess.run(["mount", "-o", "remount,ro", str(tmpfs)], check=True)
     status, lines = _refused_at_start("--history", str(path))
     assert status == 1
@@ -121,22 +137,37 @@ def test_a_read_only_history_is_refused_at_start(tmpfs: Path) -> None:
 @needs_root
 def test_an_unwritable_directory_is_refused_at_start(tmp_path: Path) -> None:
     # The file may be written, its directory not (no -wal, no lock file). Root
-    # ignores permission bits but not the immutable attribute.
+    # ignores permission bits, so: the directory bind-mounted read-only, and
+    # the file bind-mounted read-write over its place in it.
+    source = tmp_path / "source.sqlite3"
+    _fill(source, "lobby", 2, "hi", keyed=False)
+    for name in os.listdir(tmp_path):
+        if name != "source.sqlite3":
+            (tmp_path / name).unlink()
     where = tmp_path / "fixed"
     where.mkdir()
     path = where / "h.sqlite3"
-    _fill(path, "lobby", 2, "hi", keyed=False)
-    for name in os.listdir(where):
-        if name != "h.sqlite3":
-            os.unlink(where / name)
-    if subprocess.run(["chattr", "+i", str(where)], check=False).returncode != 0:
-        pytest.skip("this file system has no immutable attribute (chattr +i)")
+    path.touch()
+    mounted: list[Path] = []
     try:
+        for command in (
+            ["mount", "--bind", str(where), str(where)],
+            ["mount", "-o", "remount,ro,bind", str(where)],
+            ["mount", "--bind", str(source), str(path)],
+        ):
+            subprocess.run(command, check=True)
+            if command[1] == "--bind":
+                mounted.append(Path(command[-1]))
+        with open(path, "r+b"):
+            pass  # the file itself is writable...
+        with pytest.raises(OSError):
+            (where / "probe").touch()  # ...its directory is not
         status, lines = _refused_at_start("--history", str(path))
     finally:
-        subprocess.run(["chattr", "-i", str(where)], check=True)
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], check=False)
     assert status == 1
-    assert len(lines) == 1 and "cannot" in lines[0] and str(path) in lines[0], lines
+    assert len(lines) == 1 and "read-only" in lines[0] and str(path) in lines[0], lines
 
 
 def test_an_explicit_history_in_a_missing_directory_is_refused(tmp_path: Path) -> None:
