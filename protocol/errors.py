@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     TOO_MANY_CLIENTS = "too_many_clients"
     RATE_LIMITED = "rate_limited"
+    SYNCING = "syncing"  # the session is still syncing its first join: retry after joined
+    UNAVAILABLE = "unavailable"  # retryable: the line could not be stored now; resend, same key
     SESSION_INVALID = "session_invalid"  # resume with an unknown session token
     BAD_ENDPOINT = "bad_endpoint"  # local only: a malformed ZeroMQ endpoint (protocol/endpoints.py)
 

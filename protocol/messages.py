@@ -125,6 +125,9 @@ class History(_Message, tag="history", frozen=True):
     after: int = 0
     before: int | None = None
     limit: int = 50
+    #: With ``limit``: the OLDEST ``limit`` lines of the range, not the newest
+    #: (paging forward from ``after``); shared contract §2, optional.
+    forward: bool = False
 
 
 class Ping(_Message, tag="ping", frozen=True):
@@ -164,6 +167,8 @@ class Welcome(_Message, tag="welcome", frozen=True):
     heartbeat: float
     timeout: float
     limits: Limits
+    #: The history store's identity (informative; rooms carry their own).
+    epoch: str = ""
 
 
 class Joined(_Message, tag="joined", frozen=True):
@@ -172,6 +177,8 @@ class Joined(_Message, tag="joined", frozen=True):
     room: str
     seq: int
     members: list[str]
+    #: Identity of the numbering ``seq`` belongs to ("" from an old broker).
+    epoch: str = ""
 
 
 class Parted(_Message, tag="parted", frozen=True):
@@ -243,6 +250,8 @@ class Pong(_Message, tag="pong", frozen=True):
 
     broker: str
     seqs: dict[str, int]
+    #: Room -> epoch of its numbering (absent from an old broker).
+    epochs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ChatMessage(_Message, tag="message", frozen=True):
@@ -264,6 +273,8 @@ class HistoryReply(_Message, tag="history", frozen=True):
     messages: list[ChatMessage]
     missed: int = 0
     seq: int = 0
+    #: Identity of the room's numbering ("" from an old broker).
+    epoch: str = ""
 
 
 class Shutdown(_Message, tag="shutdown", frozen=True):
