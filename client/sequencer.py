@@ -150,7 +150,7 @@ class RoomTrack:
     def renumbered(self, seq: int, epoch: str, backlog_from: int) -> list[ev.Event]:
         """The room's numbering restarted (a new epoch): drop what we hold and
         continue from ``seq``; tells the user plainly."""
-        lost = max(0, self.known - self.last) + len(self.buffered)
+        lost = max(0, self.known - self.last)
         self.buffered.clear()
         self.repair = RepairState.IDLE
         self.tries = 0
