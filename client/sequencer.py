@@ -110,9 +110,20 @@ class RoomTrack:
         """The broker says the room's newest line is ``seq`` (pong, history, joined)."""
         self.known = max(self.known, seq)
 
-    def history(self, reply: HistoryReply) -> list[ev.Event]:
-        """The answer to our repair request."""
-        out: list[ev.Event] = []
+    def history(self, reply: HistoryReply, request: History | None) -> list[ev.Event]:
+        """The answer to our repair ``request`` (None: not known which)."""
+        if (
+            self.repair is not RepairState.ASKING
+            or request is None
+            or (request.after, request.before) != self.asked
+        ):
+            # A late answer to a request given up or retried: its lines are
+            # still good, but it says nothing about the range asked now.
+            out: list[ev.Event] = []
+            for line in reply.messages:
+                out += self.line(line)
+            return out
+        out = []
         _, before = self.asked
         self._move("reply")
         self.tries = 0
@@ -166,6 +177,11 @@ class RoomTrack:
     def poll(self, now: float, timeout: float) -> tuple[list[ev.Event], History | None]:
         """Events from a repair given up, and the history request to send now, if any."""
         out: list[ev.Event] = []
+        if self.repair is RepairState.ASKING and self.last >= self.asked[1] - 1:
+            # Live lines filled the range meanwhile: its answer (if it comes)
+            # is a late one; go on with the next gap now.
+            self._move("reply")
+            self.tries = 0
         if self.repair is RepairState.ASKING:
             if now < self.deadline:
                 return [], None

@@ -43,7 +43,7 @@ from client import events as ev
 from client.membership import Membership
 from client.outbox import LineState, Outbox
 from client.requests import Purpose, RequestTracker, Tracked
-from client.sequencer import RepairState, RoomTrack, as_event
+from client.sequencer import RoomTrack, as_event
 from protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -615,12 +615,8 @@ class ClientSession:
             end = ev.HistoryEnd(room=name, count=len(reply.messages))
             self.requests.complete(pending, end)
             return [*lines, end]
-        if track.repair is RepairState.ASKING:
-            out += track.history(reply)
-        else:
-            # A late answer to a repair given up: its lines are still good.
-            for line in reply.messages:
-                out += track.line(line)
+        asked = pending.request if pending is not None else None
+        out += track.history(reply, asked if isinstance(asked, History) else None)
         return out + self._poll_repair(name, now)
 
     def _on_error(self, reply: Error, now: float) -> list[ev.Event]:
