@@ -20,6 +20,7 @@ lost repair is simply dropped here.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from enum import Enum
 
@@ -63,6 +64,8 @@ class Pending:
     purpose: Purpose
     sent_at: float
     step: Step = Step.SENT
+    #: While waiting: not resent before this time.
+    retry_at: float = 0.0
 
     @property
     def kind(self) -> str:
@@ -128,25 +131,29 @@ class RequestTracker:
         self._pending = [p for p in self._pending if p.purpose is Purpose.USER]
         for pending in self._pending:
             pending.move("lost")
+            # A join is not resent: its room goes into the rejoin's hello.
+            pending.retry_at = math.inf if isinstance(pending.request, Join) else 0.0
 
-    def later(self, pending: Pending) -> None:
-        """Send ``pending`` again when :meth:`resend` is next called (e.g. it
-        was refused as ``syncing``); it keeps its place in the order."""
+    def later(self, pending: Pending, when: float) -> None:
+        """Send ``pending`` again from ``when`` on (it was refused as
+        ``syncing``: the session is still joining); it keeps its place."""
         pending.move("retry")
+        pending.retry_at = when
         self._pending.insert(0, pending)
 
-    def not_sent(self, request: Request) -> None:
-        """The socket could not take ``request``: send it again next time."""
+    def not_sent(self, request: Request, when: float) -> None:
+        """The socket could not take ``request``: send it again from ``when`` on."""
         for pending in self._pending:
             if pending.request is request:
                 pending.move("not_sent")
+                pending.retry_at = when
 
     def resend(self, now: float) -> list[Tracked]:
-        """The waiting requests, to send again now (joins excepted: the caller
-        joins those rooms again by itself)."""
+        """The waiting requests due now, to send again (joins cut off by a lost
+        connection excepted: the caller joins those rooms again by itself)."""
         out: list[Tracked] = []
         for pending in self._pending:
-            if pending.step is Step.WAITING and not isinstance(pending.request, Join):
+            if pending.step is Step.WAITING and pending.retry_at <= now:
                 pending.move("resend")
                 pending.sent_at = now
                 out.append(pending.request)

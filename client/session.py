@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 from client import events as ev
 from client.membership import Membership
-from client.outbox import LineState, Outbox
+from client.outbox import NOT_SENT_RETRY, LineState, Outbox
 from client.requests import Purpose, RequestTracker, Tracked
 from client.sequencer import RoomTrack, as_event
 from protocol import (
@@ -101,6 +101,8 @@ BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
 AFTER_SHUTDOWN = 0.2
 #: Resend delay of a line the broker could not store (``unavailable``).
 UNAVAILABLE_RETRY = 1.0
+#: Resend delay of a request refused as ``syncing`` (our join is completing).
+SYNCING_RETRY = 0.5
 
 
 class State(Enum):
@@ -206,7 +208,7 @@ class ClientSession:
         sent again later, lines with their key."""
         self.outbox.not_sent(request, now)
         if isinstance(request, Join | Part | Rename | Who | ListRooms | History):
-            self.requests.not_sent(request)
+            self.requests.not_sent(request, now + NOT_SENT_RETRY)
 
     @property
     def rooms(self) -> list[str]:
@@ -272,6 +274,7 @@ class ClientSession:
             for name in list(self._tracks):
                 out += self._poll_repair(name, now)
             out += self.requests.expired(now)
+            self._resend_requests(now)
             self._flush_outbox(now)
             if now >= self._next_ping:
                 self._next_ping = now + self.heartbeat
@@ -522,8 +525,7 @@ class ClientSession:
         self._attempt = 0
         # The broker drops any line it already has, by key (§5.5).
         self.outbox.release(set(self._tracks))
-        for request in self.requests.resend(now):
-            self._send(request)
+        self._resend_requests(now)
         self._flush_outbox(now)
         restarted, self._restarted = self._restarted, False
         return [ev.Connection(state="reconnected", restarted=restarted)]
@@ -634,7 +636,7 @@ class ClientSession:
             return [_error_event(reply)]
         pending = self.requests.answered(reply.req, reply.room)
         if code == ErrorCode.SYNCING and pending is not None:
-            self.requests.later(pending)  # sent again once joined
+            self.requests.later(pending, now + SYNCING_RETRY)  # the join completes soon
             return []
         if (
             reply.req == "history"
@@ -678,9 +680,8 @@ class ClientSession:
             return []
         if code == ErrorCode.UNAVAILABLE and self.outbox.later(key, now, UNAVAILABLE_RETRY):
             return []  # not stored, not published: resend later, same key
-        if code == ErrorCode.SYNCING and self.outbox.hold(key):
-            self.outbox.release(set(self._tracks) - set(self._joining))
-            return []
+        if code == ErrorCode.SYNCING and self.outbox.later(key, now, SYNCING_RETRY):
+            return []  # the session's join completes soon: send it again then
         failed = self.outbox.fail(key)
         if failed is None:
             return [_error_event(reply)]  # not ours (any more)
@@ -750,6 +751,13 @@ class ClientSession:
         self.last_request = self.requests.add(request, self._now)
         self.outbox.control(request)
         self._flush_outbox(self._now)
+
+    def _resend_requests(self, now: float) -> None:
+        for request in self.requests.resend(now):
+            if isinstance(request, Part | Rename):
+                self.outbox.control(request)  # the flood bucket counts these
+            else:
+                self._send(request)
 
     def _flush_outbox(self, now: float) -> None:
         if self.state is State.JOINED:

@@ -216,7 +216,7 @@ def test_unavailable_is_retried_later_with_the_same_key_not_reported() -> None:
     assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [key]
 
 
-def test_syncing_holds_the_line_until_joined() -> None:
+def test_a_line_refused_as_syncing_is_sent_again_shortly() -> None:
     session = joined_session()
     session.join("ops")
     session.on_reply(Joined(room="ops", seq=0, members=["me"]), 0.1)
@@ -225,7 +225,29 @@ def test_syncing_holds_the_line_until_joined() -> None:
     refused = Error(code="syncing", message="wait", req="say", key=key, room="ops")
     assert session.on_reply(refused, 0.2) == []
     session.tick(0.3)
+    assert not _requests(session, Say)
+    session.tick(0.8)
     assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [key]
+
+
+def test_a_request_refused_as_syncing_is_sent_again_shortly() -> None:
+    session = joined_session()
+    session.who()
+    (who,) = _requests(session, Who)
+    assert (
+        session.on_reply(Error(code="syncing", message="wait", req="who", room="lobby"), 0.1) == []
+    )
+    session.tick(0.8)
+    assert _requests(session, Who) == [who]
+
+
+def test_a_request_the_socket_refused_is_sent_again_soon() -> None:
+    session = joined_session()
+    session.who()
+    (who,) = _requests(session, Who)
+    session.not_sent(who, 0.0)
+    session.tick(0.5)
+    assert _requests(session, Who) == [who]
 
 
 # --- 4. every request answered or failed ----------------------------------------------

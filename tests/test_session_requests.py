@@ -44,7 +44,8 @@ def test_a_request_the_socket_refused_is_resent() -> None:
     tracker = RequestTracker()
     who = Who(room="lobby")
     tracker.add(who, 0.0)
-    tracker.not_sent(who)
+    tracker.not_sent(who, 0.25)
+    assert tracker.resend(0.1) == []
     assert tracker.resend(0.5) == [who]
 
 
