@@ -310,9 +310,9 @@ class Renderer:
 
     def _on_missed(self, event: ev.Missed) -> Rendered:
         if event.reset:
-            never = f", {event.count} unseen lines gone" if event.count else ""
+            never = f" ({event.count} unseen lines gone)" if event.count else ""
             return self.notice(
-                f"#{escape_terminal(event.room)} starts afresh (the broker lost its history{never})",
+                f"#{escape_terminal(event.room)} starts afresh: the broker lost its history{never}",
                 _NOTICE,
             )
         lines = "line is" if event.count == 1 else "lines are"
