@@ -312,7 +312,7 @@ class Renderer:
         if event.reset:
             never = f" ({event.count} unseen lines gone)" if event.count else ""
             return self.notice(
-                f"#{escape_terminal(event.room)} starts afresh: the broker lost its history{never}",
+                f"#{escape_terminal(event.room)} starts afresh: broker history lost{never}",
                 _NOTICE,
             )
         lines = "line is" if event.count == 1 else "lines are"
