@@ -46,7 +46,8 @@ class ErrorCode(StrEnum):
     BAD_MESSAGE = "bad_message"  # JSON, but missing fields or wrong field types
     UNKNOWN_TYPE = "unknown_type"  # "type" missing or not a known request
     BAD_VERSION = "bad_version"  # hello with a protocol version we do not speak
-    NOT_JOINED = "not_joined"  # a request before hello completed (or after leaving)
+    NOT_JOINED = "not_joined"  # no session: never said hello, left, timed out, broker restarted
+    SYNCING = "syncing"  # the session is still waiting for its first sync (§5.1): retry later
     ALREADY_JOINED = "already_joined"  # a second hello on one connection
     NICK_TAKEN = "nick_taken"
     NICK_INVALID = "nick_invalid"
@@ -60,8 +61,7 @@ class ErrorCode(StrEnum):
     TOO_MANY_ROOMS = "too_many_rooms"
     TOO_MANY_CLIENTS = "too_many_clients"
     RATE_LIMITED = "rate_limited"
-    SYNCING = "syncing"  # the session is still syncing its first join: retry after joined
-    UNAVAILABLE = "unavailable"  # retryable: the line could not be stored now; resend, same key
+    UNAVAILABLE = "unavailable"  # the broker's storage failed: nothing stored, retry later
     SESSION_INVALID = "session_invalid"  # resume with an unknown session token
     BAD_ENDPOINT = "bad_endpoint"  # local only: a malformed ZeroMQ endpoint (protocol/endpoints.py)
 

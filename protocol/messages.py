@@ -125,8 +125,8 @@ class History(_Message, tag="history", frozen=True):
     after: int = 0
     before: int | None = None
     limit: int = 50
-    #: With ``limit``: the OLDEST ``limit`` lines of the range, not the newest
-    #: (paging forward from ``after``); shared contract §2, optional.
+    #: With ``limit``: the oldest ``limit`` lines of the range (page forward
+    #: from ``after``) instead of the newest.
     forward: bool = False
 
 
@@ -167,7 +167,8 @@ class Welcome(_Message, tag="welcome", frozen=True):
     heartbeat: float
     timeout: float
     limits: Limits
-    #: The history store's identity (informative; rooms carry their own).
+    #: The identity of the broker's history store (informative; rooms carry
+    #: theirs in ``joined``, ``history`` and ``pong``, docs/PROTOCOL.md §5.4).
     epoch: str = ""
 
 
@@ -177,7 +178,8 @@ class Joined(_Message, tag="joined", frozen=True):
     room: str
     seq: int
     members: list[str]
-    #: Identity of the numbering ``seq`` belongs to ("" from an old broker).
+    #: The numbering ``seq`` belongs to: when it differs from the one a client
+    #: holds for the room, the room's numbering restarted (§5.4).
     epoch: str = ""
 
 
@@ -250,7 +252,7 @@ class Pong(_Message, tag="pong", frozen=True):
 
     broker: str
     seqs: dict[str, int]
-    #: Room -> epoch of its numbering (absent from an old broker).
+    #: room -> the epoch of its numbering (§5.4).
     epochs: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -273,7 +275,6 @@ class HistoryReply(_Message, tag="history", frozen=True):
     messages: list[ChatMessage]
     missed: int = 0
     seq: int = 0
-    #: Identity of the room's numbering ("" from an old broker).
     epoch: str = ""
 
 
@@ -325,7 +326,7 @@ class JoinsNotice(_Message, tag="joins", frozen=True):
 
 
 class LeaveNotice(_Message, tag="leave", frozen=True):
-    """``nick`` left ``room``; reason is exit, part, timeout or shutdown."""
+    """``nick`` left ``room``; reason is exit, part or timeout (docs/PROTOCOL.md §5)."""
 
     room: str
     nick: str
