@@ -79,6 +79,8 @@ class RoomTrack:
     oldest: int = 0
     #: Identity of the numbering ("" until a broker names one).
     epoch: str = ""
+    #: The newest seq the previous pong named (see :meth:`pong`).
+    pong_target: int = 0
     buffered: dict[int, ChatMessage] = field(default_factory=dict)
     repair: RepairState = RepairState.IDLE
     #: The range ``(after, before)`` being repaired, its deadline and tries.
@@ -105,6 +107,15 @@ class RoomTrack:
             return [as_event(line, history=line.seq <= self.history_until), *self._drain()]
         self.buffered[line.seq] = line
         return []
+
+    def pong(self, seq: int) -> None:
+        """A pong names ``seq`` as the room's newest. The pong travels on the
+        DEALER and the lines on the SUB, so lines up to it may still be on
+        their way: only what the previous pong named and has not come by now
+        is missing (docs/PROTOCOL.md §5.2, "drain the SUB first")."""
+        if self.pong_target > self.last:
+            self.seen_known(self.pong_target)
+        self.pong_target = seq
 
     def seen_known(self, seq: int) -> None:
         """The broker says the room's newest line is ``seq`` (pong, history, joined)."""
@@ -169,6 +180,7 @@ class RoomTrack:
         self.last = backlog_from
         self.history_until = seq
         self.known = seq
+        self.pong_target = 0
         self.oldest = backlog_from + 1
         return [ev.Missed(room=self.room, count=lost, reset=True)]
 

@@ -587,7 +587,7 @@ class ClientSession:
                 out += track.renumbered(seq, epoch, seq)
                 continue
             track.epoch = track.epoch or epoch
-            track.seen_known(seq)
+            track.pong(seq)
             out += self._poll_repair(name, now)
         return out
 

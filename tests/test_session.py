@@ -371,3 +371,22 @@ def test_a_retried_hello_answered_twice_is_no_error() -> None:
     events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 1.3)
     assert events == [ev.Connection(state="reconnected", restarted=True)]
     assert session.state is State.JOINED
+
+
+def test_a_pong_ahead_of_the_sub_repairs_only_if_the_lines_never_come() -> None:
+    # The pong overtook lines 2 and 3 still on their way on the SUB.
+    session = joined_session()
+    session.on_broadcast(_line(1), 1.0)
+    session.on_reply(Pong(broker="b", seqs={"lobby": 3}), 1.1)
+    assert not _requests(session, History)
+    assert _seqs(session.on_broadcast(_line(2), 1.2) + session.on_broadcast(_line(3), 1.2)) == [
+        2,
+        3,
+    ]
+    # Line 4 is published and lost: the next pong names it, the one after repairs.
+    session.on_reply(Pong(broker="b", seqs={"lobby": 4}), 2.1)
+    assert not _requests(session, History)
+    session.on_reply(Pong(broker="b", seqs={"lobby": 4}), 3.1)
+    assert _requests(session, History) == [
+        History(room="lobby", after=3, before=5, limit=500, forward=True)
+    ]
