@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -27,6 +28,8 @@ from protocol import (
     ConnectionClosed,
     JoinRefused,
     ProtocolError,
+    Request,
+    RequestFailed,
     check_endpoint,
     decode_broadcast,
     decode_reply,
@@ -112,6 +115,8 @@ class AsyncClient:
         self._progress = asyncio.Event()
         self._fatal: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
+        # Request id -> the future a caller of join(..., wait=True) awaits.
+        self._answers: dict[int, asyncio.Future[ev.Event]] = {}
 
     # --- life cycle --------------------------------------------------------
 
@@ -217,9 +222,10 @@ class AsyncClient:
         return stop
 
     async def settle(self, timeout: float) -> bool:
-        """Wait until every line sent so far is acknowledged and every join
-        answered (see ``ClientSession.busy``), for at most ``timeout`` seconds.
-        Returns whether it settled."""
+        """Wait until every line sent so far is acknowledged (paced and held
+        ones included) and every request answered (see ``ClientSession.busy``),
+        for at most ``timeout`` seconds. Returns whether it settled; what is
+        still pending is in :attr:`pending`."""
         deadline = time.monotonic() + timeout
         while self.session.busy and not self._closed.is_set():
             left = deadline - time.monotonic()
@@ -229,6 +235,17 @@ class AsyncClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), left)
         return not self.session.busy
+
+    @property
+    def pending(self) -> int:
+        """Lines not acknowledged yet: queued under the flood limit, held for a
+        join or a reconnect, or sent and waiting for their ``ack``."""
+        return self.session.unacked
+
+    @property
+    def queued(self) -> int:
+        """Of :attr:`pending`, the lines not on the wire yet."""
+        return self.session.queued
 
     async def close(self, timeout: float = 2.0, *, settle: float = 5.0) -> None:
         """Leave (others see ``exit``) and release the sockets.
@@ -277,29 +294,64 @@ class AsyncClient:
         """Send a private line to ``nick``."""
         return self._do(lambda: self.session.private(nick, text, action=action))
 
-    async def join(self, room: str) -> str:
-        """Join a room; a ``joined`` (or ``error``) event follows."""
-        return self._do(self.session.join, room)
+    async def join(self, room: str, *, wait: bool = False) -> str:
+        """Join a room; a ``joined`` (or ``error``) event follows. With ``wait``,
+        returns once joined, or raises RequestFailed."""
+        name = self._do(self.session.join, room)
+        await self._answer(wait)
+        return name
 
-    async def part(self, room: str | None = None) -> str:
-        """Leave a room (default: the current one); a ``parted`` event follows."""
-        return self._do(self.session.part, room)
+    async def part(self, room: str | None = None, *, wait: bool = False) -> str:
+        """Leave a room (default: the current one); a ``parted`` event follows.
+        With ``wait``, returns once parted, or raises RequestFailed."""
+        name = self._do(self.session.part, room)
+        await self._answer(wait)
+        return name
 
-    async def rename(self, nick: str) -> None:
-        """Change nickname; a ``nick`` (or ``error``) event follows."""
+    async def rename(self, nick: str, *, wait: bool = False) -> None:
+        """Change nickname; a ``nick`` (or ``error``) event follows. With
+        ``wait``, returns once renamed, or raises RequestFailed."""
         self._do(self.session.rename, nick)
+        await self._answer(wait)
 
-    async def who(self, room: str | None = None) -> None:
-        """Ask who is in a room; a ``who`` event follows."""
+    async def who(self, room: str | None = None, *, wait: bool = False) -> list[str] | None:
+        """Ask who is in a room; a ``who`` event follows. With ``wait``, returns
+        the members, or raises RequestFailed."""
         self._do(self.session.who, room)
+        answer = await self._answer(wait)
+        return answer.members if isinstance(answer, ev.Who) else None
 
-    async def list_rooms(self) -> None:
-        """Ask for the room list; a ``rooms`` event follows."""
+    async def list_rooms(self, *, wait: bool = False) -> None:
+        """Ask for the room list; a ``rooms`` event follows (with ``wait``: has
+        come, or RequestFailed is raised)."""
         self._do(self.session.list_rooms)
+        await self._answer(wait)
 
-    async def history(self, count: int = 50, room: str | None = None) -> None:
-        """Fetch older lines of a room (``message`` events with ``history``)."""
+    async def history(
+        self, count: int = 50, room: str | None = None, *, wait: bool = False
+    ) -> None:
+        """Fetch older lines of a room (``message`` events with ``history``,
+        then ``history_end``). With ``wait``, returns once they are all queued
+        as events, or raises RequestFailed."""
         self._do(self.session.fetch_history, count, room)
+        await self._answer(wait)
+
+    async def _answer(self, wait: bool) -> ev.Event | None:
+        """The answer to the request the latest operation made, if ``wait``."""
+        request = self.session.last_request
+        if not wait or request is None:
+            return None
+        # Answers come only from the pump, so none can have come since the
+        # operation returned (no await in between).
+        future: asyncio.Future[ev.Event] = asyncio.get_running_loop().create_future()
+        self._answers[request] = future
+        try:
+            answer = await future
+        finally:
+            self._answers.pop(request, None)
+        if isinstance(answer, ev.Error):
+            raise RequestFailed(answer.code, answer.message)
+        return answer
 
     # --- events ----------------------------------------------------------------
 
@@ -329,6 +381,7 @@ class AsyncClient:
     def _do(self, operation: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         if self._closed.is_set():
             raise ConnectionClosed(self.session.close_reason or "exit")
+        self.session.last_request = None
         result = operation(*args, **kwargs)
         self._flush()
         return result
@@ -368,9 +421,37 @@ class AsyncClient:
         for subscribe, topic in out.subscribe:
             self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
         for request in out.requests:
-            # Not connected yet and the queue is full: heartbeats will tell.
-            with contextlib.suppress(zmq.Again):
-                self._dealer.send(encode(request), zmq.NOBLOCK)
+            try:
+                sent = self._dealer.send(encode(request), zmq.NOBLOCK)
+            except zmq.Again:
+                self.session.not_sent(request, time.time())
+                continue
+            # zmq.asyncio reports a full queue (Again) through the future, not
+            # as an exception: look at every result, so none goes unretrieved
+            # and a request the socket did not take is sent again.
+            cast("asyncio.Future[object]", sent).add_done_callback(
+                functools.partial(self._sent, request)
+            )
+        self._resolve()
+
+    def _sent(self, request: Request, sent: asyncio.Future[object]) -> None:
+        if sent.cancelled():
+            self.session.not_sent(request, time.time())
+            return
+        error = sent.exception()
+        if error is None:
+            return
+        # Again: a full queue (a paused broker, a reconnecting socket);
+        # anything else: a socket closed under the send. Both: send later.
+        self.session.not_sent(request, time.time())
+        self._wake.set()
+
+    def _resolve(self) -> None:
+        """Hand the answers of requests to whoever waits for them."""
+        for request, answer in self.session.take_completions():
+            future = self._answers.pop(request, None)
+            if future is not None and not future.done():
+                future.set_result(answer)
 
     def _unusable_pub(self, pub: str, exc: ProtocolError | zmq.ZMQError) -> None:
         why = exc.message if isinstance(exc, ProtocolError) else str(exc)
@@ -427,6 +508,17 @@ class AsyncClient:
                     self._deliver(events)
                     self._progress.set()
         finally:
+            if self.session.busy:
+                # Ended for good (refused on reconnect, closed): every line and
+                # request left is reported, none dropped silently.
+                reason = self.session.close_reason or "closed"
+                self._deliver(
+                    self.session.undelivered(f"not delivered: the session ended ({reason})")
+                )
+            for future in self._answers.values():
+                if not future.done():
+                    future.set_exception(ConnectionClosed(self.session.close_reason or "exit"))
+                    future.exception()  # retrieved: its awaiter may be gone
             self._closed.set()
             self._events.put_nowait(None)
 

@@ -129,10 +129,15 @@ class Rooms(_Event, tag="rooms", frozen=True):
 
 
 class Missed(_Event, tag="missed", frozen=True):
-    """``count`` lines of ``room`` are gone from the broker's history."""
+    """``count`` lines of ``room`` are gone from the broker's history.
+
+    With ``reset``, the room's numbering restarted (the broker lost its
+    history, shared contract §1): ``count`` is how many lines we knew of and
+    never saw, and the lines that follow are new ones."""
 
     room: str
     count: int
+    reset: bool = False
 
 
 class HistoryEnd(_Event, tag="history_end", frozen=True):
@@ -155,9 +160,14 @@ class Error(_Event, tag="error", frozen=True):
 
 
 class Connection(_Event, tag="connection", frozen=True):
-    """The link to the broker changed: ``reconnecting`` or ``reconnected``."""
+    """The link to the broker changed: ``reconnecting`` or ``reconnected``.
+
+    ``reconnected`` comes every time the session was re-established, however
+    quickly; ``restarted`` says whether it is a new broker (its id changed:
+    sessions and memberships were rebuilt) rather than our own connection."""
 
     state: str
+    restarted: bool = False
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):

@@ -309,6 +309,12 @@ class Renderer:
         return self.notice(f"rooms: {listed}", "")
 
     def _on_missed(self, event: ev.Missed) -> Rendered:
+        if event.reset:
+            never = f" ({event.count} unseen lines gone)" if event.count else ""
+            return self.notice(
+                f"#{escape_terminal(event.room)} starts afresh: broker history lost{never}",
+                _NOTICE,
+            )
         lines = "line is" if event.count == 1 else "lines are"
         return self.notice(
             f"{event.count} {lines} missing in #{escape_terminal(event.room)} "
@@ -333,7 +339,8 @@ class Renderer:
         if event.state == "reconnecting":
             return self.notice("lost the broker; reconnecting...", _ERROR)
         if event.state == "reconnected":
-            return self.notice("reconnected", _GOOD)
+            said = "reconnected (the broker restarted)" if event.restarted else "reconnected"
+            return self.notice(said, _GOOD)
         return self.notice(escape_terminal(event.state), _NOTICE)
 
     def _on_shutdown(self, event: ev.Shutdown) -> Rendered:

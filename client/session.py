@@ -5,32 +5,45 @@ The front-end feeds it what arrives (:meth:`ClientSession.on_reply`,
 :meth:`ClientSession.on_broadcast`) and the time (:meth:`ClientSession.tick`),
 calls user operations (:meth:`say`, :meth:`join`...), and after each call
 carries out :meth:`take_output`: reset the sockets, connect the SUB, change
-subscriptions, send requests, in that order.
+subscriptions, send requests, in that order. A request the socket could not
+take goes back through :meth:`not_sent`.
 
-States and the moves between them (``_TRANSITIONS``)::
+It is a composition of small state machines, each with its own module:
+
+* :class:`client.outbox.Outbox`: lines until acknowledged or reported, their
+  keys, pacing to the broker's bucket, resends on a timer;
+* :class:`client.sequencer.RoomTrack`: one per room, each line once and in
+  order, gap repair with a deadline and retries (the Clone pattern);
+* :class:`client.requests.RequestTracker`: every request answered or failed;
+* :class:`client.membership.Membership`: who is in our rooms.
+
+The session's own states and the moves between them (``_TRANSITIONS``)::
 
     idle --hello--> joining --joined--> joined --bye--> closing --goodbye--> closed
       ^                |                  |
-      +----refused-----+                  +--silence, not_joined--> reconnecting
-                                                                       |
-                       joined <---------------resumed------------------+
+      +----refused-----+                  +--silence, not_joined, shutdown--> reconnecting
+                                                                                |
+                       joined <------------every room joined again--------------+
 
-What it guarantees for room lines (Clone pattern): each is delivered once, in
-sequence order. A gap, seen in the numbers or in a pong, is filled from the
-broker's history before later lines are let through; lines the history no longer
-has are reported as a ``missed`` event.
+While reconnecting, ``hello`` is retried with jittered backoff on the same
+connection (a fresh one only for the first try), and every room's broadcasts
+are held until its ``joined``, as on a first join, so a rejoin never delivers
+a line twice or out of order.
 """
 
 from __future__ import annotations
 
-import secrets
-from collections import OrderedDict, deque
+import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
 from client import events as ev
-from client.pacing import RateLimiter
+from client.membership import Membership
+from client.outbox import NOT_SENT_RETRY, LineState, Outbox
+from client.requests import Purpose, RequestTracker, Tracked
+from client.sequencer import RoomTrack, as_event
 from protocol import (
     PROTOCOL_VERSION,
     Ack,
@@ -45,12 +58,8 @@ from protocol import (
     HistoryReply,
     Join,
     Joined,
-    JoinNotice,
-    JoinsNotice,
-    LeaveNotice,
     Limits,
     ListRooms,
-    NickNotice,
     Part,
     Parted,
     Ping,
@@ -68,7 +77,6 @@ from protocol import (
     Welcome,
     Who,
     WhoReply,
-    nick_key,
     room_topic,
     sync_topic,
     validate_nick,
@@ -76,20 +84,25 @@ from protocol import (
     validate_text,
 )
 
-__all__ = ["ClientSession", "Output", "State"]
+__all__ = ["BACKOFF", "ClientSession", "Output", "State"]
 
 #: Lines fetched from history when joining a room (the ``--backlog`` default).
 DEFAULT_BACKLOG = 50
-#: Most lines asked for in one repair request.
-REPAIR_CHUNK = 500
 #: Broadcasts buffered for a room whose ``joined`` has not arrived yet.
 PREJOIN_LIMIT = 10_000
 #: Heartbeat interval used until the welcome says otherwise.
 DEFAULT_HEARTBEAT = 2.0
-#: Reconnect delays, in seconds, one per failed attempt, the last repeated.
-BACKOFF = (0.2, 0.5, 1.0, 2.0, 4.0)
-#: Times a line refused as ``rate_limited`` is sent again before it is reported.
-RATE_LIMITED_RETRIES = 3
+#: Reconnect delays, in seconds, one per failed attempt, the last repeated;
+#: each is scaled by a random factor in [0.5, 1.5) so that a thousand clients
+#: of one broker do not all come back in the same millisecond.
+BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: The first try after a ``shutdown`` notice: the broker is going away and a
+#: new one may be starting; give it a moment (jittered, as above).
+AFTER_SHUTDOWN = 0.2
+#: Resend delay of a line the broker could not store (``unavailable``).
+UNAVAILABLE_RETRY = 1.0
+#: Resend delay of a request refused as ``syncing`` (our join is completing).
+SYNCING_RETRY = 0.5
 
 
 class State(Enum):
@@ -125,20 +138,6 @@ class Output:
     requests: list[Request] = field(default_factory=list)
 
 
-@dataclass
-class _Track:
-    """Sequence tracking of one room we are in."""
-
-    last: int
-    # lines at or below this number are replayed history, not live
-    history_until: int = 0
-    buffered: dict[int, ChatMessage] = field(default_factory=dict)
-    repairing: bool = False
-    repair_since: float = 0.0
-    known: int = 0  # highest sequence number known to exist
-    oldest: int = 0  # lowest sequence number shown; /history fetches below it
-
-
 class ClientSession:
     """One client's protocol state; see the module docstring."""
 
@@ -150,6 +149,7 @@ class ClientSession:
         server: str = "tcp://127.0.0.1:5555",
         pub_override: str | None = None,
         backlog: int = DEFAULT_BACKLOG,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
         self.nick = nick
         wanted = [validate_room(r) for r in (rooms or ["lobby"])]
@@ -165,37 +165,30 @@ class ClientSession:
         #: have other ones); None before the first welcome.
         self.limits: Limits | None = None
         self.heartbeat = DEFAULT_HEARTBEAT
+        self.broker_timeout = 10.0
         self.last_heard = 0.0
-        self.members: dict[str, list[str]] = {}
         self.close_reason: str | None = None
+        self.outbox = Outbox()
+        self.requests = RequestTracker()
+        self.membership = Membership()
+        #: Id of the request the latest operation made (see :meth:`take_completions`).
+        self.last_request: int | None = None
+        self._jitter = jitter
         self._out = Output()
-        self._tracks: dict[str, _Track] = {}
+        self._tracks: dict[str, RoomTrack] = {}
+        # Broadcasts of rooms whose joined has not come yet (first joins and rejoins).
         self._joining: dict[str, list[Broadcast]] = {}
+        # Rooms we were in and are joining again after a reconnect.
+        self._rejoining: set[str] = set()
         self._sync = 0
+        # room -> the sync number its join used, to unsubscribe once joined
+        self._sync_of: dict[str, int] = {}
         self._next_ping = 0.0
         self._welcomed = False
         self._attempt = 0
         self._retry_at = 0.0
-        self._history_purpose: dict[str, deque[str]] = {}
-        self._seen_notices: OrderedDict[str, None] = OrderedDict()
-        self._key_prefix = secrets.token_hex(6)
-        self._keys = 0
-        self._unacked: OrderedDict[str, Say | SendPrivate] = OrderedDict()
-        # room -> the sync number its join used, to unsubscribe once joined
-        self._sync_of: dict[str, int] = {}
-        # keys of lines not sent yet: typed while reconnecting or joining their room
-        self._held: set[str] = set()
-        # Rooms we were in and are joining again after a reconnect.
-        self._rejoining: set[str] = set()
-        # Lines over the broker's flood limit wait here, (when to send, key),
-        # in order, instead of being refused (docs/PROTOCOL.md §6).
-        self._pacer = RateLimiter()
-        #: Keys of lines the broker refused as rate_limited, and how often.
-        self._rate_retries: dict[str, int] = {}
-        self._paced: deque[tuple[float, str]] = deque()
+        self._restarted = False
         self._now = 0.0
-        #: How many repair requests were made (for tests and diagnostics).
-        self.repairs = 0
 
     # --- the front-end's side --------------------------------------------
 
@@ -204,44 +197,62 @@ class ClientSession:
         out, self._out = self._out, Output()
         return out
 
+    def take_completions(self) -> list[tuple[int, ev.Event]]:
+        """Answers to user requests (join, part, nick, who, rooms, history) as
+        (the id in :attr:`last_request` after the call, the event that answered
+        it: its reply's event or an ``error``), each once."""
+        return self.requests.take_completions()
+
+    def not_sent(self, request: Request, now: float) -> None:
+        """The socket could not take ``request`` (a full send queue): it is
+        sent again later, lines with their key."""
+        self.outbox.not_sent(request, now)
+        if isinstance(request, Join | Part | Rename | Who | ListRooms | History):
+            self.requests.not_sent(request, now + NOT_SENT_RETRY)
+
     @property
     def rooms(self) -> list[str]:
         """Rooms we are in, in joining order."""
         return list(self._tracks)
 
     @property
+    def members(self) -> dict[str, list[str]]:
+        """Room -> its members as we know them."""
+        return self.membership.members
+
+    @property
     def unacked(self) -> int:
         """Lines sent or queued that the broker has not acknowledged yet."""
-        return len(self._unacked)
+        return len(self.outbox)
+
+    @property
+    def queued(self) -> int:
+        """Lines not on the wire yet: waiting for a token, for a room's join or
+        for the reconnect."""
+        return self.outbox.count(LineState.QUEUED) + self.outbox.count(LineState.HELD)
+
+    @property
+    def repairs(self) -> int:
+        """How many repair requests were made (for tests and diagnostics)."""
+        return sum(track.repairs for track in self._tracks.values())
 
     @property
     def busy(self) -> bool:
         """Whether something we asked for is unfinished: a line not yet
-        acknowledged (sent, paced or held) or a room still being joined.
-        A front-end waits for this to clear before leaving, so that lines
-        typed just before the end of input are not lost."""
-        return bool(self._unacked or self._joining)
+        acknowledged (sent, paced or held), a request unanswered or a room
+        still being joined. A front-end waits for this to clear before leaving,
+        so that lines typed just before the end of input are not lost."""
+        return bool(len(self.outbox) or self._joining or self.requests.busy())
+
+    def track(self, room: str) -> RoomTrack | None:
+        """The sequencer of ``room`` (tests and diagnostics)."""
+        return self._tracks.get(room)
 
     def undelivered(self, reason: str) -> list[ev.Event]:
-        """Give up on every line not acknowledged yet: one error event each
-        (with the line's text and key), so none is lost silently."""
-        out: list[ev.Event] = []
-        for key, line in self._unacked.items():
-            room = line.room if isinstance(line, Say) else None
-            out.append(
-                ev.Error(
-                    code="not_delivered",
-                    message=reason,
-                    req="say" if isinstance(line, Say) else "msg",
-                    room=room,
-                    text=line.text,
-                    key=key,
-                )
-            )
-        self._unacked.clear()
-        self._held.clear()
-        self._paced.clear()
-        return out
+        """Give up on every line not acknowledged yet and every request not
+        answered: one error event each (lines with their text and key), so
+        none is lost silently."""
+        return self.outbox.give_up(reason) + self.requests.give_up(reason)
 
     def hello(self, now: float, nick: str | None = None) -> None:
         """Ask to join (again, after a refusal, perhaps with another nickname)."""
@@ -249,45 +260,44 @@ class ClientSession:
             self.nick = nick
         validate_nick(self.nick)
         self._move(State.JOINING)
-        self.last_heard = now
+        self.last_heard = self._now = now
         self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
 
     def tick(self, now: float) -> list[ev.Event]:
-        """Heartbeats, liveness of the broker, reconnect attempts, paced lines."""
+        """Heartbeats, liveness of the broker, repairs, resends, paced lines,
+        reconnect attempts."""
         self._now = now
+        out: list[ev.Event] = []
         if self.state is State.JOINED:
-            while self._paced and self._paced[0][0] <= now:
-                _, key = self._paced.popleft()
-                line = self._unacked.get(key)
-                if line is not None:
-                    self._send(line)
             if now - self.last_heard > self._dead_after:
                 return self._lose_broker(now)
-            for name, track in self._tracks.items():
-                if track.repairing and now - track.repair_since > self._dead_after:
-                    # The answer was lost (a full queue): ask again.
-                    track.repairing = False
-                    self._history_purpose.pop(name, None)
-                    self._repair(name, track)
+            for name in list(self._tracks):
+                out += self._poll_repair(name, now)
+            out += self.requests.expired(now)
+            self._resend_requests(now)
+            self._flush_outbox(now)
             if now >= self._next_ping:
                 self._next_ping = now + self.heartbeat
                 self._send(Ping())
         elif self.state is State.RECONNECTING and now >= self._retry_at:
             self._attempt += 1
-            self._retry_at = now + max(
-                BACKOFF[min(self._attempt, len(BACKOFF) - 1)], self._dead_after
-            )
-            self._out = Output(reset=True)
-            self.last_heard = now
+            delay = BACKOFF[min(self._attempt - 1, len(BACKOFF) - 1)]
+            self._retry_at = now + delay * (0.5 + self._jitter())
+            if self._attempt == 1:
+                # A fresh SUB (it keeps its subscriptions) and DEALER (the
+                # broker may know the old routing id no more). Later tries
+                # reuse them: a hello the broker got and answered late must
+                # not leave a session holding our nickname.
+                self._out = Output(reset=True)
             self._send(
                 Hello(
                     v=PROTOCOL_VERSION,
                     nick=self.nick,
-                    rooms=list(self._tracks) or self.wanted_rooms,
+                    rooms=self._hello_rooms(),
                     resume=self.session_token,
                 )
             )
-        return []
+        return out
 
     @property
     def _dead_after(self) -> float:
@@ -311,42 +321,9 @@ class ClientSession:
         if track is None:
             return []  # a room we just left; the unsubscribe is on its way
         if type(message) is ChatMessage:
-            return self._sequenced(room, track, message)
-        me = nick_key(self.nick)
-        if isinstance(message, JoinNotice):
-            if nick_key(message.nick) == me:
-                return []
-            if message.nick in self.members.get(room, ()):
-                # Already here: someone rejoining a restarted broker, not news.
-                return []
-            self._members_add(room, message.nick)
-            return [ev.Join(room=room, nick=message.nick, ts=message.ts)]
-        if isinstance(message, JoinsNotice):
-            events: list[ev.Event] = []
-            for nick in message.nicks:
-                if nick_key(nick) == me or nick in self.members.get(room, ()):
-                    continue
-                self._members_add(room, nick)
-                events.append(ev.Join(room=room, nick=nick, ts=message.ts))
-            return events
-        if isinstance(message, LeaveNotice):
-            if nick_key(message.nick) == me:
-                return []
-            self._members_remove(room, message.nick)
-            return [ev.Leave(room=room, nick=message.nick, reason=message.reason, ts=message.ts)]
-        if isinstance(message, NickNotice):
-            for members in self.members.values():
-                _replace(members, message.old, message.new)
-            if message.id in self._seen_notices or me in (
-                nick_key(message.old),
-                nick_key(message.new),
-            ):
-                return []
-            self._seen_notices[message.id] = None
-            if len(self._seen_notices) > 256:
-                self._seen_notices.popitem(last=False)
-            return [ev.Nick(old=message.old, new=message.new)]
-        return []
+            out = track.line(message)
+            return out + self._poll_repair(room, now)
+        return self.membership.notice(message, self.nick)
 
     # --- user operations -------------------------------------------------
 
@@ -361,8 +338,11 @@ class ClientSession:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: /join one")
         if target not in self._tracks and target not in self._joining:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {target}")
-        key = self._new_key()
-        return self._send_line(key, Say(room=target, text=text, action=action, key=key))
+        key = self.outbox.new_key()
+        ready = self.state is State.JOINED and target in self._tracks
+        self.outbox.add(Say(room=target, text=text, action=action, key=key), ready=ready)
+        self._flush_outbox(self._now)
+        return key
 
     def private(self, to: str, text: str, *, action: bool = False) -> str:
         """Send a private line to ``to``; returns its key.
@@ -371,12 +351,18 @@ class ClientSession:
         """
         validate_nick(to)
         validate_text(text)
-        key = self._new_key()
-        return self._send_line(key, SendPrivate(to=to, text=text, action=action, key=key))
+        key = self.outbox.new_key()
+        line = SendPrivate(to=to, text=text, action=action, key=key)
+        self.outbox.add(line, ready=self.state is State.JOINED)
+        self._flush_outbox(self._now)
+        return key
 
     def join(self, room: str) -> str:
-        """Join ``room`` (and make it current once joined); returns its canonical name."""
+        """Join ``room`` (and make it current once joined); returns its canonical name.
+
+        :attr:`last_request` names the request (None: already in the room)."""
         name = validate_room(room)
+        self.last_request = None
         if name in self._tracks:
             self.current = name
             return name
@@ -391,7 +377,7 @@ class ClientSession:
         self._sync_of[name] = self._sync
         self._out.subscribe.append((True, room_topic(name)))
         self._subscribe_sync(self._sync)
-        self._send(Join(room=name, sync=self._sync))
+        self._paced(Join(room=name, sync=self._sync))
         return name
 
     def part(self, room: str | None = None) -> str:
@@ -400,7 +386,7 @@ class ClientSession:
         if name is None or name not in self._tracks:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name or 'any room'}")
         self._require_joined()
-        self._send(Part(room=name))
+        self._paced(Part(room=name))
         return name
 
     def rename(self, nick: str) -> None:
@@ -409,7 +395,7 @@ class ClientSession:
         if nick == self.nick:  # a change of case only is a real rename
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"you are already called {nick}")
         self._require_joined()
-        self._send(Rename(nick=nick))
+        self._paced(Rename(nick=nick))
 
     def who(self, room: str | None = None) -> None:
         """Ask who is in ``room`` (default: the current one)."""
@@ -417,12 +403,12 @@ class ClientSession:
         if name is None:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: name one")
         self._require_joined()
-        self._send(Who(room=name))
+        self._tracked(Who(room=name))
 
     def list_rooms(self) -> None:
         """Ask for the rooms that have members."""
         self._require_joined()
-        self._send(ListRooms())
+        self._tracked(ListRooms())
 
     def fetch_history(self, count: int, room: str | None = None) -> None:
         """Ask for ``count`` lines older than the oldest we have seen of ``room``."""
@@ -431,7 +417,7 @@ class ClientSession:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name or 'any room'}")
         self._require_joined()
         track = self._tracks[name]
-        self._ask_history(name, "older", History(room=name, before=track.oldest, limit=count))
+        self._tracked(History(room=name, before=track.oldest, limit=count))
 
     def leave(self) -> None:
         """Say goodbye; the session closes when the broker answers."""
@@ -450,49 +436,62 @@ class ClientSession:
     # --- replies ---------------------------------------------------------
 
     def _on_welcome(self, reply: Welcome, now: float) -> list[ev.Event]:
+        if self.state is State.JOINED:
+            return []  # a late answer to a retried hello; we are in already
+        if self.broker_id is not None and reply.broker != self.broker_id:
+            self._restarted = True
         self.session_token = reply.session
         self.broker_id = reply.broker
         self.limits = reply.limits
-        self._pacer.configure(reply.limits.rate, reply.limits.burst)
+        self.outbox.bucket.configure(reply.limits.rate, reply.limits.burst)
         self.heartbeat = reply.heartbeat
+        self.broker_timeout = reply.timeout
+        self.outbox.resend_after = max(2 * self.heartbeat, 1.0)
+        self.requests.timeout = max(15.0, reply.timeout + self._dead_after)
         self.nick = reply.nick
         self._next_ping = now + self.heartbeat
         self._out.connect_pub = self.pub_override or _reachable(reply.pub, self.server)
-        rooms = list(self._tracks) or self.wanted_rooms
+        rooms = self._hello_rooms()
         if self.state is State.RECONNECTING:
             self._rejoining = {name for name in rooms if name in self._tracks}
+            # The joins come at the sync; if they never do, start over.
+            self._retry_at = now + self.broker_timeout + self._dead_after
+            self._attempt = 0
         for name in rooms:
             self._out.subscribe.append((True, room_topic(name)))
-            if name not in self._tracks:
-                self._joining.setdefault(name, [])
+            # Held until joined, for a room we were in as for a new one: a
+            # broadcast can overtake the joined (issue 12, item 1).
+            self._joining.setdefault(name, [])
         self._subscribe_sync(0)
         return []
 
     def _on_joined(self, reply: Joined, now: float) -> list[ev.Event]:
         name = reply.room
-        if name in self._rejoining:
-            # Back in a room we were in: keep whom we knew, so those who come
-            # back to a restarted broker after us are not announced as new.
-            known = self.members.get(name, [])
-            self.members[name] = known + [m for m in reply.members if m not in known]
-        else:
-            self.members[name] = list(reply.members)
+        again = name in self._rejoining
+        self.membership.joined(name, list(reply.members), again=again)
         waiting = self._joining.pop(name, [])
         out: list[ev.Event] = []
         track = self._tracks.get(name)
-        if track is None or reply.seq < track.last:
-            # New to us, or a broker that lost its history: start afresh.
+        if track is None:
             start = max(0, reply.seq - self.backlog)
-            track = self._tracks[name] = _Track(
-                last=start, history_until=reply.seq, known=reply.seq, oldest=start + 1
+            track = self._tracks[name] = RoomTrack(
+                room=name,
+                last=start,
+                history_until=reply.seq,
+                known=reply.seq,
+                oldest=start + 1,
+                epoch=reply.epoch,
             )
+        elif self._renumbered(track, reply.epoch, reply.seq):
+            out += track.renumbered(reply.seq, reply.epoch, reply.seq)
         else:
-            track.known = max(track.known, reply.seq)
-        self._repair(name, track)
-        if self.session_token is not None:
+            track.epoch = track.epoch or reply.epoch
+            track.seen_known(reply.seq)  # a lower seq is reordering, never a reset
+        if self.session_token is not None and name in self._sync_of:
             # Unsubscribing the sync topic keeps the broker's subscription table small.
-            number = self._sync_of.pop(name, 0)
+            number = self._sync_of.pop(name)
             self._out.subscribe.append((False, sync_topic(self.session_token, number)))
+        pending = self.requests.answered("join", name)
         if self.state is State.JOINING and not self._welcomed:
             self._welcomed = True
             self._move(State.JOINED)
@@ -501,49 +500,63 @@ class ClientSession:
             )
         elif self.state is State.RECONNECTING:
             self._rejoining.discard(name)
-            out += self._maybe_reconnected()
+            if not again:
+                joined = ev.Joined(room=name, members=list(reply.members))
+                self.requests.complete(pending, joined)
+                out.append(joined)
         elif self.state is State.JOINED:
-            out.append(ev.Joined(room=name, members=list(reply.members)))
-        if self._held and self.state is State.JOINED:
-            for key, line in self._unacked.items():
-                if key in self._held and isinstance(line, Say) and line.room == name:
-                    self._held.discard(key)
-                    self._transmit(key)
+            joined = ev.Joined(room=name, members=list(reply.members))
+            self.requests.complete(pending, joined)
+            out.append(joined)
         for message in waiting:
             out += self.on_broadcast(message, now)
+        out += self._poll_repair(name, now)
+        out += self._maybe_reconnected(now)
+        if self.state is State.JOINED:
+            self.outbox.release({name})
+            self._flush_outbox(now)
         return out
 
-    def _maybe_reconnected(self) -> list[ev.Event]:
+    def _maybe_reconnected(self, now: float) -> list[ev.Event]:
         """Back in every room (or refused the ones we could not rejoin)."""
         if self.state is not State.RECONNECTING or self._joining or self._rejoining:
             return []
         self._move(State.JOINED)
         self._attempt = 0
-        self._held.clear()
-        self._paced.clear()
-        for key in self._unacked:
-            self._transmit(key)  # the broker drops any it already has, by key
-        return [ev.Connection(state="reconnected")]
+        # The broker drops any line it already has, by key (§5.5).
+        self.outbox.release(set(self._tracks))
+        self._resend_requests(now)
+        self._flush_outbox(now)
+        restarted, self._restarted = self._restarted, False
+        return [ev.Connection(state="reconnected", restarted=restarted)]
 
     def _on_parted(self, reply: Parted, now: float) -> list[ev.Event]:
         self._tracks.pop(reply.room, None)
-        self.members.pop(reply.room, None)
+        self.membership.left(reply.room)
         self._out.subscribe.append((False, room_topic(reply.room)))
         if self.current == reply.room:
             self.current = self.rooms[-1] if self._tracks else None
-        return [ev.Parted(room=reply.room)]
+        event = ev.Parted(room=reply.room)
+        self.requests.complete(self.requests.answered("part", reply.room), event)
+        return [event]
 
     def _on_renamed(self, reply: Renamed, now: float) -> list[ev.Event]:
         self.nick = reply.new
-        return [ev.Nick(old=reply.old, new=reply.new)]
+        event = ev.Nick(old=reply.old, new=reply.new)
+        self.requests.complete(self.requests.answered("nick", None), event)
+        return [event]
 
     def _on_who(self, reply: WhoReply, now: float) -> list[ev.Event]:
         if reply.room in self._tracks:
-            self.members[reply.room] = list(reply.members)
-        return [ev.Who(room=reply.room, members=list(reply.members))]
+            self.membership.who(reply.room, list(reply.members))
+        event = ev.Who(room=reply.room, members=list(reply.members))
+        self.requests.complete(self.requests.answered("who", reply.room), event)
+        return [event]
 
     def _on_rooms(self, reply: RoomList, now: float) -> list[ev.Event]:
-        return [ev.Rooms(rooms=[ev.RoomCount(room=r.room, members=r.members) for r in reply.rooms])]
+        event = ev.Rooms(rooms=[ev.RoomCount(room=r.room, members=r.members) for r in reply.rooms])
+        self.requests.complete(self.requests.answered("rooms", None), event)
+        return [event]
 
     def _on_private(self, reply: PrivateMessage, now: float) -> list[ev.Event]:
         return [
@@ -558,128 +571,146 @@ class ClientSession:
         ]
 
     def _on_ack(self, reply: Ack, now: float) -> list[ev.Event]:
-        self._unacked.pop(reply.key, None)
-        if self._rate_retries:
-            self._rate_retries.pop(reply.key, None)
+        self.outbox.ack(reply.key)
         return []
 
     def _on_pong(self, reply: Pong, now: float) -> list[ev.Event]:
         if self.broker_id is not None and reply.broker != self.broker_id:
             return self._lose_broker(now)
+        out: list[ev.Event] = []
         for name, seq in reply.seqs.items():
             track = self._tracks.get(name)
-            if track is not None and seq > track.known:
-                track.known = seq
-                self._repair(name, track)
-        return []
+            if track is None or name in self._joining:
+                continue
+            epoch = reply.epochs.get(name, "")
+            if track.epoch and epoch and epoch != track.epoch:
+                out += track.renumbered(seq, epoch, seq)
+                continue
+            track.epoch = track.epoch or epoch
+            track.pong(seq)
+            out += self._poll_repair(name, now)
+        return out
 
     def _on_history(self, reply: HistoryReply, now: float) -> list[ev.Event]:
         name = reply.room
-        purposes = self._history_purpose.get(name)
-        purpose = purposes.popleft() if purposes else "repair"
+        pending = self.requests.answered("history", name)
         track = self._tracks.get(name)
-        if track is None:
+        if track is None or name in self._joining:
+            if pending is not None and pending.purpose is Purpose.USER:
+                self.requests.complete(pending, ev.HistoryEnd(room=name, count=0))
             return []
-        if purpose == "older":
-            lines: list[ev.Event] = [_as_event(m, history=True) for m in reply.messages]
+        out: list[ev.Event] = []
+        if track.epoch and reply.epoch and reply.epoch != track.epoch:
+            # The lines answer a numbering we no longer follow (or the reverse).
+            out += track.renumbered(reply.seq, reply.epoch, reply.seq)
+            if pending is not None and pending.purpose is Purpose.USER:
+                end = ev.HistoryEnd(room=name, count=0)
+                self.requests.complete(pending, end)
+                out.append(end)
+            return out
+        if pending is not None and pending.purpose is Purpose.USER:
+            lines: list[ev.Event] = [as_event(m, history=True) for m in reply.messages]
             if reply.messages:
-                track.oldest = reply.messages[0].seq
+                track.oldest = min(track.oldest, reply.messages[0].seq)
             # A marker, so a reader knows the fetch is over (and an empty one
             # is not mistaken for a lost answer).
-            return [*lines, ev.HistoryEnd(room=name, count=len(reply.messages))]
-        track.repairing = False
-        track.known = max(track.known, reply.seq)
-        out: list[ev.Event] = []
-        if reply.missed:
-            out.append(ev.Missed(room=name, count=reply.missed))
-        for line in reply.messages:
-            if line.seq <= track.last:
-                continue
-            track.last = line.seq
-            out.append(_as_event(line, history=line.seq <= track.history_until))
-        if not reply.messages and reply.missed:
-            # The whole range is gone: skip past it.
-            track.last = max(track.last, min(track.known, track.last + reply.missed))
-        out += self._drain(name, track)
-        return out
+            end = ev.HistoryEnd(room=name, count=len(reply.messages))
+            self.requests.complete(pending, end)
+            return [*lines, end]
+        asked = pending.request if pending is not None else None
+        out += track.history(reply, asked if isinstance(asked, History) else None)
+        return out + self._poll_repair(name, now)
 
     def _on_error(self, reply: Error, now: float) -> list[ev.Event]:
-        if reply.code == ErrorCode.NOT_JOINED and self.state in (
-            State.JOINED,
-            State.RECONNECTING,
-        ):
+        code = reply.code
+        if code == ErrorCode.NOT_JOINED and self.state in (State.JOINED, State.RECONNECTING):
             # The broker does not know this connection (it restarted, or our
-            # connection was re-made): keep every unacknowledged line and rejoin;
-            # the lines are resent after the rejoin.
+            # connection was re-made): keep every line and request and rejoin;
+            # they are sent again after the rejoin.
             return self._lose_broker(now) if self.state is State.JOINED else []
-        failed = self._unacked.pop(reply.key, None) if reply.key else None
-        if reply.code == ErrorCode.RATE_LIMITED and failed is not None and reply.key:
-            tries = self._rate_retries.get(reply.key, 0)
-            if tries < RATE_LIMITED_RETRIES:
-                # The broker's bucket was emptier than our mirror of it (another
-                # clock, a restarted broker, a lower limit): not the line's
-                # fault. Slow down and send it again in turn; report it only if
-                # the broker keeps refusing it.
-                self._rate_retries[reply.key] = tries + 1
-                self._unacked[reply.key] = failed
-                self._pacer.penalize(now)
-                self._transmit(reply.key)
-                return []
-        if reply.key:
-            self._rate_retries.pop(reply.key, None)
-        undeliverable: list[Say] = []
-        if reply.req == "history" and reply.room:
-            purposes = self._history_purpose.get(reply.room)
-            purpose = purposes.popleft() if purposes else None
+        if reply.req == "hello":
+            return self._hello_refused(reply)
+        if reply.key and reply.req in ("say", "msg"):
+            return self._line_refused(reply, now)
+        if reply.req not in ("join", "part", "nick", "who", "rooms", "history"):
+            return [_error_event(reply)]
+        pending = self.requests.answered(reply.req, reply.room)
+        if code == ErrorCode.SYNCING and pending is not None:
+            self.requests.later(pending, now + SYNCING_RETRY)  # the join completes soon
+            return []
+        if (
+            reply.req == "history"
+            and reply.room
+            and (pending is None or pending.purpose is Purpose.REPAIR)
+        ):
             track = self._tracks.get(reply.room)
             if track is not None:
-                if purpose == "repair" and reply.code == ErrorCode.RATE_LIMITED:
-                    # Our own repair was throttled (many rooms at once): leave it
-                    # marked in progress, so tick() asks again a little later.
-                    track.repair_since = now
+                # Throttled (many rooms at once) or unavailable: the repair's
+                # deadline asks again; anything else: ask again at once.
+                later = code in (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE)
+                track.refused(now, retry_later=later)
+                if later:
                     return []
-                track.repairing = False
+        event = _error_event(reply)
+        self.requests.complete(pending, event)
+        out: list[ev.Event] = [event]
         if reply.req == "join" and reply.room:
-            self._joining.pop(reply.room, None)
-            if reply.room in self._rejoining:
-                self._rejoining.discard(reply.room)
-                self._tracks.pop(reply.room, None)  # the restarted broker refused it
-            self._out.subscribe.append((False, room_topic(reply.room)))
-            if self.current == reply.room:
-                self.current = self.rooms[-1] if self._tracks else None
-            undeliverable = self._drop_held(reply.room)
-        if reply.req == "hello":
-            if self.state is State.JOINING:
-                self._joining.clear()
-                self._move(State.IDLE)
-            elif self.state is State.RECONNECTING:
-                self.close_reason = reply.code
-                self._move(State.CLOSED)
-        text = failed.text if failed is not None else None
+            out += self._join_refused(reply)
+        return out
+
+    def _hello_refused(self, reply: Error) -> list[ev.Event]:
+        if reply.code == ErrorCode.ALREADY_JOINED and self.state in (
+            State.RECONNECTING,
+            State.JOINED,
+        ):
+            return []  # a retried hello, after the first was answered
+        if self.state is State.JOINING:
+            self._joining.clear()
+            self._move(State.IDLE)
+        elif self.state is State.RECONNECTING:
+            self.close_reason = reply.code
+            self._move(State.CLOSED)
+        return [_error_event(reply)]
+
+    def _line_refused(self, reply: Error, now: float) -> list[ev.Event]:
+        key = reply.key
+        assert key is not None
+        code = reply.code
+        if code == ErrorCode.RATE_LIMITED and self.outbox.throttled(key, now):
+            return []
+        if code == ErrorCode.UNAVAILABLE and self.outbox.later(key, now, UNAVAILABLE_RETRY):
+            return []  # not stored, not published: resend later, same key
+        if code == ErrorCode.SYNCING and self.outbox.later(key, now, SYNCING_RETRY):
+            return []  # the session's join completes soon: send it again then
+        failed = self.outbox.fail(key)
+        if failed is None:
+            return [_error_event(reply)]  # not ours (any more)
+        return [_error_event(reply, text=failed.text, key=key)]
+
+    def _join_refused(self, reply: Error) -> list[ev.Event]:
+        room = reply.room
+        assert room is not None
+        if room in self._tracks and room not in self._rejoining:
+            return []  # e.g. a stale join's sync_timeout for a room we are in
+        self._joining.pop(room, None)
+        if room in self._rejoining:
+            self._rejoining.discard(room)
+            self._tracks.pop(room, None)  # the restarted broker refused it
+        self._out.subscribe.append((False, room_topic(room)))
+        if self.current == room:
+            self.current = self.rooms[-1] if self._tracks else None
         out: list[ev.Event] = [
             ev.Error(
                 code=reply.code,
-                message=reply.message,
-                req=reply.req,
-                room=reply.room,
-                text=text,
-                key=reply.key if failed is not None else None,
+                message=f"not delivered: you could not join {room}",
+                req="say",
+                room=room,
+                text=line.text,
+                key=line.key,
             )
+            for line in self.outbox.fail_room(room)
         ]
-        for line in undeliverable:
-            out.append(
-                ev.Error(
-                    code=reply.code,
-                    message=f"not delivered: you could not join {line.room}",
-                    req="say",
-                    room=line.room,
-                    text=line.text,
-                    key=line.key,
-                )
-            )
-        if reply.req == "join":
-            out += self._maybe_reconnected()
-        return out
+        return out + self._maybe_reconnected(self._now)
 
     def _on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
         if self.state in (State.CLOSING, State.CLOSED):
@@ -687,7 +718,10 @@ class ClientSession:
         # Stay ready to reconnect: a restarted broker will take us back.
         out: list[ev.Event] = [ev.Shutdown(reason=reply.reason)]
         if self.state is State.JOINED:
-            out += self._lose_broker(now)
+            out += self._lose_broker(now, shutdown=True)
+        elif self.state is State.RECONNECTING:
+            self._attempt = 0  # the broker we reached is going: try again soon
+            self._retry_at = now + AFTER_SHUTDOWN * (0.5 + self._jitter())
         return out
 
     def _on_goodbye(self, reply: Goodbye, now: float) -> list[ev.Event]:
@@ -708,18 +742,61 @@ class ClientSession:
     def _send(self, request: Request) -> None:
         self._out.requests.append(request)
 
+    def _tracked(self, request: Tracked) -> None:
+        self.last_request = self.requests.add(request, self._now)
+        self._send(request)
+
+    def _paced(self, request: Join | Part | Rename) -> None:
+        """A request the broker's flood bucket counts: in turn with the lines."""
+        self.last_request = self.requests.add(request, self._now)
+        self.outbox.control(request)
+        self._flush_outbox(self._now)
+
+    def _resend_requests(self, now: float) -> None:
+        for request in self.requests.resend(now):
+            if isinstance(request, Part | Rename):
+                self.outbox.control(request)  # the flood bucket counts these
+            else:
+                self._send(request)
+
+    def _flush_outbox(self, now: float) -> None:
+        if self.state is State.JOINED:
+            for request in self.outbox.send_due(now):
+                self._send(request)
+
+    def _poll_repair(self, name: str, now: float) -> list[ev.Event]:
+        track = self._tracks.get(name)
+        if track is None or name in self._joining or self.state is not State.JOINED:
+            return []
+        out, request = track.poll(now, self._repair_timeout)
+        if request is not None:
+            self.requests.add(request, now, Purpose.REPAIR)
+            self._send(request)
+        return out
+
+    @property
+    def _repair_timeout(self) -> float:
+        return self._dead_after
+
+    def _renumbered(self, track: RoomTrack, epoch: str, seq: int) -> bool:
+        """Whether a rejoin's numbering is not the one we follow (contract §1)."""
+        if epoch and track.epoch:
+            return epoch != track.epoch
+        if not epoch and not track.epoch:
+            # An old broker names no epoch: only a restarted one (a new id)
+            # with fewer lines than we saw can have lost its history. Broadcasts
+            # are held until joined, so this is no reordering.
+            return self._restarted and seq < track.last
+        return False
+
     def _subscribe_sync(self, number: int) -> None:
         if self.session_token is not None:
             self._out.subscribe.append((True, sync_topic(self.session_token, number)))
 
-    def _drop_held(self, room: str) -> list[Say]:
-        dropped: list[Say] = []
-        for key in [k for k in self._held if getattr(self._unacked.get(k), "room", None) == room]:
-            self._held.discard(key)
-            line = self._unacked.pop(key)
-            assert isinstance(line, Say)
-            dropped.append(line)
-        return dropped
+    def _hello_rooms(self) -> list[str]:
+        if not self._tracks:
+            return list(dict.fromkeys(self.wanted_rooms + self.requests.joins_waiting()))
+        return list(dict.fromkeys(list(self._tracks) + self.requests.joins_waiting()))
 
     def _require_joined(self) -> None:
         if self.state is State.RECONNECTING:
@@ -730,113 +807,28 @@ class ClientSession:
         if self.state is not State.JOINED:
             raise ProtocolError(ErrorCode.NOT_JOINED, f"not in the chat ({self.state.value})")
 
-    def _new_key(self) -> str:
-        self._keys += 1
-        return f"{self._key_prefix}-{self._keys}"
-
-    def _send_line(self, key: str, line: Say | SendPrivate) -> str:
-        self._unacked[key] = line
-        if self.state is State.JOINED and (
-            isinstance(line, SendPrivate) or line.room in self._tracks
-        ):
-            self._transmit(key)
-        else:
-            self._held.add(key)  # sent in order once we are back, or in that room
-        return key
-
-    def _transmit(self, key: str) -> None:
-        """Send a line now, or pace it after the ones already waiting."""
-        wait = self._pacer.reserve(self._now)
-        if wait <= 0 and not self._paced:
-            self._send(self._unacked[key])
-            return
-        after = self._paced[-1][0] if self._paced else self._now
-        self._paced.append((max(after, self._now + wait), key))
-
-    def _lose_broker(self, now: float) -> list[ev.Event]:
+    def _lose_broker(self, now: float, *, shutdown: bool = False) -> list[ev.Event]:
         self._move(State.RECONNECTING)
-        self._retry_at = now
         self._attempt = 0
-        for purposes in self._history_purpose.values():
-            purposes.clear()
+        self._retry_at = now + (AFTER_SHUTDOWN * (0.5 + self._jitter()) if shutdown else 0.0)
         for track in self._tracks.values():
-            track.repairing = False
+            track.lost()
         self._joining.clear()
+        self._rejoining.clear()
+        self._sync_of.clear()
+        self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
+        self.requests.lost()
         return [ev.Connection(state="reconnecting")]
 
-    def _ask_history(self, room: str, purpose: str, request: History) -> None:
-        self._history_purpose.setdefault(room, deque()).append(purpose)
-        self._send(request)
 
-    def _repair(self, name: str, track: _Track) -> None:
-        if track.repairing:
-            return
-        gap_end = min(track.buffered) if track.buffered else track.known + 1
-        if gap_end <= track.last + 1:
-            return
-        before = min(gap_end, track.last + 1 + REPAIR_CHUNK)
-        track.repairing = True
-        track.repair_since = self._now
-        self.repairs += 1
-        self._ask_history(
-            name, "repair", History(room=name, after=track.last, before=before, limit=REPAIR_CHUNK)
-        )
-
-    def _sequenced(self, name: str, track: _Track, line: ChatMessage) -> list[ev.Event]:
-        if line.seq <= track.last:
-            return []  # already delivered
-        if line.seq == track.last + 1 and not track.repairing:
-            track.last = line.seq
-            track.known = max(track.known, line.seq)
-            out: list[ev.Event] = [_as_event(line, history=False)]
-            if track.buffered:
-                out += self._drain(name, track)
-            return out
-        track.buffered[line.seq] = line
-        track.known = max(track.known, line.seq)
-        self._repair(name, track)
-        return []
-
-    def _drain(self, name: str, track: _Track) -> list[ev.Event]:
-        out: list[ev.Event] = []
-        while True:
-            line = track.buffered.pop(track.last + 1, None)
-            if line is None:
-                break
-            track.last = line.seq
-            out.append(_as_event(line, history=line.seq <= track.history_until))
-        for seq in [s for s in track.buffered if s <= track.last]:
-            del track.buffered[seq]
-        self._repair(name, track)
-        return out
-
-    def _members_add(self, room: str, nick: str) -> None:
-        members = self.members.setdefault(room, [])
-        if nick not in members:
-            members.append(nick)
-
-    def _members_remove(self, room: str, nick: str) -> None:
-        members = self.members.get(room)
-        if members and nick in members:
-            members.remove(nick)
-
-
-def _replace(members: list[str], old: str, new: str) -> None:
-    for i, member in enumerate(members):
-        if member == old:
-            members[i] = new
-
-
-def _as_event(line: ChatMessage, *, history: bool) -> ev.Message:
-    return ev.Message(
-        room=line.room,
-        nick=line.nick,
-        text=line.text,
-        ts=line.ts,
-        id=line.id,
-        seq=line.seq,
-        action=line.action,
-        history=history,
+def _error_event(reply: Error, *, text: str | None = None, key: str | None = None) -> ev.Error:
+    return ev.Error(
+        code=reply.code,
+        message=reply.message,
+        req=reply.req,
+        room=reply.room,
+        text=text,
+        key=key,
     )
 
 

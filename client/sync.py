@@ -131,29 +131,39 @@ class Client:
         """Send a private line."""
         return self._call(self._async.private(nick, text, action=action))
 
-    def join(self, room: str) -> str:
-        """Join a room."""
-        return self._call(self._async.join(room))
+    def join(self, room: str, *, wait: bool = False) -> str:
+        """Join a room (with ``wait``: returns once joined, or raises RequestFailed)."""
+        return self._call(self._async.join(room, wait=wait))
 
-    def part(self, room: str | None = None) -> str:
-        """Leave a room."""
-        return self._call(self._async.part(room))
+    def part(self, room: str | None = None, *, wait: bool = False) -> str:
+        """Leave a room (with ``wait``: returns once parted)."""
+        return self._call(self._async.part(room, wait=wait))
 
-    def rename(self, nick: str) -> None:
-        """Change nickname."""
-        self._call(self._async.rename(nick))
+    def rename(self, nick: str, *, wait: bool = False) -> None:
+        """Change nickname (with ``wait``: returns once renamed)."""
+        self._call(self._async.rename(nick, wait=wait))
 
-    def who(self, room: str | None = None) -> None:
-        """Ask who is in a room."""
-        self._call(self._async.who(room))
+    def who(self, room: str | None = None, *, wait: bool = False) -> list[str] | None:
+        """Ask who is in a room (with ``wait``: returns the members)."""
+        return self._call(self._async.who(room, wait=wait))
 
-    def list_rooms(self) -> None:
-        """Ask for the room list."""
-        self._call(self._async.list_rooms())
+    def list_rooms(self, *, wait: bool = False) -> None:
+        """Ask for the room list (with ``wait``: returns once it came)."""
+        self._call(self._async.list_rooms(wait=wait))
 
-    def history(self, count: int = 50, room: str | None = None) -> None:
-        """Fetch older lines of a room."""
-        self._call(self._async.history(count, room))
+    def history(self, count: int = 50, room: str | None = None, *, wait: bool = False) -> None:
+        """Fetch older lines of a room (with ``wait``: returns once they came)."""
+        self._call(self._async.history(count, room, wait=wait))
+
+    def settle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until every line is acknowledged and every
+        request answered; returns whether that happened (see AsyncClient.settle)."""
+        return self._call(self._async.settle(timeout))
+
+    @property
+    def pending(self) -> int:
+        """Lines not acknowledged yet (see AsyncClient.pending)."""
+        return self._async.pending
 
     def next_event(self, timeout: float | None = None) -> ev.Event:
         """The next event; TimeoutError after ``timeout`` s, ConnectionClosed at the end."""

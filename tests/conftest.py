@@ -22,8 +22,9 @@ from broker import BrokerConfig, BrokerServer
 from broker.history import HistoryStore
 from client import Client
 from client import events as ev
+from client.session import ClientSession
 from client.testing import RunningBroker, serve_in_thread
-from protocol import Limits, Welcome
+from protocol import Joined, Limits, Welcome
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +58,26 @@ def welcome(
         timeout=5.0,
         limits=limits,
     )
+
+
+def joined_session(
+    rooms: tuple[str, ...] = ("lobby",),
+    *,
+    seq: int = 0,
+    rate: float = 0.0,
+    burst: int = 0,
+    epoch: str = "",
+    now: float = 0.0,
+) -> ClientSession:
+    """A session core in ``rooms`` (each at ``seq``), its output taken: the
+    starting point of the tests that drive the core with made-up time."""
+    session = ClientSession("me", list(rooms), backlog=0, jitter=lambda: 0.5)
+    session.hello(now)
+    session.on_reply(welcome(rate=rate, burst=burst), now)
+    for room in rooms:
+        session.on_reply(Joined(room=room, seq=seq, members=["me"], epoch=epoch), now)
+    session.take_output()
+    return session
 
 
 #: Scales every wait in the tests (slow machines: CHAT_TEST_SCALE=3).

@@ -208,9 +208,11 @@ def test_notices_errors_states() -> None:
     r = renderer()
     texts = {
         "missed": r.render(ev.Missed(room="lobby", count=3)).text,
+        "reset": r.render(ev.Missed(room="lobby", count=12, reset=True)).text,
         "error": r.render(ev.Error(code="text_too_long", message="too long", text="x")).text,
         "reconnecting": r.render(ev.Connection(state="reconnecting")).text,
         "reconnected": r.render(ev.Connection(state="reconnected")).text,
+        "restarted": r.render(ev.Connection(state="reconnected", restarted=True)).text,
         "shutdown": r.render(ev.Shutdown(reason="sigterm")).text,
         "who": r.render(ev.Who(room="lobby", members=["bob", "alice"])).text,
         "rooms": r.render(
@@ -226,6 +228,8 @@ def test_notices_errors_states() -> None:
     assert "too long [text_too_long]" in texts["error"] and "not sent: x" in texts["error"]
     assert "reconnecting" in texts["reconnecting"]
     assert texts["reconnected"].endswith("-- reconnected")
+    assert texts["restarted"].endswith("-- reconnected (the broker restarted)")
+    assert "#lobby starts afresh" in texts["reset"] and "12 unseen lines gone" in texts["reset"]
     assert "shutting down (sigterm)" in texts["shutdown"]
     assert texts["who"].endswith("#lobby (2): alice, bob")
     assert texts["rooms"].endswith("rooms: #a (1), #lobby (2)")

@@ -552,7 +552,7 @@ def test_flooding_client_is_told_and_others_stay_served() -> None:
         wait_for(alice, ev.Join, lambda e: e.nick == "bob")
         # Our client paces itself under the limit; a flooder does not. Turn
         # alice's pacing off to play one (it is set from each welcome).
-        alice._async.session._pacer.configure(0.0, 0)
+        alice._async.session.outbox.bucket.configure(0.0, 0)
         for i in range(12):
             alice.say(f"flood {i}")
         refused = [wait_for(alice, ev.Error, lambda e: e.code == "rate_limited") for _ in range(8)]
