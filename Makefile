@@ -10,7 +10,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 LOCK := requirements/dev.lock
 
-.PHONY: run client test test-min lint bench clean
+.PHONY: run client test test-min lint bench clean redis-server
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(LOCK)
 # (requirements/min.txt); the development tools stay those of the lock.
 $(MIN_STAMP): pyproject.toml $(LOCK) requirements/min.txt
 	$(PYTHON) -m venv $(MIN_VENV)
-	grep -v -E '^(pyzmq|msgspec|prompt_toolkit)==' $(LOCK) > $(MIN_VENV)/constraints.txt
+	grep -v -E '^(pyzmq|msgspec|prompt_toolkit|redis)==' $(LOCK) > $(MIN_VENV)/constraints.txt
 	cat requirements/min.txt >> $(MIN_VENV)/constraints.txt
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check 'pip==26.3'
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
@@ -34,10 +34,15 @@ run: $(STAMP)
 client: $(STAMP)
 	$(BIN)/chat-client $(ARGS)
 
-test: $(STAMP)
+# The cluster-mode tests start their own redis-server processes: install
+# Debian's package where it is missing and we can (never its service).
+redis-server:
+	@.ci/ensure-redis-server
+
+test: $(STAMP) redis-server
 	$(BIN)/python -m pytest $(ARGS)
 
-test-min: $(MIN_STAMP)
+test-min: $(MIN_STAMP) redis-server
 	PATH=$(CURDIR)/$(MIN_VENV)/bin:$$PATH $(MIN_VENV)/bin/python -m pytest $(ARGS)
 
 lint: $(STAMP)

@@ -1,0 +1,60 @@
+"""Cluster mode's engine layer: what the broker needs from a shared store
+(:mod:`broker.engine.api`) and its Redis implementation (docs/CLUSTER.md).
+
+- ``api``: the :class:`Engine` protocol, its value types and error tree.
+- ``url``: engine URLs (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``).
+- ``redis_engine``: :class:`RedisEngine` on Redis 7 Functions (``zchat.lua``).
+- ``bus``: the pub/sub reader thread and the pure catch-up :class:`Relay`.
+- ``follower``: the glue the broker's loop will call.
+
+Nothing here is wired into the broker yet; SQLite mode does not import it.
+"""
+
+from broker.engine.api import (
+    AppendResult,
+    Duplicate,
+    Engine,
+    EngineConfigError,
+    EngineError,
+    EngineUnavailable,
+    Fenced,
+    History,
+    InboxLine,
+    Member,
+    NewLine,
+    ReapedMember,
+    ReapReport,
+    RoomMeta,
+    StoredLine,
+)
+from broker.engine.bus import BusReader, Relay
+from broker.engine.follower import Follower
+from broker.engine.redis_engine import EngineSettings, RedisEngine, check_server, new_epoch
+from broker.engine.url import EngineURL, parse_url
+
+__all__ = [
+    "AppendResult",
+    "BusReader",
+    "Duplicate",
+    "Engine",
+    "EngineConfigError",
+    "EngineError",
+    "EngineSettings",
+    "EngineURL",
+    "EngineUnavailable",
+    "Fenced",
+    "Follower",
+    "History",
+    "InboxLine",
+    "Member",
+    "NewLine",
+    "ReapReport",
+    "ReapedMember",
+    "RedisEngine",
+    "Relay",
+    "RoomMeta",
+    "StoredLine",
+    "check_server",
+    "new_epoch",
+    "parse_url",
+]

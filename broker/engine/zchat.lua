@@ -1,0 +1,247 @@
+#!lua name=zchat
+-- The cluster engine's Redis 7 Functions (docs/CLUSTER.md "Scripts").
+-- Loaded by broker/engine/redis_engine.py with FUNCTION LOAD REPLACE; every
+-- function runs atomically, so whichever broker calls it, one room's seqs,
+-- history and bus messages come out in one order.
+-- Bump LIBRARY_VERSION in redis_engine.py when changing a signature.
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Fencing: a broker may write only while its registry entry is fresh. An
+-- entry once stale stays refused (heartbeat will not renew it), so a broker
+-- paused past its lease never writes after the reaper took its members.
+local function alive(brokers, broker, ttl)
+  local beat = redis.call('ZSCORE', brokers, broker)
+  if not beat then return false end
+  return now_ms() - tonumber(beat) <= tonumber(ttl)
+end
+
+local FENCED = 'FENCED this broker\'s lease expired; register again'
+
+-- The room's epoch, created with seq 0 when the meta hash is missing (first
+-- use, or a Redis that lost its data): a new numbering, never a silent reuse
+-- of seqs. A log whose top is above meta's seq (meta regressed) also gets a
+-- new epoch, with seq moved up to the log's top.
+local function ensure_epoch(meta, log, idem, new_epoch)
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    redis.call('DEL', log, idem)
+    redis.call('HSET', meta, 'epoch', new_epoch, 'seq', 0)
+    return new_epoch
+  end
+  local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+  if top then
+    local top_seq = tonumber(string.match(top[1], '^(%d+)'))
+    if top_seq > tonumber(redis.call('HGET', meta, 'seq') or '0') then
+      redis.call('HSET', meta, 'epoch', new_epoch, 'seq', top_seq)
+      return new_epoch
+    end
+  end
+  return epoch
+end
+
+-- KEYS: meta, log, keys, brokers
+-- ARGV: broker, ttl_ms, new_epoch, maxlen, keymem, channel, then key, payload pairs
+-- ("" = no key). Returns {epoch, {seq or -original_seq for a duplicate, ...}}.
+-- Bus message: "L" epoch "\n" then per new line: seq "\n" #payload "\n" payload.
+local function append(keys, args)
+  local meta, log, idem = keys[1], keys[2], keys[3]
+  if not alive(keys[4], args[1], args[2]) then return redis.error_reply(FENCED) end
+  local epoch = ensure_epoch(meta, log, idem, args[3])
+  local maxlen, keymem = args[4], tonumber(args[5])
+  local out, bus = {}, {}
+  local seq = nil
+  for i = 7, #args, 2 do
+    local key, payload = args[i], args[i + 1]
+    local old = nil
+    if key ~= '' then old = redis.call('ZSCORE', idem, key) end
+    if old then
+      out[#out + 1] = -tonumber(old)
+    else
+      seq = redis.call('HINCRBY', meta, 'seq', 1)
+      redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'd', payload, 'k', key)
+      if key ~= '' then redis.call('ZADD', idem, seq, key) end
+      out[#out + 1] = seq
+      bus[#bus + 1] = seq .. '\n' .. #payload .. '\n' .. payload
+    end
+  end
+  if seq then
+    -- the keys of the newest keymem seqs are kept, as the embedded stores do
+    redis.call('ZREMRANGEBYSCORE', idem, '-inf', '(' .. (seq - keymem + 1))
+    redis.call('PUBLISH', args[6], 'L' .. epoch .. '\n' .. table.concat(bus))
+  end
+  return {epoch, out}
+end
+
+-- KEYS: meta, log, keys  ARGV: new_epoch, after, before (-1: none), limit, forward (0/1)
+-- Returns {epoch, seq, missed, entries}; entries as XRANGE gives them.
+local function fetch(keys, args)
+  local meta, log = keys[1], keys[2]
+  local epoch = ensure_epoch(meta, log, keys[3], args[1])
+  local seq = tonumber(redis.call('HGET', meta, 'seq'))
+  local after, before, limit = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local upper = seq + 1
+  if before >= 0 and before < upper then upper = before end
+  if upper <= after + 1 or limit <= 0 then return {epoch, seq, 0, {}} end
+  local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
+  local first_seq = upper
+  if first then first_seq = tonumber(string.match(first[1], '^(%d+)')) end
+  local missed = math.max(0, math.min(first_seq, upper) - (after + 1))
+  local entries
+  if args[5] == '1' then
+    entries = redis.call('XRANGE', log, '(' .. after .. '-0', '(' .. upper .. '-0', 'COUNT', limit)
+  else
+    entries = redis.call('XREVRANGE', log, '(' .. upper .. '-0', '(' .. after .. '-0', 'COUNT', limit)
+  end
+  return {epoch, seq, missed, entries}
+end
+
+-- KEYS: meta, log, keys  ARGV: new_epoch. Returns {epoch, seq}.
+local function meta(keys, args)
+  local epoch = ensure_epoch(keys[1], keys[2], keys[3], args[1])
+  return {epoch, tonumber(redis.call('HGET', keys[1], 'seq'))}
+end
+
+-- A broker saw this room's seq go down under the same epoch (a failover to a
+-- replica that missed writes): declare a new numbering, once, whoever asks.
+-- KEYS: meta  ARGV: seen_epoch, new_epoch. Returns the epoch now in force.
+local function bump_epoch(keys, args)
+  local epoch = redis.call('HGET', keys[1], 'epoch')
+  if epoch == args[1] then
+    redis.call('HSET', keys[1], 'epoch', args[2])
+    return args[2]
+  end
+  return epoch
+end
+
+-- KEYS: brokers  ARGV: broker. 1 when registered, 0 when the id exists.
+local function register(keys, args)
+  return redis.call('ZADD', keys[1], 'NX', now_ms(), args[1])
+end
+
+-- KEYS: brokers  ARGV: broker, ttl_ms
+local function heartbeat(keys, args)
+  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
+  redis.call('ZADD', keys[1], 'XX', now_ms(), args[1])
+  return 1
+end
+
+-- KEYS: brokers  ARGV: ttl_ms. Ids of the brokers whose lease expired.
+local function dead(keys, args)
+  return redis.call('ZRANGEBYSCORE', keys[1], '-inf', '(' .. (now_ms() - tonumber(args[1])))
+end
+
+-- KEYS: nick, brokers, broker_nicks  ARGV: broker, ttl_ms, holder, lease_ms, nick_key
+local function claim_nick(keys, args)
+  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
+  if redis.call('SET', keys[1], args[3], 'NX', 'PX', args[4]) then
+    redis.call('SADD', keys[3], args[5])
+    return 1
+  end
+  if redis.call('GET', keys[1]) == args[3] then
+    redis.call('PEXPIRE', keys[1], args[4])
+    return 1
+  end
+  return 0
+end
+
+-- KEYS: brokers, broker_nicks, nick...  ARGV: broker, ttl_ms, lease_ms, then
+-- (nick_key, holder) pairs. A lease that lapsed (a Redis restarted without
+-- data) is taken again if free. Returns the indexes (0-based) of leases lost.
+local function refresh_nicks(keys, args)
+  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
+  local lost = {}
+  for i = 3, #keys do
+    local nick_key, holder = args[2 * i - 2], args[2 * i - 1]
+    local now = redis.call('GET', keys[i])
+    if now == holder then
+      redis.call('PEXPIRE', keys[i], args[3])
+    elseif not now then
+      redis.call('SET', keys[i], holder, 'PX', args[3])
+      redis.call('SADD', keys[2], nick_key)
+    else
+      lost[#lost + 1] = i - 3
+    end
+  end
+  return lost
+end
+
+-- KEYS: nick, broker_nicks  ARGV: holder, nick_key. Delete-if-mine.
+local function release_nick(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('DEL', keys[1])
+    redis.call('SREM', keys[2], args[2])
+    return 1
+  end
+  return 0
+end
+
+-- Member values: order "\n" broker "\n" session "\n" nick; order is a
+-- per-room counter, so listing sorts members in joining order.
+-- KEYS: members, meta, brokers, broker_rooms
+-- ARGV: broker, ttl_ms, nick_key, session, nick, room, channel, notice ("" none)
+local function join(keys, args)
+  if not alive(keys[3], args[1], args[2]) then return redis.error_reply(FENCED) end
+  local old = redis.call('HGET', keys[1], args[3])
+  local prefix = '\n' .. args[1] .. '\n' .. args[4] .. '\n'
+  if old and string.find(old, prefix, 1, true) then return 0 end
+  local order = redis.call('HINCRBY', keys[2], 'joins', 1)
+  redis.call('HSET', keys[1], args[3], order .. prefix .. args[5])
+  redis.call('SADD', keys[4], args[6])
+  if args[8] ~= '' then redis.call('PUBLISH', args[7], 'N' .. args[8]) end
+  return 1
+end
+
+-- KEYS: members  ARGV: broker, nick_key, session, channel, notice ("" none)
+local function leave(keys, args)
+  local old = redis.call('HGET', keys[1], args[2])
+  if not old or not string.find(old, '\n' .. args[1] .. '\n' .. args[3] .. '\n', 1, true) then
+    return 0
+  end
+  redis.call('HDEL', keys[1], args[2])
+  if args[5] ~= '' then redis.call('PUBLISH', args[4], 'N' .. args[5]) end
+  return 1
+end
+
+-- KEYS: members  ARGV: dead broker. Removes and returns its members as
+-- nick_key, value pairs; a second call finds none (reported once).
+local function reap_room(keys, args)
+  local all = redis.call('HGETALL', keys[1])
+  local out = {}
+  local mark = '\n' .. args[1] .. '\n'
+  for i = 1, #all, 2 do
+    local first = string.find(all[i + 1], '\n', 1, true)
+    if first and string.sub(all[i + 1], first, first + #mark - 1) == mark then
+      redis.call('HDEL', keys[1], all[i])
+      out[#out + 1] = all[i]
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  return out
+end
+
+-- KEYS: brokers, inbox  ARGV: broker, ttl_ms, maxlen, payload, bell channel
+local function send_private(keys, args)
+  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
+  local id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[3], '*', 'd', args[4])
+  redis.call('PUBLISH', args[5], id)
+  return id
+end
+
+redis.register_function('zc_append', append)
+redis.register_function{function_name = 'zc_fetch', callback = fetch}
+redis.register_function('zc_meta', meta)
+redis.register_function('zc_bump_epoch', bump_epoch)
+redis.register_function('zc_register', register)
+redis.register_function('zc_heartbeat', heartbeat)
+redis.register_function('zc_dead', dead)
+redis.register_function('zc_claim_nick', claim_nick)
+redis.register_function('zc_refresh_nicks', refresh_nicks)
+redis.register_function('zc_release_nick', release_nick)
+redis.register_function('zc_join', join)
+redis.register_function('zc_leave', leave)
+redis.register_function('zc_reap_room', reap_room)
+redis.register_function('zc_send_private', send_private)
