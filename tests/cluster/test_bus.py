@@ -1,0 +1,236 @@
+"""The bus: the pure relay (no Redis), then the reader thread and the follower
+against a real redis-server, with its pub/sub connection killed."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from broker.engine import NewLine, RedisEngine, RoomMeta, StoredLine
+from broker.engine.api import History
+from broker.engine.bus import (
+    Bell,
+    BusDown,
+    BusReader,
+    BusUp,
+    Deliver,
+    NeedMeta,
+    NeedRange,
+    Relay,
+    Reset,
+    parse_bus,
+)
+from broker.engine.follower import Follower, Output
+from tests.redis_server import SCALE, RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+E = "e1"
+
+
+def L(*seqs: int) -> tuple[StoredLine, ...]:
+    return tuple(StoredLine(s, f"p{s}".encode()) for s in seqs)
+
+
+def delivered(actions: list[object]) -> list[int]:
+    return [line.seq for a in actions if isinstance(a, Deliver) for line in a.lines]
+
+
+# -- the relay, pure -----------------------------------------------------------
+
+
+def test_parse_bus_round_trips_the_scripts_format() -> None:
+    data = b"Le1\n7\n3\nab\n8\n0\n"
+    assert parse_bus("r", data).lines == (StoredLine(7, b"ab\n"), StoredLine(8, b""))  # type: ignore[union-attr]
+    assert parse_bus("r", b"Nhello").payload == b"hello"  # type: ignore[union-attr]
+
+
+def test_lines_before_the_snapshot_wait_for_it() -> None:
+    relay = Relay()
+    relay.follow("r")
+    assert relay.on_subscribed("r") == [NeedMeta(("r",))]
+    assert relay.on_lines("r", E, L(5, 6)) == []  # raced the snapshot
+    assert delivered(relay.on_meta("r", RoomMeta(5, E))) == [6]  # 5 was in the snapshot
+    assert relay.last("r") == RoomMeta(6, E)
+
+
+def test_a_gap_asks_for_the_range_and_releases_held_lines_in_order() -> None:
+    relay = Relay()
+    relay.follow("r")
+    relay.on_meta("r", RoomMeta(0, E))
+    assert delivered(relay.on_lines("r", E, L(1))) == [1]
+    assert relay.on_lines("r", E, L(4, 5)) == [NeedRange("r", 1, 4)]
+    assert relay.on_lines("r", E, L(6)) == []  # already fetching
+    got = relay.on_range("r", History(L(2, 3), 0, RoomMeta(6, E)))
+    assert delivered(got) == [2, 3, 4, 5, 6]
+    assert delivered(relay.on_lines("r", E, L(5, 6, 7))) == [7]  # duplicates dropped
+
+
+def test_trimmed_lines_are_skipped_not_waited_for() -> None:
+    relay = Relay()
+    relay.follow("r")
+    relay.on_meta("r", RoomMeta(0, E))
+    assert relay.on_lines("r", E, L(10)) == [NeedRange("r", 0, 10)]
+    assert delivered(relay.on_range("r", History(L(8, 9), 7, RoomMeta(10, E)))) == [8, 9, 10]
+
+
+def test_a_new_epoch_is_a_reset_never_a_renumbering() -> None:
+    relay = Relay()
+    relay.follow("r")
+    relay.on_meta("r", RoomMeta(100, E))
+    got = relay.on_lines("r", "e2", L(1, 2))
+    assert got[0] == Reset("r", "e2", 0) and delivered(got) == [1, 2]
+    assert relay.on_meta("r", RoomMeta(0, "e3")) == [Reset("r", "e3", 0)]
+
+
+def test_a_stale_bus_is_caught_by_the_meta_check() -> None:
+    relay = Relay()
+    relay.follow("r")
+    relay.on_meta("r", RoomMeta(3, E))
+    assert relay.on_meta("r", RoomMeta(5, E)) == [NeedRange("r", 3, 6)]
+    assert delivered(relay.on_range("r", History(L(4, 5), 0, RoomMeta(5, E)))) == [4, 5]
+    assert relay.on_reconnected() == [NeedMeta(("r",))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    total=st.integers(1, 40),
+    batches=st.lists(st.tuples(st.integers(1, 40), st.integers(1, 5)), max_size=30),
+    snapshot=st.integers(0, 10),
+)
+def test_any_bus_order_loss_or_repeat_relays_each_line_once_in_order(
+    total: int, batches: list[tuple[int, int]], snapshot: int
+) -> None:
+    """Whatever the bus delivers (reordered, lost, repeated), serving every
+    NeedRange from the store and a final meta check relays snapshot+1..total
+    exactly once, in order."""
+    snapshot = min(snapshot, total)
+    store = {s: StoredLine(s, b"") for s in range(1, total + 1)}
+    relay = Relay()
+    relay.follow("r")
+    out: list[int] = []
+
+    def run(actions: list[object]) -> None:
+        todo = list(actions)
+        while todo:
+            a = todo.pop(0)
+            out.extend(delivered([a]))
+            if isinstance(a, NeedRange):
+                lines = tuple(store[s] for s in range(a.after + 1, a.before) if s in store)
+                todo += relay.on_range("r", History(lines, 0, RoomMeta(total, E)))
+
+    run(list(relay.on_meta("r", RoomMeta(snapshot, E))))
+    for start, size in batches:
+        seqs = [s for s in range(start, start + size) if s <= total]
+        if seqs:
+            run(list(relay.on_lines("r", E, tuple(store[s] for s in seqs))))
+    run(list(relay.on_meta("r", RoomMeta(total, E))))
+    assert out == list(range(snapshot + 1, total + 1))
+
+
+# -- against real Redis ------------------------------------------------------------------
+
+
+def pump_until(
+    follower: Follower, done: Callable[[list[Output]], bool], timeout: float = 10.0
+) -> list[Output]:
+    """Poll the reader's socket as the broker's loop will; all outputs so far."""
+    out: list[Output] = []
+    poller = zmq.Poller()
+    poller.register(follower.reader.socket, zmq.POLLIN)
+    deadline = time.monotonic() + timeout * SCALE
+    while not done(out):
+        assert time.monotonic() < deadline, f"not done; got {out}"
+        if poller.poll(100):
+            out += follower.pump()
+        else:
+            out += follower.check()
+    return out
+
+
+def seqs(out: list[Output]) -> list[int]:
+    return [line.seq for o in out if isinstance(o, Deliver) for line in o.lines]
+
+
+@pytest.fixture
+def follower(
+    redis_server: RedisServer,
+    make_engine: Callable[..., RedisEngine],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
+) -> Follower:
+    engine = make_engine()
+    reader = BusReader(
+        zmq_ctx, engine.url, prefix="zc", broker=engine.broker_id, timeout=1.0, health=0.5
+    )
+    reader.start()
+    f = Follower(engine, reader)
+    yield f  # type: ignore[misc]
+    reader.close()
+
+
+def test_follower_relays_lines_appended_by_any_broker_in_order(
+    follower: Follower, make_engine: Callable[..., RedisEngine]
+) -> None:
+    other = make_engine()
+    other.append({"r": [NewLine("a", b"early")]})  # before following: in the snapshot
+    follower.follow("r")
+    pump_until(follower, lambda out: any(isinstance(o, BusUp) for o in out))
+    pump_until(follower, lambda out: follower.relay.last("r") is not None)
+    for i in range(20):
+        other.append({"r": [NewLine(f"k{i}", b"x")]})
+    out = pump_until(follower, lambda out: len(seqs(out)) >= 20)
+    assert seqs(out) == list(range(2, 22))
+
+
+def test_pubsub_connection_killed_reader_reconnects_and_catches_up(
+    redis_server: RedisServer, follower: Follower, make_engine: Callable[..., RedisEngine]
+) -> None:
+    other = make_engine()
+    follower.follow("r")
+    pump_until(follower, lambda out: follower.relay.last("r") is not None)
+    other.append({"r": [NewLine("a", b"1")]})
+    out = pump_until(follower, lambda out: seqs(out) == [1])
+    assert redis_server.kill_pubsub() == 1
+    # lines published while the reader is cut off are lost on the bus ...
+    for i in range(10):
+        other.append({"r": [NewLine(f"k{i}", b"x")]})
+    out = pump_until(
+        follower,
+        lambda out: (
+            any(isinstance(o, BusUp) and o.reconnected for o in out) and len(seqs(out)) >= 10
+        ),
+    )
+    # ... and repaired from the stream once it is back: each once, in order
+    assert seqs(out) == list(range(2, 12))
+    assert any(isinstance(o, BusDown) for o in out)
+    other.append({"r": [NewLine("after", b"x")]})
+    assert seqs(pump_until(follower, lambda out: bool(seqs(out)))) == [12]
+
+
+def test_redis_stalled_then_back_loses_nothing(
+    redis_server: RedisServer, follower: Follower, make_engine: Callable[..., RedisEngine]
+) -> None:
+    other = make_engine(broker_ttl=60_000)
+    follower.follow("r")
+    pump_until(follower, lambda out: follower.relay.last("r") is not None)
+    stall = redis_server.debug_sleep(1.5)
+    stall.join(10)
+    for i in range(5):
+        other.append({"r": [NewLine(f"k{i}", b"x")]})
+    out = pump_until(follower, lambda out: len(seqs(out)) >= 5)
+    assert seqs(out) == [1, 2, 3, 4, 5]
+
+
+def test_inbox_bell_rings_across_brokers(
+    follower: Follower, make_engine: Callable[..., RedisEngine]
+) -> None:
+    other = make_engine()
+    pump_until(follower, lambda out: any(isinstance(o, BusUp) for o in out))
+    other.send_private(follower.engine.broker_id, b"psst")
+    pump_until(follower, lambda out: any(isinstance(o, Bell) for o in out))
+    assert [x.payload for x in follower.engine.read_inbox("0-0")] == [b"psst"]
