@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml $(LOCK)
 # (requirements/min.txt); the development tools stay those of the lock.
 $(MIN_STAMP): pyproject.toml $(LOCK) requirements/min.txt
 	$(PYTHON) -m venv $(MIN_VENV)
-	grep -v -E '^(pyzmq|msgspec|prompt_toolkit|redis)==' $(LOCK) > $(MIN_VENV)/constraints.txt
+	grep -v -E '^(pyzmq|msgspec|prompt_toolkit|redis|hiredis)==' $(LOCK) > $(MIN_VENV)/constraints.txt
 	cat requirements/min.txt >> $(MIN_VENV)/constraints.txt
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check 'pip==26.3'
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
