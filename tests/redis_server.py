@@ -27,7 +27,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-__all__ = ["RedisServer", "redis_server_binary"]
+__all__ = ["RedisServer", "SentinelServer", "redis_server_binary"]
 
 SCALE = float(os.environ.get("CHAT_TEST_SCALE", "1"))
 
@@ -193,3 +193,61 @@ class RedisServer:
         """CLIENT KILL TYPE pubsub; returns how many connections it cut."""
         with self.client() as c:
             return int(c.execute_command("CLIENT", "KILL", "TYPE", "pubsub"))
+
+
+class SentinelServer:
+    """A Sentinel (``redis-server --sentinel``) watching ``primary`` as ``service``."""
+
+    def __init__(self, directory: Path, primary: RedisServer, service: str = "chat") -> None:
+        self.directory = directory
+        self.primary = primary
+        self.service = service
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The engine URL naming this Sentinel and the service."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}/0"
+
+    def start(self, timeout: float = 10.0) -> SentinelServer:
+        """Start and wait until it names the primary."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.port = _free_port()
+        config = self.directory / "sentinel.conf"
+        config.write_text(
+            f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"logfile {self.directory / 'sentinel.log'}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+        )
+        self.proc = subprocess.Popen(
+            [self.primary.binary, str(config), "--sentinel"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout * SCALE
+        probe = _client(self.port, 1.0)
+        try:
+            while time.monotonic() < deadline:
+                assert self.proc.poll() is None, "redis-server --sentinel exited"
+                try:
+                    named = probe.execute_command(
+                        "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service
+                    )
+                    if named:
+                        return self
+                except (redis.ConnectionError, redis.ResponseError, redis.TimeoutError):
+                    pass
+                time.sleep(0.01)  # polling for a condition, with a deadline
+        finally:
+            probe.close()
+        raise AssertionError(f"Sentinel on {self.port} not ready in {timeout} s")
+
+    def kill(self) -> None:
+        """Stop it by its handle."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+        self.proc = None

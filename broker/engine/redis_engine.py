@@ -46,6 +46,15 @@ log = logging.getLogger(__name__)
 _RETRYABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "NOREPLICAS")
 
 
+_RETRYABLE_ERRORS = (
+    rx.OutOfMemoryError,
+    rx.ReadOnlyError,
+    rx.MasterDownError,
+    rx.TryAgainError,
+    rx.BusyLoadingError,
+)
+
+
 def new_epoch() -> str:
     """A fresh epoch: 16 random lowercase hex digits (docs/PROTOCOL.md epoch)."""
     return secrets.token_hex(8)
@@ -222,6 +231,8 @@ class RedisEngine:
         text = str(exc)
         if text.startswith("FENCED"):
             return Fenced(f"broker {self._broker}: {text[7:]}")
+        if isinstance(exc, _RETRYABLE_ERRORS):  # redis-py strips their prefix
+            return EngineUnavailable(f"Redis at {self.url.display}: {type(exc).__name__}: {text}")
         if text.startswith(_RETRYABLE_PREFIXES):
             return EngineUnavailable(f"Redis at {self.url.display}: {text}")
         return EngineError(f"Redis at {self.url.display}: {text}")

@@ -20,7 +20,7 @@ from broker.engine import (
     RedisEngine,
     RoomMeta,
 )
-from tests.redis_server import SCALE, RedisServer
+from tests.redis_server import SCALE, RedisServer, SentinelServer, redis_server_binary
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -372,3 +372,44 @@ def test_redis_down_is_unavailable_for_every_call(
             call()
     with pytest.raises(redis.ConnectionError):
         redis_server.client().ping()
+
+
+def test_engine_through_sentinel(redis_server: RedisServer, tmp_path: Path) -> None:
+    sentinel = SentinelServer(tmp_path / "sentinel", redis_server).start()
+    try:
+        engine = RedisEngine.connect(sentinel.url, EngineSettings(timeout=1.0))
+        engine.register()
+        r = engine.append({"r": lines("via sentinel")})["r"]
+        assert not isinstance(r, EngineUnavailable) and r.seqs == (1,)
+        with redis_server.client() as c:  # it reached the primary the Sentinel names
+            assert c.xlen("zc:{r}:log") == 1
+        engine.close()
+    finally:
+        sentinel.kill()
+
+
+def test_missing_redis_server_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="redis-server is not installed"):
+        redis_server_binary()
+    monkeypatch.setenv("CI", "false")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install redis-server"):
+        redis_server_binary()
+
+
+def test_redis_out_of_memory_refuses_each_rooms_batch_whole(
+    redis_server: RedisServer, make_engine: Make
+) -> None:
+    a = make_engine()
+    a.append({"r1": lines("before")})
+    with redis_server.client() as c:
+        c.config_set("maxmemory", 1)  # full, as a small disk would be for SQLite
+        results = a.append({"r1": lines("k1", "k2"), "r2": lines("k3")})
+        assert set(results) == {"r1", "r2"}
+        for result in results.values():
+            assert isinstance(result, EngineUnavailable) and "OutOfMemory" in str(result)
+            assert not result.indeterminate  # refused before running: nothing written
+        c.config_set("maxmemory", 0)
+    assert [x.payload for x in a.fetch("r1", 0, None, 10).lines] == [b"before"]
+    assert a.fetch("r2", 0, None, 10).lines == ()
