@@ -22,6 +22,7 @@ from redis import exceptions as rx
 from broker.engine.api import (
     AppendResult,
     Duplicate,
+    Engine,
     EngineConfigError,
     EngineError,
     EngineUnavailable,
@@ -194,7 +195,8 @@ class RedisEngine:
             engine._load()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
             client.close()
-            raise EngineUnavailable(f"cannot reach Redis at {parsed.display}: {exc}") from None
+            reason = " ".join(str(exc).split())  # one line, whatever redis-py says
+            raise EngineUnavailable(f"cannot reach Redis at {parsed.display}: {reason}") from None
         except rx.ResponseError as exc:
             client.close()
             raise EngineUnavailable(f"Redis at {parsed.display} refused: {exc}") from None
@@ -534,3 +536,8 @@ def _text(value: object) -> str:
 def _member(nick_key: bytes, value: bytes) -> tuple[int, Member]:
     order, broker, session, nick = value.decode().split("\n", 3)
     return int(order), Member(nick_key.decode(), nick, broker, session)
+
+
+def _conforms(engine: RedisEngine) -> Engine:
+    """Never called: mypy checks here that RedisEngine implements Engine."""
+    return engine

@@ -222,8 +222,32 @@ def test_redis_stalled_then_back_loses_nothing(
     stall.join(10)
     for i in range(5):
         other.append({"r": [NewLine(f"k{i}", b"x")]})
-    out = pump_until(follower, lambda out: len(seqs(out)) >= 5)
+    out = pump_until(
+        follower,
+        lambda out: (
+            len(seqs(out)) >= 5 and any(isinstance(o, BusUp) and o.reconnected for o in out)
+        ),
+    )
     assert seqs(out) == [1, 2, 3, 4, 5]
+    assert any(isinstance(o, BusDown) for o in out)  # the unanswered PING noticed the stall
+
+
+def test_redis_kill_9_and_restart_bus_comes_back_and_catches_up(
+    redis_server: RedisServer, follower: Follower, make_engine: Callable[..., RedisEngine]
+) -> None:
+    other = make_engine(broker_ttl=60_000)
+    follower.follow("r")
+    pump_until(follower, lambda out: follower.relay.last("r") is not None)
+    other.append({"r": [NewLine("a", b"1")]})
+    pump_until(follower, lambda out: seqs(out) == [1])
+    redis_server.kill()
+    pump_until(follower, lambda out: any(isinstance(o, BusDown) for o in out))
+    redis_server.restart()
+    for i in range(5):
+        other.append({"r": [NewLine(f"k{i}", b"x")]})
+    out = pump_until(follower, lambda out: len(seqs(out)) >= 5)
+    assert seqs(out) == [2, 3, 4, 5, 6]
+    assert not any(isinstance(o, Reset) for o in out)  # AOF: same epoch
 
 
 def test_inbox_bell_rings_across_brokers(
