@@ -435,11 +435,6 @@ class Relay:
         if track is not None:
             track.fetch_before = 0
 
-    def on_reconnected(self) -> list[RelayAction]:
-        """The bus came back: every followed room needs a fresh snapshot."""
-        rooms = tuple(self._rooms)
-        return [NeedMeta(rooms)] if rooms else []
-
     def _reset(self, room: str, track: _Track, epoch: str, seq: int) -> list[RelayAction]:
         track.epoch, track.last, track.fetch_before = epoch, seq, 0
         track.held.clear()  # lines of the old numbering

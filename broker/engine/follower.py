@@ -65,11 +65,10 @@ class Follower:
                 self._run(self.relay.on_lines(event.room, event.epoch, event.lines), out)
             elif isinstance(event, Subscribed):
                 self._run(self.relay.on_subscribed(event.room), out)
-            elif isinstance(event, BusUp):
-                out.append(event)
-                if event.reconnected:
-                    self._run(self.relay.on_reconnected(), out)
             else:
+                # BusUp, BusDown, Bell, BusNotice: for the loop. After a
+                # reconnect every room's Subscribed comes first and starts
+                # its catch-up.
                 out.append(event)
         return out
 
