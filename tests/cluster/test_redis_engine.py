@@ -17,6 +17,7 @@ from broker.engine import (
     Fenced,
     Member,
     NewLine,
+    ReapReport,
     RedisEngine,
     RoomMeta,
 )
@@ -238,6 +239,12 @@ def test_expired_broker_is_fenced_and_reaped_exactly_once(make_engine: Make) -> 
         ghost.heartbeat()  # too late: a lease once expired is never renewed
     with pytest.raises(Fenced):
         ghost.claim_nick("dave", "s2")
+    with pytest.raises(Fenced):
+        ghost.join("r3", member)
+    with pytest.raises(Fenced):
+        ghost.send_private(live[0].broker_id, b"boo")
+    with pytest.raises(Fenced):
+        ghost.refresh_nicks({"carol": "s1"})
     assert live[0].fetch("r1", 0, None, 10).lines == ()
     # several reapers race; one wins, each member and nick reported once
     reports = []
@@ -413,3 +420,40 @@ def test_redis_out_of_memory_refuses_each_rooms_batch_whole(
         c.config_set("maxmemory", 0)
     assert [x.payload for x in a.fetch("r1", 0, None, 10).lines] == [b"before"]
     assert a.fetch("r2", 0, None, 10).lines == ()
+
+
+def test_same_key_twice_in_one_batch_is_stored_once(make_engine: Make) -> None:
+    r = make_engine().append({"r": lines("k", "k", "j")})["r"]
+    assert not isinstance(r, EngineUnavailable)
+    assert r.seqs == (1, 1, 2) and [(d.index, d.seq) for d in r.duplicates] == [(1, 1)]
+
+
+def test_a_reaper_that_died_half_way_is_finished_by_another(
+    redis_server: RedisServer, make_engine: Make
+) -> None:
+    ghost = make_engine(broker_ttl=200)
+    first, second = make_engine(broker_ttl=200, reap_lock=300), make_engine(broker_ttl=200)
+    for room in ("r1", "r2"):
+        assert ghost.join(room, Member(f"n{room}", "N", ghost.broker_id, "s"))
+    assert ghost.claim_nick("nr1", "s")
+    eventually(lambda: bool(first.heartbeat() or second.heartbeat() or first.dead_brokers()))
+    # the first reaper wins the lock, cleans r1, then dies (its lock lapses)
+    with redis_server.client() as c:
+        assert c.set(f"zc:reaping:{ghost.broker_id}", first.broker_id, nx=True, px=300)
+        c.fcall("zc_reap_room", 1, "zc:{r1}:members", ghost.broker_id)
+    assert second.reap(ghost.broker_id) is None  # still locked
+    reports: list[ReapReport] = []
+
+    def reaped() -> bool:
+        second.heartbeat()
+        report = second.reap(ghost.broker_id)
+        reports.extend([report] if report else [])
+        return bool(reports)
+
+    eventually(reaped)
+    # what the first had reported is not reported again
+    assert [m.room for m in reports[0].members] == ["r2"] and reports[0].nicks == ("nr1",)
+    with redis_server.client() as c:
+        assert c.zscore("zc:brokers", ghost.broker_id) is None
+        assert c.get("zc:nick:nr1") is None
+    assert second.members("r1") == second.members("r2") == []
