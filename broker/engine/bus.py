@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import zmq
@@ -163,10 +164,12 @@ class BusReader:
         out: list[BusEvent] = []
         while True:
             try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return out
-            out.append(self._decode(frames))
+            # the thread sends what one drain found as one message of triples
+            for k in range(0, len(frames), 3):
+                out.append(self._decode(frames[k], frames[k + 1], frames[k + 2]))
 
     def close(self) -> None:
         """Stop the thread (draining what it still sends) and close the sockets."""
@@ -178,17 +181,16 @@ class BusReader:
         self.socket.close()
         self._peer.close()
 
-    def _decode(self, frames: list[bytes]) -> BusEvent:
-        kind = frames[0]
+    def _decode(self, kind: bytes, a: bytes, b: bytes) -> BusEvent:
         if kind == b"msg":
-            return parse_bus(frames[1].decode(), frames[2])
+            return parse_bus(a.decode(), b)
         if kind == b"sub":
-            return Subscribed(frames[1].decode())
+            return Subscribed(a.decode())
         if kind == b"bell":
             return Bell()
         if kind == b"up":
-            return BusUp(frames[1] == b"1")
-        return BusDown(frames[1].decode())
+            return BusUp(a == b"1")
+        return BusDown(a.decode())
 
     # -- the thread ------------------------------------------------------------
 
@@ -202,70 +204,78 @@ class BusReader:
         return text[text.index("{") + 1 : text.index("}")]
 
     def _run(self) -> None:
-        channels = {self._bell}
-        peer = self._peer
-        ever_up = False
-        down_said = False
+        state = _ReaderState(channels={self._bell})
         backoff = 0.05
         while True:
-            pubsub: redis.client.PubSub | None = None
             try:
-                client = self._url.client(timeout=self._timeout)
-                pubsub = client.pubsub()  # type: ignore[no-untyped-call]
-                pubsub.subscribe(*channels)
-                waiting = set(channels)
-                poller = zmq.Poller()
-                poller.register(peer, zmq.POLLIN)
-                assert pubsub.connection is not None
-                poller.register(pubsub.connection._sock, zmq.POLLIN)
-                last_rx = time.monotonic()
-                ping_at: float | None = None
-                while True:
-                    ready = dict(poller.poll(int(self._health * 500)))
-                    if peer in ready and not self._commands(pubsub, channels, waiting):
-                        return
-                    while (message := pubsub.get_message(timeout=0)) is not None:
-                        last_rx, ping_at = time.monotonic(), None
-                        kind, channel = message["type"], message["channel"]
-                        if kind == "subscribe":
-                            name = channel.decode()
-                            if name in channels:
-                                waiting.discard(name)
-                                room = self._room(channel)
-                                if room is not None:
-                                    peer.send_multipart([b"sub", room.encode()])
-                                if not waiting and not down_said and not ever_up:
-                                    ever_up = True
-                                    peer.send_multipart([b"up", b"0"])
-                                elif not waiting and down_said:
-                                    down_said = False
-                                    peer.send_multipart([b"up", b"1"])
-                                    peer.send_multipart([b"bell"])  # read what came meanwhile
-                        elif kind == "message":
-                            room = self._room(channel)
-                            if room is None:
-                                peer.send_multipart([b"bell"])
-                            else:
-                                peer.send_multipart([b"msg", room.encode(), message["data"]])
-                    now = time.monotonic()
-                    if now - last_rx > self._health:
-                        if ping_at is None:
-                            pubsub.ping()
-                            ping_at = now
-                        elif now - ping_at > self._health:
-                            raise rx.ConnectionError("no reply to PING on the bus")
-                    backoff = 0.05
+                if not self._connection(state):
+                    return
             except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-                if not down_said:
-                    down_said = True
-                    peer.send_multipart([b"down", str(exc).encode()])
-            finally:
-                if pubsub is not None:
-                    pubsub.close()
+                if not state.down:
+                    state.down = True
+                    self._peer.send_multipart([b"down", str(exc).encode(), b""])
+                if state.was_up:
+                    backoff, state.was_up = 0.05, False
             # back off, still obeying commands (stop, or channels to add)
-            if not self._wait(backoff, channels):
+            if not self._wait(backoff, state.channels):
                 return
             backoff = min(backoff * 2, 1.0)
+
+    def _connection(self, state: _ReaderState) -> bool:
+        """One pub/sub connection, until it fails (raises) or stop (False)."""
+        pubsub = self._url.client(timeout=self._timeout).pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(*state.channels)
+            waiting = set(state.channels)
+            poller = zmq.Poller()
+            poller.register(self._peer, zmq.POLLIN)
+            assert pubsub.connection is not None
+            # redis-py's socket (private, replaced on reconnect: we never
+            # reconnect this object, a new connection gets a new PubSub)
+            poller.register(pubsub.connection._sock, zmq.POLLIN)
+            last_rx = time.monotonic()
+            ping_at: float | None = None
+            while True:
+                ready = dict(poller.poll(int(self._health * 500)))
+                if self._peer in ready and not self._commands(pubsub, state.channels, waiting):
+                    return False
+                out: list[bytes] = []
+                while (message := pubsub.get_message(timeout=0)) is not None:
+                    last_rx, ping_at = time.monotonic(), None
+                    self._forward(message, state, waiting, out)
+                if out:
+                    self._peer.send_multipart(out)
+                now = time.monotonic()
+                if now - last_rx > self._health:
+                    if ping_at is None:
+                        pubsub.ping()
+                        ping_at = now
+                    elif now - ping_at > self._health:
+                        raise rx.ConnectionError("no reply to PING on the bus")
+        finally:
+            pubsub.close()
+
+    def _forward(
+        self, message: dict[str, Any], state: _ReaderState, waiting: set[str], out: list[bytes]
+    ) -> None:
+        """Turn one pub/sub message into event triples for the loop."""
+        kind, channel = message["type"], message["channel"]
+        if kind == "message":
+            room = self._room(channel)
+            if room is None:
+                out += [b"bell", b"", b""]
+            else:
+                out += [b"msg", room.encode(), message["data"]]
+        elif kind == "subscribe" and channel.decode() in state.channels:
+            waiting.discard(channel.decode())
+            room = self._room(channel)
+            if room is not None:
+                out += [b"sub", room.encode(), b""]
+            if not waiting and (state.down or not state.was_up):
+                out += [b"up", b"1" if state.ever_up else b"0", b""]
+                if state.ever_up:
+                    out += [b"bell", b"", b""]  # read what came meanwhile
+                state.down, state.ever_up, state.was_up = False, True, True
 
     def _commands(
         self, pubsub: redis.client.PubSub | None, channels: set[str], waiting: set[str]
@@ -335,6 +345,16 @@ class NeedRange:
 
 
 RelayAction = Deliver | Reset | NeedMeta | NeedRange
+
+
+@dataclass
+class _ReaderState:
+    """What the reader thread keeps across connections."""
+
+    channels: set[str]
+    down: bool = False  # BusDown said, BusUp not yet
+    ever_up: bool = False  # connected at least once (the next BusUp is a reconnect)
+    was_up: bool = False  # this connection got all its confirmations
 
 
 @dataclass
