@@ -20,6 +20,7 @@ from broker.engine import (
     ReapReport,
     RedisEngine,
     RoomMeta,
+    check_server,
 )
 from tests.redis_server import SCALE, RedisServer, SentinelServer, redis_server_binary
 
@@ -56,6 +57,25 @@ def test_evicting_policy_is_refused(redis_server: RedisServer) -> None:
         c.config_set("maxmemory-policy", "allkeys-lru")
     with pytest.raises(EngineConfigError, match="allkeys-lru"):
         RedisEngine.connect(redis_server.url)
+
+
+class FakeInfo:
+    """Only INFO, to check the start-up rules for servers we cannot run here."""
+
+    def __init__(self, **info: object) -> None:
+        self._info = {"redis_version": "7.0.15", "maxmemory_policy": "noeviction"} | info
+
+    def info(self) -> dict[str, object]:
+        return self._info
+
+
+def test_start_up_rules() -> None:
+    with pytest.raises(EngineConfigError, match=r"6\.2\.14 is too old"):
+        check_server(FakeInfo(redis_version="6.2.14", aof_enabled=1))  # type: ignore[arg-type]
+    with pytest.raises(EngineConfigError, match="volatile-lru"):
+        check_server(FakeInfo(maxmemory_policy="volatile-lru"))  # type: ignore[arg-type]
+    assert check_server(FakeInfo(redis_version="7.2.4", aof_enabled=1)) == []  # type: ignore[arg-type]
+    assert "appendonly" in check_server(FakeInfo(aof_enabled=0))[0]  # type: ignore[arg-type]
 
 
 def test_no_aof_is_a_warning(redis_server: RedisServer, make_engine: Make) -> None:
