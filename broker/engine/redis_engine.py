@@ -361,8 +361,8 @@ class RedisEngine:
             epoch = result[0].decode()
             seqs = tuple(abs(int(s)) for s in result[1])
             dups = tuple(Duplicate(i, -int(s)) for i, s in enumerate(result[1]) if int(s) < 0)
-            fresh = [s for s in seqs if s > 0]
-            epoch = self._observe(room, epoch, max(fresh) if len(dups) < len(seqs) else 0)
+            if len(dups) < len(seqs):  # new lines: the newest is the room's seq now
+                epoch = self._observe(room, epoch, max(seqs))
             out[room] = AppendResult(epoch, seqs, dups)
         return out
 

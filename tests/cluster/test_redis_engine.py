@@ -477,3 +477,12 @@ def test_a_reaper_that_died_half_way_is_finished_by_another(
         assert c.zscore("zc:brokers", ghost.broker_id) is None
         assert c.get("zc:nick:nr1") is None
     assert second.members("r1") == second.members("r2") == []
+
+
+def test_a_batch_of_only_duplicates_keeps_the_epoch(make_engine: Make) -> None:
+    a = make_engine()
+    first = a.append({"r": lines("k1", "k2")})["r"]
+    again = a.append({"r": lines("k1")})["r"]
+    assert not isinstance(first, EngineUnavailable) and not isinstance(again, EngineUnavailable)
+    assert again.epoch == first.epoch and again.seqs == (1,)
+    assert a.meta(["r"])["r"] == RoomMeta(2, first.epoch)
