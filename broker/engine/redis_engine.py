@@ -406,8 +406,12 @@ class RedisEngine:
         return epoch
 
     def publish(self, room: str, payload: bytes) -> None:
-        with self._errors(write=True):
-            self._r.publish(self.keys.bus(room), b"N" + payload)
+        self._call(
+            "zc_publish",
+            [self.keys.brokers],
+            [*self._fence_args(), self.keys.bus(room), payload],
+            write=True,
+        )
 
     # -- nicknames --------------------------------------------------------------
 

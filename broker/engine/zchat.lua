@@ -231,7 +231,14 @@ local function send_private(keys, args)
   return id
 end
 
+-- KEYS: brokers  ARGV: broker, ttl_ms, channel, notice
+local function publish(keys, args)
+  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
+  return redis.call('PUBLISH', args[3], 'N' .. args[4])
+end
+
 redis.register_function('zc_append', append)
+redis.register_function('zc_publish', publish)
 redis.register_function{function_name = 'zc_fetch', callback = fetch}
 redis.register_function('zc_meta', meta)
 redis.register_function('zc_bump_epoch', bump_epoch)

@@ -235,9 +235,10 @@ def test_members_in_joining_order_across_brokers(
         assert a.members("r") == [alice, bob]
         assert not a.leave("r", bob, b"-bob")  # not this broker's session
         assert b.leave("r", bob, b"-bob")
-        notices = [bus.get_message(timeout=5)["data"] for _ in range(3)]
+        a.publish("r", b"~alice")
+        notices = [bus.get_message(timeout=5)["data"] for _ in range(4)]
         assert bus.get_message(timeout=0.2) is None
-    assert notices == [b"N+alice", b"N+bob", b"N-bob"]
+    assert notices == [b"N+alice", b"N+bob", b"N-bob", b"N~alice"]
     assert b.members("r") == [alice]
 
 
@@ -265,6 +266,8 @@ def test_expired_broker_is_fenced_and_reaped_exactly_once(make_engine: Make) -> 
         ghost.send_private(live[0].broker_id, b"boo")
     with pytest.raises(Fenced):
         ghost.refresh_nicks({"carol": "s1"})
+    with pytest.raises(Fenced):
+        ghost.publish("r1", b"a ghost's notice")
     assert live[0].fetch("r1", 0, None, 10).lines == ()
     # several reapers race; one wins, each member and nick reported once
     reports = []
