@@ -188,6 +188,11 @@ class Engine(Protocol):
         """Enter the registry of live brokers under :attr:`broker_id`."""
         ...
 
+    def renew_id(self) -> None:
+        """Take a new broker id (after Fenced: the old one stays dead); then
+        :meth:`register` again."""
+        ...
+
     def heartbeat(self) -> None:
         """Renew this broker's lease; raises Fenced if it already expired."""
         ...
@@ -233,6 +238,11 @@ class Engine(Protocol):
 
     def release_nick(self, nick_key: str, session: str) -> bool:
         """Give a lease up if this session holds it; True if it did."""
+        ...
+
+    def nick_holder(self, nick_key: str) -> tuple[str, str] | None:
+        """The (broker, session) holding a nickname, if anybody does: where a
+        private line to that nick must go."""
         ...
 
     def join(self, room: str, member: Member, notice: bytes | None = None) -> bool:
