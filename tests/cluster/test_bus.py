@@ -265,3 +265,24 @@ def test_inbox_bell_rings_across_brokers(
     other.send_private(follower.engine.broker_id, b"psst")
     pump_until(follower, lambda out: any(isinstance(o, Bell) for o in out))
     assert [x.payload for x in follower.engine.read_inbox("0-0")] == [b"psst"]
+
+
+def test_reader_started_while_redis_is_down_comes_up_when_it_starts(
+    redis_server: RedisServer,
+    make_engine: Callable[..., RedisEngine],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    engine = make_engine()
+    redis_server.kill()
+    reader = BusReader(zmq_ctx, engine.url, prefix="zc", broker="b1", timeout=0.5, health=0.5)
+    reader.start()
+    try:
+        follower = Follower(engine, reader)
+        follower.follow("r")
+        pump_until(follower, lambda out: any(isinstance(o, BusDown) for o in out), check=False)
+        redis_server.restart()
+        out = pump_until(follower, lambda out: any(isinstance(o, BusUp) for o in out), check=False)
+        pump_until(follower, lambda out: follower.relay.last("r") is not None, check=False)
+        assert not any(isinstance(o, Deliver) for o in out)
+    finally:
+        reader.close()
