@@ -25,6 +25,7 @@ from broker.engine.api import (
     ReapedMember,
     ReapReport,
     RoomMeta,
+    SessionRecord,
     StoredLine,
 )
 from broker.engine.bus import BusReader, Relay
@@ -53,6 +54,7 @@ __all__ = [
     "RedisEngine",
     "Relay",
     "RoomMeta",
+    "SessionRecord",
     "StoredLine",
     "check_server",
     "new_epoch",

@@ -40,6 +40,7 @@ __all__ = [
     "ReapReport",
     "ReapedMember",
     "RoomMeta",
+    "SessionRecord",
     "StoredLine",
 ]
 
@@ -160,6 +161,20 @@ class ReapReport:
     broker: str
     members: tuple[ReapedMember, ...]
     nicks: tuple[str, ...]
+    sessions: tuple[str, ...] = ()  # tokens no longer resumable
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """What another broker needs to take a session over when its client
+    resumes there (docs/PROTOCOL.md §5.3): the token is the session id."""
+
+    token: str
+    broker: str
+    nick: str
+    nick_key: str
+    rooms: tuple[str, ...]
+    key: str = ""  # the client's CURVE public key (Z85), if bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +280,25 @@ class Engine(Protocol):
     def reap(self, broker: str) -> ReapReport | None:
         """Remove a dead broker's members and nicknames; None when another
         reaper has it (or had it). Safe to call again after a crash."""
+        ...
+
+    def save_session(self, record: SessionRecord) -> None:
+        """Store (or update, after a join or leave) a session of this broker."""
+        ...
+
+    def refresh_sessions(self, tokens: Sequence[str]) -> list[str]:
+        """Renew this broker's session records; returns the tokens it lost
+        (taken over by another broker, or gone)."""
+        ...
+
+    def take_session(self, token: str) -> SessionRecord | None:
+        """Take a session over from whichever broker has it, with its
+        nickname lease and room memberships (joining order kept, no notices);
+        None when no such session exists any more (reaped, expired, dropped)."""
+        ...
+
+    def drop_session(self, token: str) -> bool:
+        """Forget a session of this broker (bye, timeout); True if it did."""
         ...
 
     def send_private(self, broker: str, payload: bytes) -> str:

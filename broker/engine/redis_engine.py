@@ -34,6 +34,7 @@ from broker.engine.api import (
     ReapedMember,
     ReapReport,
     RoomMeta,
+    SessionRecord,
     StoredLine,
 )
 from broker.engine.url import EngineURL, parse_url
@@ -70,6 +71,8 @@ class EngineSettings:
 
     ``broker_ttl`` (ms): a broker whose heartbeat is older is dead (reaped,
     fenced). ``nick_lease`` (ms): a nickname lease lapses unless refreshed.
+    ``session_ttl`` (ms): a session record lapses unless refreshed: it must
+    outlive a broker's death long enough for its clients to resume elsewhere.
     """
 
     def __init__(
@@ -83,6 +86,7 @@ class EngineSettings:
         history_lines: int = 10_000,
         key_memory: int = 10_000,
         inbox_lines: int = 10_000,
+        session_ttl: int = 60_000,
     ) -> None:
         if key_memory < 1 or history_lines < 1 or inbox_lines < 1:
             raise ValueError("history_lines, key_memory and inbox_lines must be at least 1")
@@ -94,6 +98,7 @@ class EngineSettings:
         self.history_lines = history_lines
         self.key_memory = key_memory
         self.inbox_lines = inbox_lines
+        self.session_ttl = session_ttl
 
 
 class _Keys:
@@ -125,6 +130,9 @@ class _Keys:
 
     def bell(self, broker: str) -> str:
         return f"{self.p}:bell:{broker}"
+
+    def session(self, token: str) -> str:
+        return f"{self.p}:session:{token}"
 
     def reaping(self, broker: str) -> str:
         return f"{self.p}:reaping:{broker}"
@@ -299,6 +307,7 @@ class RedisEngine:
                 return None
             rooms = sorted(_text(r) for r in self._r.smembers(k.broker(broker, "rooms")))
             nicks = sorted(_text(n) for n in self._r.smembers(k.broker(broker, "nicks")))
+            tokens = sorted(_text(t) for t in self._r.smembers(k.broker(broker, "sessions")))
         removed = self._pipelined(
             [("zc_reap_room", [k.members(room)], [broker]) for room in rooms], write=True
         )
@@ -319,15 +328,29 @@ class RedisEngine:
             [("zc_release_nick", [k.nick(n), k.broker(broker, "nicks")], [h, n]) for n, h in freed],
             write=True,
         )
+        # sessions not taken over by now are gone: their clients start afresh
+        dropped = self._pipelined(
+            [
+                ("zc_drop_session", [k.session(t), k.broker(broker, "sessions")], [broker, t])
+                for t in tokens
+            ],
+            write=True,
+        )
         with self._errors(write=True):
             pipe = self._r.pipeline(transaction=True)
-            pipe.delete(k.broker(broker, "rooms"), k.broker(broker, "nicks"), k.inbox(broker))
+            pipe.delete(
+                k.broker(broker, "rooms"),
+                k.broker(broker, "nicks"),
+                k.broker(broker, "sessions"),
+                k.inbox(broker),
+            )
             pipe.zrem(k.brokers, broker)
             pipe.execute()
         return ReapReport(
             broker,
             tuple(members),
             tuple(n for (n, _), ok in zip(freed, released, strict=True) if ok == 1),
+            tuple(t for t, ok in zip(tokens, dropped, strict=True) if ok == 1),
         )
 
     # -- rooms ----------------------------------------------------------------
@@ -498,6 +521,96 @@ class RedisEngine:
             raw: Any = self._r.hgetall(self.keys.members(room))
         ordered = sorted((_member(n, v) for n, v in raw.items()), key=lambda pair: pair[0])
         return [member for _, member in ordered]
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def save_session(self, record: SessionRecord) -> None:
+        k = self.keys
+        self._call(
+            "zc_save_session",
+            [k.session(record.token), k.brokers, k.broker(self._broker, "sessions")],
+            [
+                *self._fence_args(),
+                self.settings.session_ttl,
+                record.token,
+                record.nick,
+                record.nick_key,
+                "\n".join(record.rooms),
+                record.key,
+            ],
+            write=True,
+        )
+
+    def refresh_sessions(self, tokens: Sequence[str]) -> list[str]:
+        if not tokens:
+            return []
+        k = self.keys
+        lost = self._call(
+            "zc_refresh_sessions",
+            [k.brokers, *(k.session(t) for t in tokens)],
+            [*self._fence_args(), self.settings.session_ttl],
+            write=True,
+        )
+        return [tokens[int(i)] for i in lost]
+
+    def drop_session(self, token: str) -> bool:
+        k = self.keys
+        done = self._call(
+            "zc_drop_session",
+            [k.session(token), k.broker(self._broker, "sessions")],
+            [self._broker, token],
+            write=True,
+        )
+        return bool(done)
+
+    def take_session(self, token: str) -> SessionRecord | None:
+        k = self.keys
+        for _ in range(3):  # another broker may take it between our two steps
+            with self._errors(write=False):
+                raw: Any = self._r.hgetall(k.session(token))
+            if not raw:
+                return None
+            fields = {_text(name): _text(value) for name, value in raw.items()}
+            rooms = tuple(r for r in fields.get("rooms", "").split("\n") if r)
+            record = SessionRecord(
+                token,
+                self._broker,
+                fields.get("nick", ""),
+                fields.get("nick_key", ""),
+                rooms,
+                fields.get("key", ""),
+            )
+            old = fields.get("broker", "")
+            if old == self._broker:
+                return record
+            taken = self._call(
+                "zc_take_session",
+                [
+                    k.session(token),
+                    k.brokers,
+                    k.broker(self._broker, "sessions"),
+                    k.broker(old, "sessions"),
+                    k.broker(self._broker, "nicks"),
+                    k.broker(old, "nicks"),
+                    k.broker(self._broker, "rooms"),
+                    k.nick(record.nick_key),
+                    *(k.members(room) for room in rooms),
+                ],
+                [
+                    *self._fence_args(),
+                    old,
+                    token,
+                    self.settings.nick_lease,
+                    self.settings.session_ttl,
+                    record.nick_key,
+                    record.nick,
+                    *rooms,
+                ],
+                write=True,
+            )
+            if taken:
+                return record
+        return None
 
     # -- private lines ----------------------------------------------------------------
 

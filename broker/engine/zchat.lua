@@ -237,6 +237,79 @@ local function publish(keys, args)
   return redis.call('PUBLISH', args[3], 'N' .. args[4])
 end
 
+-- Sessions, so that a client can resume on any broker (docs/PROTOCOL.md §5.3).
+-- KEYS: session, brokers, broker_sessions
+-- ARGV: broker, ttl_ms, session_ttl_ms, token, nick, nick_key, rooms ("\n"-joined), key
+local function save_session(keys, args)
+  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
+  redis.call('HSET', keys[1], 'broker', args[1], 'nick', args[5], 'nick_key', args[6],
+    'rooms', args[7], 'key', args[8])
+  redis.call('PEXPIRE', keys[1], args[3])
+  redis.call('SADD', keys[3], args[4])
+  return 1
+end
+
+-- KEYS: brokers, session...  ARGV: broker, ttl_ms, session_ttl_ms. Renews the
+-- sessions this broker holds; returns the indexes (0-based) of those it lost.
+local function refresh_sessions(keys, args)
+  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
+  local lost = {}
+  for i = 2, #keys do
+    if redis.call('HGET', keys[i], 'broker') == args[1] then
+      redis.call('PEXPIRE', keys[i], args[3])
+    else
+      lost[#lost + 1] = i - 2
+    end
+  end
+  return lost
+end
+
+-- KEYS: session, broker_sessions  ARGV: broker, token. Delete-if-mine.
+local function drop_session(keys, args)
+  if redis.call('HGET', keys[1], 'broker') == args[1] then
+    redis.call('DEL', keys[1])
+    redis.call('SREM', keys[2], args[2])
+    return 1
+  end
+  return 0
+end
+
+-- Move a session from old_broker to this one, with its nickname lease and
+-- its room memberships (joining order kept), if it is still old_broker's.
+-- KEYS: session, brokers, my_sessions, old_sessions, my_nicks, old_nicks,
+--       my_rooms, nick, then one members hash per room
+-- ARGV: broker, ttl_ms, old_broker, token, lease_ms, session_ttl_ms, nick_key, nick,
+--       then the rooms' names
+local function take_session(keys, args)
+  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
+  if redis.call('HGET', keys[1], 'broker') ~= args[3] then return 0 end
+  redis.call('HSET', keys[1], 'broker', args[1])
+  redis.call('PEXPIRE', keys[1], args[6])
+  redis.call('SREM', keys[4], args[4])
+  redis.call('SADD', keys[3], args[4])
+  local old_holder, new_holder = args[3] .. '/' .. args[4], args[1] .. '/' .. args[4]
+  if redis.call('GET', keys[8]) == old_holder then
+    redis.call('SET', keys[8], new_holder, 'PX', args[5])
+    redis.call('SREM', keys[6], args[7])
+    redis.call('SADD', keys[5], args[7])
+  end
+  local mark = '\n' .. args[3] .. '\n' .. args[4] .. '\n'
+  for i = 9, #keys do
+    local value = redis.call('HGET', keys[i], args[7])
+    if value and string.find(value, mark, 1, true) then
+      local order = string.match(value, '^(%d+)')
+      redis.call('HSET', keys[i], args[7],
+        order .. '\n' .. args[1] .. '\n' .. args[4] .. '\n' .. args[8])
+      redis.call('SADD', keys[7], args[i])
+    end
+  end
+  return 1
+end
+
+redis.register_function('zc_save_session', save_session)
+redis.register_function('zc_refresh_sessions', refresh_sessions)
+redis.register_function('zc_drop_session', drop_session)
+redis.register_function('zc_take_session', take_session)
 redis.register_function('zc_append', append)
 redis.register_function('zc_publish', publish)
 redis.register_function{function_name = 'zc_fetch', callback = fetch}

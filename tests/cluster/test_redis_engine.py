@@ -20,6 +20,7 @@ from broker.engine import (
     ReapReport,
     RedisEngine,
     RoomMeta,
+    SessionRecord,
     check_server,
 )
 from tests.redis_server import SCALE, RedisServer, SentinelServer, redis_server_binary
@@ -489,3 +490,71 @@ def test_a_batch_of_only_duplicates_keeps_the_epoch(make_engine: Make) -> None:
     assert not isinstance(first, EngineUnavailable) and not isinstance(again, EngineUnavailable)
     assert again.epoch == first.epoch and again.seqs == (1,)
     assert a.meta(["r"])["r"] == RoomMeta(2, first.epoch)
+
+
+# -- sessions: resume on another broker ----------------------------------------------
+
+
+def session_on(engine: RedisEngine, token: str, nick: str, rooms: tuple[str, ...]) -> Member:
+    member = Member(nick.lower(), nick, engine.broker_id, token)
+    assert engine.claim_nick(member.nick_key, token)
+    for room in rooms:
+        assert engine.join(room, member)
+    engine.save_session(SessionRecord(token, engine.broker_id, nick, nick.lower(), rooms, "K"))
+    return member
+
+
+def test_a_session_moves_to_another_broker_with_its_nick_and_rooms(make_engine: Make) -> None:
+    a, b = make_engine(), make_engine()
+    first = session_on(a, "t0", "Zed", ("r1",))
+    alice = session_on(a, "t1", "Alice", ("r1", "r2"))
+    record = b.take_session("t1")
+    assert record == SessionRecord("t1", b.broker_id, "Alice", "alice", ("r1", "r2"), "K")
+    moved = Member("alice", "Alice", b.broker_id, "t1")
+    assert b.nick_holder("alice") == (b.broker_id, "t1")
+    assert b.members("r1") == [first, moved] and b.members("r2") == [moved]  # order kept
+    assert b.take_session("t1") == record  # already here
+    # the old broker's view is stale: its if-mine calls do nothing, refreshes say lost
+    assert not a.release_nick("alice", "t1") and not a.leave("r1", alice)
+    assert a.refresh_nicks({"alice": "t1"}) == ["alice"]
+    assert a.refresh_sessions(["t1", "t0"]) == ["t1"]
+    assert not a.drop_session("t1")
+    assert b.take_session("nope") is None
+    assert b.drop_session("t1") and b.take_session("t1") is None
+
+
+def test_sessions_of_a_reaped_broker_cannot_be_resumed(make_engine: Make) -> None:
+    ghost = make_engine(broker_ttl=200)
+    live = make_engine(broker_ttl=200)
+    session_on(ghost, "t1", "Alice", ("r1",))
+    reports: list[ReapReport] = []
+
+    def reaped() -> bool:
+        live.heartbeat()
+        report = live.reap(ghost.broker_id)
+        reports.extend([report] if report else [])
+        return bool(reports)
+
+    eventually(reaped)
+    assert reports[0].sessions == ("t1",)
+    assert live.take_session("t1") is None
+    with pytest.raises(Fenced):
+        ghost.save_session(SessionRecord("t2", ghost.broker_id, "x", "x", ()))
+
+
+def test_a_session_taken_over_before_the_reaper_runs_is_left_alone_by_it(
+    make_engine: Make,
+) -> None:
+    ghost = make_engine(broker_ttl=200)
+    live = make_engine(broker_ttl=200)
+    session_on(ghost, "t1", "Alice", ("r1",))
+    bob = session_on(ghost, "t2", "Bob", ("r1",))
+    eventually(lambda: bool(live.heartbeat() or live.dead_brokers()))
+    assert live.take_session("t1") is not None  # Alice's client resumed here in time
+    report = live.reap(ghost.broker_id)
+    assert report is not None
+    assert [m.member for m in report.members] == [bob]
+    assert report.nicks == ("bob",) and report.sessions == ("t2",)
+    assert live.members("r1") == [Member("alice", "Alice", live.broker_id, "t1")]
+    assert live.nick_holder("alice") == (live.broker_id, "t1")
+    assert live.take_session("t1") is not None and live.take_session("t2") is None
