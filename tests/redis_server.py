@@ -177,7 +177,7 @@ class RedisServer:
         thread.start()
         # it stalls once the command is in: wait until PING stops answering
         deadline = time.monotonic() + 5 * SCALE
-        probe = _client(self.port, 0.05)
+        probe = _client(self.port, 0.15)
         try:
             while time.monotonic() < deadline:
                 try:

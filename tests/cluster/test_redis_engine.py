@@ -29,6 +29,10 @@ pytestmark = pytest.mark.timeout(60)
 
 Make = Callable[..., RedisEngine]
 
+#: A broker lease short enough for quick tests, long enough that a loaded
+#: machine does not fence the live brokers of a test between two heartbeats.
+TTL = int(500 * SCALE)
+
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout * SCALE
@@ -247,8 +251,8 @@ def test_members_in_joining_order_across_brokers(
 
 
 def test_expired_broker_is_fenced_and_reaped_exactly_once(make_engine: Make) -> None:
-    ghost = make_engine(broker_ttl=300)
-    live = [make_engine(broker_ttl=300) for _ in range(3)]
+    ghost = make_engine(broker_ttl=TTL)
+    live = [make_engine(broker_ttl=TTL) for _ in range(3)]
     member = Member("carol", "Carol", ghost.broker_id, "s1")
     assert ghost.claim_nick("carol", "s1")
     assert ghost.join("r1", member) and ghost.join("r2", member)
@@ -455,17 +459,19 @@ def test_same_key_twice_in_one_batch_is_stored_once(make_engine: Make) -> None:
 def test_a_reaper_that_died_half_way_is_finished_by_another(
     redis_server: RedisServer, make_engine: Make
 ) -> None:
-    ghost = make_engine(broker_ttl=200)
-    first, second = make_engine(broker_ttl=200, reap_lock=300), make_engine(broker_ttl=200)
+    ghost = make_engine(broker_ttl=TTL)
+    first, second = make_engine(broker_ttl=TTL), make_engine(broker_ttl=TTL)
     for room in ("r1", "r2"):
         assert ghost.join(room, Member(f"n{room}", "N", ghost.broker_id, "s"))
     assert ghost.claim_nick("nr1", "s")
     eventually(lambda: bool(first.heartbeat() or second.heartbeat() or first.dead_brokers()))
-    # the first reaper wins the lock, cleans r1, then dies (its lock lapses)
+    # the first reaper wins the lock, cleans r1, then dies
+    lock = f"zc:reaping:{ghost.broker_id}"
     with redis_server.client() as c:
-        assert c.set(f"zc:reaping:{ghost.broker_id}", first.broker_id, nx=True, px=300)
+        assert c.set(lock, first.broker_id, nx=True, px=60_000)
         c.fcall("zc_reap_room", 1, "zc:{r1}:members", ghost.broker_id)
-    assert second.reap(ghost.broker_id) is None  # still locked
+        assert second.reap(ghost.broker_id) is None  # still locked
+        c.delete(lock)  # as if its reap_lock lapsed
     reports: list[ReapReport] = []
 
     def reaped() -> bool:
@@ -524,8 +530,8 @@ def test_a_session_moves_to_another_broker_with_its_nick_and_rooms(make_engine: 
 
 
 def test_sessions_of_a_reaped_broker_cannot_be_resumed(make_engine: Make) -> None:
-    ghost = make_engine(broker_ttl=200)
-    live = make_engine(broker_ttl=200)
+    ghost = make_engine(broker_ttl=TTL)
+    live = make_engine(broker_ttl=TTL)
     session_on(ghost, "t1", "Alice", ("r1",))
     reports: list[ReapReport] = []
 
@@ -545,8 +551,8 @@ def test_sessions_of_a_reaped_broker_cannot_be_resumed(make_engine: Make) -> Non
 def test_a_session_taken_over_before_the_reaper_runs_is_left_alone_by_it(
     make_engine: Make,
 ) -> None:
-    ghost = make_engine(broker_ttl=200)
-    live = make_engine(broker_ttl=200)
+    ghost = make_engine(broker_ttl=TTL)
+    live = make_engine(broker_ttl=TTL)
     session_on(ghost, "t1", "Alice", ("r1",))
     bob = session_on(ghost, "t2", "Bob", ("r1",))
     eventually(lambda: bool(live.heartbeat() or live.dead_brokers()))
