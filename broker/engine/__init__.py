@@ -3,8 +3,9 @@
 
 - ``api``: the :class:`Engine` protocol, its value types and error tree.
 - ``url``: engine URLs (``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``).
-- ``redis_engine``: :class:`RedisEngine` on Redis 7 Functions (``zchat.lua``).
-- ``bus``: the pub/sub reader thread and the pure catch-up :class:`Relay`.
+- ``redis_engine``: :class:`RedisEngine` on Redis 7 Functions (``zchat.lua``),
+  with ``redis_io`` (plumbing), ``redis_reaper`` and ``redis_sessions``.
+- ``bus``: the pub/sub reader thread; ``relay``: the pure catch-up :class:`Relay`.
 - ``follower``: the glue the broker's loop will call.
 
 Nothing here is wired into the broker yet; SQLite mode does not import it.
@@ -28,9 +29,10 @@ from broker.engine.api import (
     SessionRecord,
     StoredLine,
 )
-from broker.engine.bus import BusReader, Relay
+from broker.engine.bus import BusReader
 from broker.engine.follower import Follower
 from broker.engine.redis_engine import EngineSettings, RedisEngine, check_server, new_epoch
+from broker.engine.relay import Relay
 from broker.engine.url import EngineURL, parse_url
 
 __all__ = [

@@ -19,14 +19,9 @@ from broker.engine.bus import (
     BusNotice,
     BusReader,
     BusUp,
-    Deliver,
-    NeedMeta,
-    NeedRange,
-    Relay,
-    RelayAction,
-    Reset,
     Subscribed,
 )
+from broker.engine.relay import Deliver, NeedMeta, NeedRange, Relay, RelayAction, Reset
 
 __all__ = ["Follower", "Output"]
 
