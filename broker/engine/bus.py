@@ -213,7 +213,8 @@ class BusReader:
 
     def _connection(self, state: _ReaderState) -> bool:
         """One pub/sub connection, until it fails (raises) or stop (False)."""
-        pubsub = self._url.client(timeout=self._timeout).pubsub()  # type: ignore[no-untyped-call]
+        client = self._url.client(timeout=self._timeout)
+        pubsub = client.pubsub()  # type: ignore[no-untyped-call]
         try:
             pubsub.subscribe(*state.channels)
             waiting = set(state.channels)
@@ -244,6 +245,7 @@ class BusReader:
                         raise rx.ConnectionError("no reply to PING on the bus")
         finally:
             pubsub.close()
+            client.close()
 
     def _forward(
         self, message: dict[str, Any], state: _ReaderState, waiting: set[str], out: list[bytes]
