@@ -21,13 +21,21 @@ from broker.engine.api import (
 )
 from broker.engine.url import EngineURL
 
-__all__ = ["EngineSettings", "Keys", "RedisIO", "check_server", "new_epoch"]
+__all__ = [
+    "EngineSettings",
+    "Keys",
+    "RedisIO",
+    "check_server",
+    "new_broker_id",
+    "new_epoch",
+    "parse_member",
+    "stream_field",
+    "text",
+]
 
 #: Errors after which the same request may succeed later (Redis loading its
 #: data, a script running too long, a replica promoted mid-request, out of memory).
 _RETRYABLE_PREFIXES = ("LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN", "NOREPLICAS")
-
-
 _RETRYABLE_ERRORS = (
     rx.OutOfMemoryError,
     rx.ReadOnlyError,
@@ -220,6 +228,7 @@ class RedisIO:
         raise AssertionError("unreachable")
 
     def fence_args(self) -> list[Any]:
+        """The arguments every fenced function starts with: who asks, and the lease."""
         return [self.broker, self.settings.broker_ttl]
 
     def holder(self, session: str) -> str:
@@ -248,5 +257,6 @@ def text(value: object) -> str:
 
 
 def parse_member(nick_key: bytes, value: bytes) -> tuple[int, Member]:
+    """A members-hash entry (``order\\nbroker\\nsession\\nnick``) and its joining order."""
     order, broker, session, nick = value.decode().split("\n", 3)
     return int(order), Member(nick_key.decode(), nick, broker, session)
