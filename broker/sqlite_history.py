@@ -301,8 +301,10 @@ class SqliteHistory:
             if db.in_transaction:
                 db.execute("ROLLBACK")
                 return True
+            # Our own row, lines and all: not another's that collided with it.
             found = db.execute(
-                "SELECT 1 FROM batches WHERE room = ? AND last = ?", (first_row[0], first_row[2])
+                "SELECT 1 FROM batches WHERE room = ? AND last = ? AND lines = ?",
+                (first_row[0], first_row[2], first_row[4]),
             ).fetchone()
         except sqlite3.Error:
             return True  # cannot tell: refuse, so the client resends by key
