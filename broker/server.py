@@ -3,7 +3,9 @@
 The loop only moves bytes: it drains each socket until it would block, hands
 what it read to :class:`~broker.core.BrokerCore`, makes the history durable
 (one flush per batch) and only then sends what the core decided, so nothing is
-published or acknowledged before it is stored.
+published or acknowledged before it is stored. Lines the store could not keep
+(disk full, an I/O error) are taken back and refused instead
+(:meth:`~broker.core.BrokerCore.unstored`, broker/storage.py).
 """
 
 from __future__ import annotations
