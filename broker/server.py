@@ -87,8 +87,11 @@ class BrokerServer:
         # Every subscription, even a repeated one, so sync topics are never missed.
         self._xpub.setsockopt(zmq.XPUB_VERBOSE, 1)
         try:
-            self._router.bind(router_endpoint)
-            self._xpub.bind(pub_endpoint)
+            for sock, endpoint in ((self._router, router_endpoint), (self._xpub, pub_endpoint)):
+                # An IPv6 literal ("tcp://[::1]:5556", docs/PROTOCOL.md §1) needs
+                # ZMQ_IPV6; other endpoints keep libzmq's IPv4 default.
+                sock.ipv6 = "://[" in endpoint
+                sock.bind(endpoint)
         except zmq.ZMQError:
             self._close_sockets()
             raise

@@ -6,6 +6,7 @@ is not JSON."""
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -129,3 +130,32 @@ def test_the_broker_answers_after_all_of_it(raw: RawClient) -> None:
     raw.join(unique_nick("bob"))
     raw.send({"type": "ping"})
     assert raw.reply_of("pong")["type"] == "pong"
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
+def test_an_ipv6_broker_advertises_its_pub_in_brackets_and_works() -> None:
+    # PROTOCOL.md §1: an IPv6 pub is written tcp://[addr]:port; a client sets
+    # ZMQ_IPV6 on its sockets to reach it.
+    running = spawn_broker(router="tcp://[::1]:*", pub="tcp://[::1]:*")
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ctx.setsockopt(zmq.IPV6, 1)
+    client = RawClient(ctx, running.router, None)
+    try:
+        welcome = client.join(unique_nick("six"))
+        assert str(welcome["pub"]).startswith("tcp://[::1]:")
+        client.send({"type": "say", "room": "lobby", "text": "over six", "key": "k-six"})
+        assert client.reply_of("ack")["key"] == "k-six"
+        assert client.broadcast(lambda m: m.get("type") == "message")[1]["text"] == "over six"
+    finally:
+        client.close()
+        ctx.term()
+        running.stop()
