@@ -16,6 +16,7 @@ from broker.core import MAX_FRAME_BYTES, BrokerConfig
 from broker.history import StorageError
 from broker.server import BrokerServer
 from broker.sqlite_history import SqliteHistory, default_history_path
+from broker.topics import SqliteTopics
 from protocol import ProtocolError, check_endpoint
 
 __all__ = ["main"]
@@ -322,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             max_age=args.history_days * 86400,
             create_dir=args.history is None,
         )
+        # Topics live in the same file, so they survive a restart with the lines.
+        topics = SqliteTopics(history_path)
     except (OSError, StorageError) as exc:
         print(f"chat-broker: cannot open history {history_path}: {exc}", file=sys.stderr)
         return 1
@@ -335,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
             pub_hwm=args.pub_hwm,
             curve_keys=curve_keys,
             allowed_keys=allowed,
+            topics=topics,
         )
     except zmq.ZMQError as exc:
         history.close()
+        topics.close()
         print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
         return 1
     except StorageError as exc:  # reading the stored keys found a damaged page

@@ -28,11 +28,14 @@ from typing import Final
 
 from broker import storage
 from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
+from broker.presence import away_notices, away_reply_once, joined_reply, topic_request
 from broker.ratelimit import TokenBucket
+from broker.topics import MemoryTopics, TopicStore
 from protocol import (
     PROTOCOL_VERSION,
     SYNC_PREFIX,
     Ack,
+    Away,
     Broadcast,
     Bye,
     ChatMessage,
@@ -64,6 +67,7 @@ from protocol import (
     Say,
     SendPrivate,
     Shutdown,
+    Topic,
     Welcome,
     Who,
     WhoReply,
@@ -156,6 +160,10 @@ class _Session:
     flood: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     #: Flood control of history, who and room-list requests.
     queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    #: The away message ("" : here), and the tokens of those already told it
+    #: after a private line (docs/PROTOCOL.md §12: once per away).
+    away: str = ""
+    away_told: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True, eq=False)
@@ -174,8 +182,10 @@ class BrokerCore:
         config: BrokerConfig | None = None,
         history: HistoryStore | None = None,
         broker_id: str | None = None,
+        topics: TopicStore | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
+        self.topics: TopicStore = topics if topics is not None else MemoryTopics()
         self.history: HistoryStore = history if history is not None else MemoryHistory()
         self.broker_id = broker_id or secrets.token_hex(8)
         self._sessions: dict[bytes, _Session] = {}
@@ -206,6 +216,8 @@ class BrokerCore:
             ListRooms: self._list_rooms,
             History: self._history,
             Bye: self._bye,
+            Topic: lambda session, request, now: topic_request(self, session, request, now),
+            Away: lambda session, request, now: away_notices(session, request, now),
         }
 
     # --- what the loop calls ---------------------------------------------
@@ -604,6 +616,7 @@ class BrokerCore:
         actions: list[Action] = [Send(target.identity, line)]
         if target is not session:
             actions.append(Send(session.identity, line))  # the sender's copy
+            actions += away_reply_once(session, target)
         if key is not None:
             actions.append(Send(session.identity, self._remember(Ack(key=key, id=line.id))))
         return actions
@@ -632,8 +645,10 @@ class BrokerCore:
     def _who(self, session: _Session, request: Who, now: float) -> list[Action]:
         name = validate_room(request.room)
         room = self._rooms.get(name)
-        members = _nicks(room) if room is not None else []
-        return [Send(session.identity, WhoReply(room=name, members=members))]
+        if room is None:
+            return [Send(session.identity, WhoReply(room=name, members=[]))]
+        away = {s.nick: s.away for s in room.members.values() if s.away}
+        return [Send(session.identity, WhoReply(room=name, members=_nicks(room), away=away))]
 
     def _list_rooms(self, session: _Session, request: ListRooms, now: float) -> list[Action]:
         rooms = [
@@ -665,12 +680,7 @@ class BrokerCore:
     # --- helpers ---------------------------------------------------------
 
     def _joined(self, room: _Room) -> Joined:
-        return Joined(
-            room=room.name,
-            seq=room.seq,
-            members=_nicks(room),
-            epoch=self.history.room_epoch(room.name),
-        )
+        return joined_reply(self, room, self.history.room_epoch(room.name))
 
     def _check_registered(self, nick: str, peer: str | None) -> None:
         owner = self.config.nick_keys.get(nick_key(nick))
@@ -691,9 +701,9 @@ class BrokerCore:
 
 
 #: Requests that publish to a room (or reach another client): the flood bucket.
-_FLOODING: Final = frozenset({Say, SendPrivate, Join, Part, Rename})
+_FLOODING: Final = frozenset({Say, SendPrivate, Join, Part, Rename, Away})
 #: Requests that only cost the broker work: the query bucket.
-_QUERIES: Final = frozenset({History, Who, ListRooms})
+_QUERIES: Final = frozenset({History, Who, ListRooms, Topic})
 
 
 def _throttled(bucket: TokenBucket, what: str) -> ProtocolError:

@@ -21,6 +21,7 @@ import zmq
 from broker import auth
 from broker.core import Action, BrokerConfig, BrokerCore, Publish
 from broker.history import HistoryStore, StorageError
+from broker.topics import TopicStore
 from protocol import pack, room_topic
 from protocol.codec import encode_body as _encode
 
@@ -53,6 +54,7 @@ class BrokerServer:
         pub_hwm: int = 10_000,
         curve_keys: tuple[bytes, bytes] | None = None,
         allowed_keys: frozenset[str] | None = None,
+        topics: TopicStore | None = None,
     ) -> None:
         """``curve_keys`` (public, secret; Z85) make both sockets CURVE servers;
         ``allowed_keys`` (Z85 public keys) then limits who may connect
@@ -99,7 +101,7 @@ class BrokerServer:
         self.pub_endpoint = _endpoint(self._xpub)
         config.pub_endpoint = advertised_pub or self.pub_endpoint
         try:
-            self.core = BrokerCore(config, history)
+            self.core = BrokerCore(config, history, topics=topics)
         except StorageError:  # the stored keys could not be read: a damaged file
             self._close_sockets()
             raise
@@ -275,6 +277,7 @@ class BrokerServer:
                 self._execute(actions)
         finally:
             self.core.history.close()
+            self.core.topics.close()
             self._router.close(linger=SHUTDOWN_LINGER_MS)
             self._xpub.close(linger=0)
             if self._zap is not None:

@@ -49,7 +49,21 @@ _broadcast_decoder = msgspec.json.Decoder(Broadcast)
 _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw])
 
 _REQUEST_TYPES = frozenset(
-    {"hello", "say", "msg", "join", "part", "nick", "who", "rooms", "history", "ping", "bye"}
+    {
+        "hello",
+        "say",
+        "msg",
+        "join",
+        "part",
+        "nick",
+        "who",
+        "rooms",
+        "history",
+        "ping",
+        "bye",
+        "topic",
+        "away",
+    }
 )
 _REPLY_TYPES = frozenset(
     {
@@ -66,9 +80,11 @@ _REPLY_TYPES = frozenset(
         "history",
         "shutdown",
         "goodbye",
+        "topic",
+        "away",
     }
 )
-_BROADCAST_TYPES = frozenset({"message", "join", "joins", "leave", "nick"})
+_BROADCAST_TYPES = frozenset({"message", "join", "joins", "leave", "nick", "topic", "away"})
 #: What a decoder may raise on bad input; anything else is a bug of ours.
 _DECODE_ERRORS = (
     msgspec.DecodeError,

@@ -17,6 +17,9 @@ import msgspec
 __all__ = [
     "PROTOCOL_VERSION",
     "Ack",
+    "Away",
+    "AwayNotice",
+    "AwayReply",
     "Broadcast",
     "Bye",
     "ChatMessage",
@@ -47,6 +50,9 @@ __all__ = [
     "Say",
     "SendPrivate",
     "Shutdown",
+    "Topic",
+    "TopicNotice",
+    "TopicReply",
     "Welcome",
     "Who",
     "WhoReply",
@@ -138,7 +144,36 @@ class Bye(_Message, tag="bye", frozen=True):
     """Leave the chat: the broker answers ``goodbye`` and tells your rooms."""
 
 
-Request = Hello | Say | SendPrivate | Join | Part | Rename | Who | ListRooms | History | Ping | Bye
+class Topic(_Message, tag="topic", frozen=True):
+    """Ask for a room's topic (``text`` absent) or set it (``""`` clears it);
+    docs/PROTOCOL.md §11."""
+
+    room: str
+    text: str | None = None
+
+
+class Away(_Message, tag="away", frozen=True):
+    """Mark yourself away with ``text`` as the reason, or back with ``""``
+    (docs/PROTOCOL.md §12)."""
+
+    text: str = ""
+
+
+Request = (
+    Hello
+    | Say
+    | SendPrivate
+    | Join
+    | Part
+    | Rename
+    | Who
+    | ListRooms
+    | History
+    | Ping
+    | Bye
+    | Topic
+    | Away
+)
 
 # --- replies: broker -> one client -------------------------------------------
 
@@ -181,6 +216,10 @@ class Joined(_Message, tag="joined", frozen=True):
     #: The numbering ``seq`` belongs to: when it differs from the one a client
     #: holds for the room, the room's numbering restarted (§5.4).
     epoch: str = ""
+    #: The room's topic ("" when none; docs/PROTOCOL.md §11).
+    topic: str = ""
+    #: Members who are away: nickname -> their away message (§12).
+    away: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class Parted(_Message, tag="parted", frozen=True):
@@ -201,6 +240,8 @@ class WhoReply(_Message, tag="who", frozen=True):
 
     room: str
     members: list[str]
+    #: Members who are away: nickname -> their away message (§12).
+    away: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RoomInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -288,6 +329,23 @@ class Goodbye(_Message, tag="goodbye", frozen=True):
     """Answer to ``bye``: the session is over and the nickname free."""
 
 
+class TopicReply(_Message, tag="topic", frozen=True):
+    """A room's topic, who set it and when (``""``, ``""`` and 0 when it has none)."""
+
+    room: str
+    text: str
+    nick: str = ""
+    ts: float = 0.0
+
+
+class AwayReply(_Message, tag="away", frozen=True):
+    """``nick`` is away with ``text`` ("" : back). Answers your own ``away``
+    request, and comes once after a private line to someone who is away."""
+
+    nick: str
+    text: str
+
+
 Reply = (
     Welcome
     | Joined
@@ -302,6 +360,8 @@ Reply = (
     | HistoryReply
     | Shutdown
     | Goodbye
+    | TopicReply
+    | AwayReply
 )
 
 # --- broadcasts: broker PUB -> room subscribers ------------------------------
@@ -344,4 +404,24 @@ class NickNotice(_Message, tag="nick", frozen=True):
     id: str
 
 
-Broadcast = ChatMessage | JoinNotice | JoinsNotice | LeaveNotice | NickNotice
+class TopicNotice(_Message, tag="topic", frozen=True):
+    """``nick`` set the topic of ``room`` to ``text`` ("" : cleared)."""
+
+    room: str
+    text: str
+    nick: str
+    ts: float
+
+
+class AwayNotice(_Message, tag="away", frozen=True):
+    """``nick``, a member of ``room``, is away with ``text`` ("" : back)."""
+
+    room: str
+    nick: str
+    text: str
+    ts: float
+
+
+Broadcast = (
+    ChatMessage | JoinNotice | JoinsNotice | LeaveNotice | NickNotice | TopicNotice | AwayNotice
+)

@@ -11,23 +11,30 @@ import re
 from protocol.errors import ErrorCode, ProtocolError
 
 __all__ = [
+    "MAX_AWAY_BYTES",
     "MAX_KEY_LENGTH",
     "MAX_NICK_LENGTH",
     "MAX_ROOM_LENGTH",
     "MAX_TEXT_BYTES",
+    "MAX_TOPIC_BYTES",
     "NICK_PUNCTUATION",
     "RESERVED_NICKS",
     "nick_key",
+    "validate_away",
     "validate_key",
     "validate_nick",
     "validate_room",
     "validate_text",
+    "validate_topic",
 ]
 
 MAX_NICK_LENGTH = 32
 MAX_ROOM_LENGTH = 32
 MAX_TEXT_BYTES = 4096
 MAX_KEY_LENGTH = 64
+#: Longest room topic and away message, in bytes of UTF-8 (§11, §12).
+MAX_TOPIC_BYTES = 512
+MAX_AWAY_BYTES = 256
 
 #: Punctuation allowed in nicknames besides ASCII letters and digits.
 NICK_PUNCTUATION = "_-.[]{}^|"
@@ -126,3 +133,27 @@ def validate_key(key: str) -> str:
             f"a key is 1 to {MAX_KEY_LENGTH} of the characters A-Z a-z 0-9 _ - . :",
         )
     return key
+
+
+def _validate_short(text: str, limit: int, what: str) -> str:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ProtocolError(ErrorCode.BAD_ENCODING, f"{what} is not valid Unicode") from None
+    if size > limit:
+        raise ProtocolError(
+            ErrorCode.TEXT_TOO_LONG, f"{what} is at most {limit} bytes of UTF-8 (got {size})"
+        )
+    return text
+
+
+def validate_topic(text: str) -> str:
+    """Check a room topic and return it with surrounding white space removed
+    ("" clears the topic). Raises ProtocolError(text_too_long, bad_encoding)."""
+    return _validate_short(text, MAX_TOPIC_BYTES, "a topic").strip()
+
+
+def validate_away(text: str) -> str:
+    """Check an away message and return it with surrounding white space
+    removed ("" means back). Raises ProtocolError(text_too_long, bad_encoding)."""
+    return _validate_short(text, MAX_AWAY_BYTES, "an away message").strip()
