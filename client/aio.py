@@ -327,6 +327,14 @@ class AsyncClient:
         self._do(self.session.list_rooms)
         await self._answer(wait)
 
+    async def topic(self, text: str | None = None, room: str | None = None) -> None:
+        """Ask for a room's topic, or set it (``""`` clears); a ``topic`` event follows."""
+        self._do(self.session.topic, text, room)
+
+    async def away(self, text: str = "") -> None:
+        """Mark yourself away with ``text``, or back with ""; an ``away`` event follows."""
+        self._do(self.session.away, text)
+
     async def history(
         self, count: int = 50, room: str | None = None, *, wait: bool = False
     ) -> None:

@@ -34,6 +34,9 @@ COMMANDS: dict[str, _Spec] = {
     "me": _Spec("/me ACTION", "say what you are doing (* nick waves)"),
     "nick": _Spec("/nick NEW", "change your nickname"),
     "history": _Spec("/history [N]", "show N older lines of the current room (default 50)"),
+    "topic": _Spec("/topic [TEXT]", "show the room's topic, or set it (/topic - clears it)"),
+    "away": _Spec("/away [MESSAGE]", "mark yourself away (private lines get MESSAGE back)"),
+    "back": _Spec("/back", "you are back (no longer away)"),
     "help": _Spec("/help", "list the commands"),
     "exit": _Spec("/exit", "leave the chat (also /quit, Ctrl-D)"),
     "quit": _Spec("/quit", "leave the chat"),
@@ -102,6 +105,14 @@ async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
             if rest and " " not in rest
             else [_usage(name)]
         )
+    if name == "topic":
+        if not rest:
+            return await _guard(client.topic(), name, line)
+        return await _guard(client.topic("" if rest == "-" else rest), name, line)
+    if name == "away":
+        return await _guard(client.away(rest or "away"), name, line)
+    if name == "back":
+        return await _guard(client.away(""), name, line)
     if name == "msg":
         nick, _, text = rest.partition(" ")
         if not nick or not text.strip():

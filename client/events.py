@@ -11,6 +11,7 @@ import re
 import msgspec
 
 __all__ = [
+    "Away",
     "CommandHelp",
     "Connection",
     "Error",
@@ -28,6 +29,7 @@ __all__ = [
     "RoomCount",
     "Rooms",
     "Shutdown",
+    "Topic",
     "Welcome",
     "Who",
     "encode_event",
@@ -45,6 +47,8 @@ class Welcome(_Event, tag="welcome", frozen=True):
     room: str
     rooms: list[str]
     members: list[str]
+    #: The room's topic ("" when none).
+    topic: str = ""
 
 
 class Message(_Event, tag="message", frozen=True):
@@ -100,6 +104,8 @@ class Joined(_Event, tag="joined", frozen=True):
 
     room: str
     members: list[str]
+    #: The room's topic ("" when none).
+    topic: str = ""
 
 
 class Parted(_Event, tag="parted", frozen=True):
@@ -109,10 +115,11 @@ class Parted(_Event, tag="parted", frozen=True):
 
 
 class Who(_Event, tag="who", frozen=True):
-    """Members of a room."""
+    """Members of a room; ``away`` maps those who are away to their message."""
 
     room: str
     members: list[str]
+    away: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class RoomCount(msgspec.Struct, frozen=True, kw_only=True):
@@ -190,6 +197,26 @@ class Shutdown(_Event, tag="shutdown", frozen=True):
     reason: str
 
 
+class Topic(_Event, tag="topic", frozen=True):
+    """A room's topic: set by ``nick`` at ``ts`` ("" : none). ``changed`` is
+    true when someone just set it, false when it is an answer to ``/topic``."""
+
+    room: str
+    text: str
+    nick: str = ""
+    ts: float = 0.0
+    changed: bool = False
+
+
+class Away(_Event, tag="away", frozen=True):
+    """``nick`` is away with ``text`` ("" : back). ``auto`` marks the answer
+    to a private line we sent to someone away (once per away)."""
+
+    nick: str
+    text: str
+    auto: bool = False
+
+
 Event = (
     Welcome
     | Message
@@ -207,6 +234,8 @@ Event = (
     | Connection
     | Help
     | Shutdown
+    | Topic
+    | Away
 )
 
 _encoder = msgspec.json.Encoder()

@@ -293,11 +293,48 @@ class Renderer:
         return self.notice(f"you left #{escape_terminal(event.room)}", _DIM)
 
     def _on_who(self, event: ev.Who) -> Rendered:
-        names = ", ".join(escape_terminal(m) for m in sorted(event.members, key=str.casefold))
+        names = ", ".join(
+            escape_terminal(m)
+            + (f" (away: {escape_terminal(event.away[m])})" if m in event.away else "")
+            for m in sorted(event.members, key=str.casefold)
+        )
         count = len(event.members)
         if not count:
             return self.notice(f"nobody is in #{escape_terminal(event.room)}", "")
         return self.notice(f"#{escape_terminal(event.room)} ({count}): {names}", "")
+
+    def _on_topic(self, event: ev.Topic) -> Rendered:
+        room = escape_terminal(event.room)
+        text = escape_terminal(event.text)
+        who = escape_terminal(event.nick)
+        if event.changed:
+            said = (
+                f"{who} set the topic of #{room}: {text}"
+                if text
+                else f"{who} cleared the topic of #{room}"
+            )
+            return self._line_note(event.room, event.ts, said)
+        if not text:
+            return self.notice(f"#{room} has no topic", "")
+        by = f" (set by {who} {self._when(event.ts)})" if who else ""
+        return self.notice(f"topic of #{room}: {text}{by}", "")
+
+    def _on_away(self, event: ev.Away) -> Rendered:
+        nick, text = escape_terminal(event.nick), escape_terminal(event.text)
+        if self._own(event.nick):
+            if text:
+                return self.notice(f"you are away: {text} (/back when you are back)", _DIM)
+            return self.notice("you are back", _DIM)
+        if event.auto:
+            return self.notice(f"{nick} is away: {text}", _NOTICE)
+        return self.notice(f"{nick} is away: {text}" if text else f"{nick} is back", _DIM)
+
+    def _when(self, ts: float) -> str:
+        """``HH:MM`` today, ``YYYY-MM-DD HH:MM`` on any other day."""
+        local, today = time.localtime(ts), time.localtime(self.clock())
+        if local[:3] == today[:3]:
+            return time.strftime("%H:%M", local)
+        return time.strftime("%Y-%m-%d %H:%M", local)
 
     def _on_rooms(self, event: ev.Rooms) -> Rendered:
         if not event.rooms:

@@ -42,11 +42,15 @@ from urllib.parse import urlsplit
 from client import events as ev
 from client.membership import Membership
 from client.outbox import NOT_SENT_RETRY, LineState, Outbox
+from client.presence import Presence
 from client.requests import Purpose, RequestTracker, Tracked
 from client.sequencer import RoomTrack, as_event
 from protocol import (
     PROTOCOL_VERSION,
     Ack,
+    Away,
+    AwayNotice,
+    AwayReply,
     Broadcast,
     Bye,
     ChatMessage,
@@ -60,6 +64,7 @@ from protocol import (
     Joined,
     Limits,
     ListRooms,
+    NickNotice,
     Part,
     Parted,
     Ping,
@@ -74,14 +79,19 @@ from protocol import (
     Say,
     SendPrivate,
     Shutdown,
+    Topic,
+    TopicNotice,
+    TopicReply,
     Welcome,
     Who,
     WhoReply,
     room_topic,
     sync_topic,
+    validate_away,
     validate_nick,
     validate_room,
     validate_text,
+    validate_topic,
 )
 
 __all__ = ["BACKOFF", "ClientSession", "Output", "State"]
@@ -171,6 +181,8 @@ class ClientSession:
         self.outbox = Outbox()
         self.requests = RequestTracker()
         self.membership = Membership()
+        #: Topics of our rooms and who is away (docs/PROTOCOL.md "Room topics", "Away").
+        self.presence = Presence()
         #: Id of the request the latest operation made (see :meth:`take_completions`).
         self.last_request: int | None = None
         self._jitter = jitter
@@ -323,6 +335,10 @@ class ClientSession:
         if type(message) is ChatMessage:
             out = track.line(message)
             return out + self._poll_repair(room, now)
+        if isinstance(message, TopicNotice | AwayNotice):
+            return self.presence.on_notice(message, self.nick)
+        if isinstance(message, NickNotice):
+            self.presence.renamed(message.old, message.new)
         return self.membership.notice(message, self.nick)
 
     # --- user operations -------------------------------------------------
@@ -419,6 +435,25 @@ class ClientSession:
         track = self._tracks[name]
         self._tracked(History(room=name, before=track.oldest, limit=count))
 
+    def topic(self, text: str | None = None, room: str | None = None) -> None:
+        """Ask for the topic of ``room`` (default: the current one), or set
+        it to ``text`` ("" clears it); a ``topic`` event follows."""
+        name = validate_room(room) if room is not None else self.current
+        if name is None:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: name one")
+        if text is not None:
+            text = validate_topic(text)
+            if name not in self._tracks:
+                raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
+        self._require_joined()
+        self._send(Topic(room=name, text=text))
+
+    def away(self, text: str = "") -> None:
+        """Mark us away with ``text`` as the reason, or back with ""."""
+        text = validate_away(text)
+        self._require_joined()
+        self._send(Away(text=text))
+
     def leave(self) -> None:
         """Say goodbye; the session closes when the broker answers."""
         if self.state in (State.JOINED, State.RECONNECTING, State.JOINING):
@@ -469,6 +504,7 @@ class ClientSession:
         name = reply.room
         again = name in self._rejoining
         self.membership.joined(name, list(reply.members), again=again)
+        self.presence.joined(reply)
         waiting = self._joining.pop(name, [])
         out: list[ev.Event] = []
         track = self._tracks.get(name)
@@ -496,16 +532,22 @@ class ClientSession:
             self._welcomed = True
             self._move(State.JOINED)
             out.append(
-                ev.Welcome(nick=self.nick, room=name, rooms=self.rooms, members=reply.members)
+                ev.Welcome(
+                    nick=self.nick,
+                    room=name,
+                    rooms=self.rooms,
+                    members=reply.members,
+                    topic=reply.topic,
+                )
             )
         elif self.state is State.RECONNECTING:
             self._rejoining.discard(name)
             if not again:
-                joined = ev.Joined(room=name, members=list(reply.members))
+                joined = ev.Joined(room=name, members=list(reply.members), topic=reply.topic)
                 self.requests.complete(pending, joined)
                 out.append(joined)
         elif self.state is State.JOINED:
-            joined = ev.Joined(room=name, members=list(reply.members))
+            joined = ev.Joined(room=name, members=list(reply.members), topic=reply.topic)
             self.requests.complete(pending, joined)
             out.append(joined)
         for message in waiting:
@@ -533,6 +575,7 @@ class ClientSession:
     def _on_parted(self, reply: Parted, now: float) -> list[ev.Event]:
         self._tracks.pop(reply.room, None)
         self.membership.left(reply.room)
+        self.presence.parted(reply.room)
         self._out.subscribe.append((False, room_topic(reply.room)))
         if self.current == reply.room:
             self.current = self.rooms[-1] if self._tracks else None
@@ -549,7 +592,8 @@ class ClientSession:
     def _on_who(self, reply: WhoReply, now: float) -> list[ev.Event]:
         if reply.room in self._tracks:
             self.membership.who(reply.room, list(reply.members))
-        event = ev.Who(room=reply.room, members=list(reply.members))
+        self.presence.who(reply.members, reply.away)
+        event = ev.Who(room=reply.room, members=list(reply.members), away=dict(reply.away))
         self.requests.complete(self.requests.answered("who", reply.room), event)
         return [event]
 
@@ -862,4 +906,6 @@ _REPLY_HANDLERS = {
     Error: ClientSession._on_error,
     Shutdown: ClientSession._on_shutdown,
     Goodbye: ClientSession._on_goodbye,
+    TopicReply: lambda session, reply, now: session.presence.on_topic_reply(reply),
+    AwayReply: lambda session, reply, now: session.presence.on_away_reply(reply, session.nick),
 }

@@ -151,6 +151,14 @@ class Client:
         """Ask for the room list (with ``wait``: returns once it came)."""
         self._call(self._async.list_rooms(wait=wait))
 
+    def topic(self, text: str | None = None, room: str | None = None) -> None:
+        """Ask for a room's topic, or set it ("" clears it)."""
+        self._call(self._async.topic(text, room))
+
+    def away(self, text: str = "") -> None:
+        """Mark yourself away with ``text``, or back with ""."""
+        self._call(self._async.away(text))
+
     def history(self, count: int = 50, room: str | None = None, *, wait: bool = False) -> None:
         """Fetch older lines of a room (with ``wait``: returns once they came)."""
         self._call(self._async.history(count, room, wait=wait))
