@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="scripting mode: commands on stdin, JSON events on stdout",
     )
     parser.add_argument(
+        "--plain",
+        action="store_true",
+        help="line mode: one scrolling stream and a prompt, no full screen "
+        "(also with TERM=dumb or when output is not a terminal; for screen readers)",
+    )
+    parser.add_argument(
         "--no-bell", action="store_true", help="do not ring the bell when you are mentioned"
     )
     parser.add_argument(

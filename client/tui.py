@@ -127,6 +127,8 @@ class ChatCompleter(Completer):
 class _Screen(Protocol):
     """Where lines go and where typed lines come from."""
 
+    colour: bool
+
     def show(self, rendered: Rendered) -> None: ...
     def bell(self) -> None: ...
     def refresh(self) -> None: ...
@@ -286,6 +288,7 @@ class _Chat:
         else:
             self.screen = _PlainScreen(colour)
         self._stop = asyncio.Event()
+        self.welcome: ev.Welcome | None = None
 
     def _new_client(self) -> AsyncClient:
         args = self.args
@@ -374,6 +377,7 @@ class _Chat:
             except BrokerUnreachable as exc:
                 self.show_event(ev.Error(code="unreachable", message=str(exc), req="hello"))
                 return _EXIT_UNREACHABLE
+            self.welcome = welcome
             self.show_event(welcome)
             return None
 
@@ -442,6 +446,40 @@ class _Chat:
         self.notice("you left the chat; bye")
         return _EXIT_OK
 
+    async def run_fullscreen(self) -> int:
+        """Join as in line mode, then the full-screen client; the exit status."""
+        from client.fullscreen import FullScreen
+
+        loop = asyncio.get_running_loop()
+        for signum in _LEAVE_SIGNALS:
+            loop.add_signal_handler(signum, self._stop.set)
+        try:
+            joining = asyncio.create_task(self.join())
+            stopper = asyncio.create_task(self._stop.wait())
+            await asyncio.wait({joining, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not joining.done():
+                self.screen.interrupt()
+            status = await joining
+            stopper.cancel()
+            if status is not None or self._stop.is_set():
+                return status or _EXIT_OK
+        finally:
+            for signum in _LEAVE_SIGNALS:
+                loop.remove_signal_handler(signum)
+        try:
+            screen = FullScreen(self.client, colour=self.screen.colour, bell=self.bell)
+            if self.welcome is not None:
+                screen.show(self.welcome)
+            status = await screen.run()
+        finally:
+            await self._close_client()
+        reason = self.client.session.close_reason or "exit"
+        if status != _EXIT_OK and reason != "exit":
+            self.notice(f"disconnected ({reason})")
+            return _EXIT_UNREACHABLE
+        self.notice("you left the chat; bye")
+        return _EXIT_OK
+
     @contextlib.contextmanager
     def _stdout_patched(self) -> Iterator[None]:
         if isinstance(self.screen, _TerminalScreen):
@@ -463,4 +501,6 @@ async def run_interactive(args: argparse.Namespace) -> int:
     """
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     chat = _Chat(args, terminal=terminal, colour=colour_wanted())
+    if terminal and not getattr(args, "plain", False) and os.environ.get("TERM") != "dumb":
+        return await chat.run_fullscreen()
     return await chat.run()

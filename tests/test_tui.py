@@ -56,7 +56,7 @@ def terminal_client(broker: BrokerProcess, *args: str, **env: str) -> Iterator[p
     """``chat-client`` in a 24x80 pseudo-terminal; killed at the end if still running."""
     child = pexpect.spawn(
         script("chat-client"),
-        ["--server", broker.router, *args],
+        ["--server", broker.router, "--plain", *args],
         env=_env(**env),
         dimensions=(24, 80),
         timeout=TIMEOUT,

@@ -1,0 +1,502 @@
+"""The full-screen ``chat-client``: windows, a nick list, a status bar, an input line.
+
+A prompt_toolkit full-screen ``Application`` draws the screen
+(:mod:`client.screen` decides what is on it) and reads keys in raw mode for
+as long as it runs. Nothing is printed in cooked mode while it runs, so no
+key is ever swallowed by a mode switch (docs/CLIENT.md, "Keys"):
+
+* Enter sends the line (to the room or person of the window on screen).
+* Ctrl-C clears a typed line; on an empty line it leaves. Ctrl-D on an
+  empty line leaves.
+* A bracketed paste of several lines sends each line as a line of its own,
+  paced by the client's flood control; above :data:`PASTE_ASK_LINES` lines
+  it asks first (y/n).
+* Alt-1…9 and Alt-0 (window 10), Alt-Left/Alt-Right and Ctrl-P/Ctrl-N
+  switch windows; PageUp/PageDown scroll; Up/Down walk the window's own
+  input history; Tab completes; F2 (or ``/names``) shows or hides the nick
+  list; Ctrl-L redraws.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+from prompt_toolkit.application import Application
+from prompt_toolkit.buffer import Buffer
+from prompt_toolkit.filters import Condition
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
+from prompt_toolkit.layout import (
+    ConditionalContainer,
+    Float,
+    FloatContainer,
+    HSplit,
+    Layout,
+    VSplit,
+    Window,
+)
+from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
+from prompt_toolkit.layout.menus import CompletionsMenu
+from prompt_toolkit.output import ColorDepth
+
+from client import events as ev
+from client.aio import AsyncClient
+from client.commands import EXIT, execute
+from client.render import escape_terminal, is_mention
+from client.screen import NICKLIST_MIN_COLUMNS, NICKLIST_WIDTH, Screen
+from client.session import State
+from client.tui import ChatCompleter
+from protocol import ChatError, ProtocolError
+
+__all__ = ["PASTE_ASK_LINES", "TUI_COMMANDS", "FullScreen"]
+
+#: A paste of more lines than this asks before sending (a mistaken paste of a
+#: log file should not flood a room).
+PASTE_ASK_LINES = 20
+
+#: Commands of the full-screen client only (the others are client/commands.py's).
+TUI_COMMANDS = {
+    "window": "/window N: show window N (also Alt-1…9, Alt-Left/Right)",
+    "query": "/query NICK [TEXT]: open a private conversation window",
+    "close": "/close: close a private conversation window (/part leaves a room)",
+    "ignore": "/ignore NICK: hide NICK's lines for this session (/ignore alone lists)",
+    "unignore": "/unignore NICK: show NICK's lines again",
+    "names": "/names: show or hide the nick list (also F2)",
+}
+
+
+class _Sink(io.TextIOBase):
+    """Stands in for stdout and stderr while the screen is up: a stray print
+    (a warning) becomes a notice instead of breaking the screen."""
+
+    def __init__(self, chat: FullScreen) -> None:
+        self._chat = chat
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            if line.strip():
+                self._chat.screen.notice(escape_terminal(line))
+                self._chat.redraw()
+        return len(text)
+
+
+class FullScreen:
+    """One full-screen session over a connected :class:`AsyncClient`."""
+
+    def __init__(self, client: AsyncClient, colour: bool = True, bell: bool = True) -> None:
+        self.client = client
+        self.bell = bell
+        self.screen = Screen(me=client.nick)
+        self.screen.open(client.room or "lobby", focus=True)
+        self._paste: list[str] = []
+        self._status = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.buffer = Buffer(
+            completer=ChatCompleter(self._members, self._everyone, lambda: self.client.nick),
+            complete_while_typing=False,
+            multiline=False,
+        )
+        self.app: Application[int] = Application(
+            layout=self._layout(),
+            key_bindings=self._keys(),
+            full_screen=True,
+            mouse_support=False,
+            color_depth=None if colour else ColorDepth.DEPTH_1_BIT,
+        )
+
+    # --- layout ----------------------------------------------------------------
+
+    def _size(self) -> tuple[int, int]:
+        size = self.app.output.get_size()
+        return size.columns, size.rows
+
+    def _nicklist_shown(self) -> bool:
+        columns, _ = self._size()
+        window = self.screen.window
+        return (
+            self.screen.nicklist
+            and not window.private
+            and columns >= NICKLIST_MIN_COLUMNS
+            and window.name in self.client.session.members
+        )
+
+    def _text(self) -> StyleAndTextTuples:
+        columns, rows = self._size()
+        width = columns - (NICKLIST_WIDTH + 1 if self._nicklist_shown() else 0)
+        lines = self.screen.rows(max(10, width), max(1, rows - 3))
+        return _join(lines)
+
+    def _nicks(self) -> StyleAndTextTuples:
+        _, rows = self._size()
+        name = self.screen.window.name
+        members = self.client.session.members.get(name, [])
+        return _join(
+            self.screen.nick_rows(members, self.client.session.presence.away, max(1, rows - 3))
+        )
+
+    def _title(self) -> StyleAndTextTuples:
+        columns, _ = self._size()
+        text = self.screen.title(self.client.session.presence.topics)
+        return [("", " " + text[: max(0, columns - 2)])]
+
+    def _status_bar(self) -> StyleAndTextTuples:
+        return list(self.screen.status(self._state()))
+
+    def _prompt(self) -> StyleAndTextTuples:
+        if self._paste:
+            return [("fg:ansiyellow bold", f"send {len(self._paste)} pasted lines? [y/n] ")]
+        return [("bold", f"[{self.screen.window.label}] ")]
+
+    def _layout(self) -> Layout:
+        body = VSplit(
+            [
+                Window(FormattedTextControl(self._text), wrap_lines=False),
+                ConditionalContainer(
+                    VSplit(
+                        [
+                            Window(width=1, char="│", style="fg:ansibrightblack"),
+                            Window(FormattedTextControl(self._nicks), width=NICKLIST_WIDTH),
+                        ]
+                    ),
+                    filter=Condition(self._nicklist_shown),
+                ),
+            ]
+        )
+        input_row = VSplit(
+            [
+                Window(FormattedTextControl(self._prompt), dont_extend_width=True),
+                Window(BufferControl(self.buffer)),
+            ],
+            height=1,
+        )
+        root = HSplit(
+            [
+                Window(FormattedTextControl(self._title), height=1, style="reverse"),
+                body,
+                Window(FormattedTextControl(self._status_bar), height=1, style="reverse"),
+                input_row,
+            ]
+        )
+        return Layout(
+            FloatContainer(
+                root,
+                floats=[Float(xcursor=True, ycursor=True, content=CompletionsMenu(max_height=6))],
+            ),
+            focused_element=self.buffer,
+        )
+
+    # --- keys --------------------------------------------------------------------
+
+    def _keys(self) -> KeyBindings:
+        kb = KeyBindings()
+        pasting = Condition(lambda: bool(self._paste))
+
+        @kb.add("enter", filter=~pasting)
+        def _enter(event: KeyPressEvent) -> None:
+            line = self.buffer.text
+            self.buffer.reset()
+            if line.strip():
+                self.screen.window.history.add(line)
+                self._spawn(self.handle_line(line))
+
+        @kb.add("c-c", filter=~pasting)
+        def _interrupt(event: KeyPressEvent) -> None:
+            if self.buffer.text:
+                self.buffer.reset()  # as in bash, irssi and WeeChat
+            else:
+                self.app.exit(result=0)
+
+        @kb.add("c-d", filter=~pasting)
+        def _eof(event: KeyPressEvent) -> None:
+            if self.buffer.text:
+                self.buffer.delete()
+            else:
+                self.app.exit(result=0)
+
+        @kb.add("c-l")
+        def _redraw(event: KeyPressEvent) -> None:
+            self.app.renderer.clear()
+            self.redraw()
+
+        @kb.add(Keys.BracketedPaste)
+        def _pasted(event: KeyPressEvent) -> None:
+            self.pasted(event.data)
+
+        @kb.add("y", filter=pasting)
+        def _paste_yes(event: KeyPressEvent) -> None:
+            lines, self._paste = self._paste, []
+            self._spawn(self.send_lines(lines))
+
+        @kb.add("<any>", filter=pasting)
+        def _paste_no(event: KeyPressEvent) -> None:
+            count, self._paste = len(self._paste), []
+            self.screen.notice(f"paste of {count} lines dropped")
+
+        @kb.add("pageup")
+        def _page_up(event: KeyPressEvent) -> None:
+            self.screen.page(self._size()[1] - 3, up=True)
+
+        @kb.add("pagedown")
+        def _page_down(event: KeyPressEvent) -> None:
+            self.screen.page(self._size()[1] - 3, up=False)
+
+        @kb.add("up", filter=~pasting)
+        def _older(event: KeyPressEvent) -> None:
+            line = self.screen.window.history.older(self.buffer.text)
+            if line is not None:
+                self.buffer.text = line
+                self.buffer.cursor_position = len(line)
+
+        @kb.add("down", filter=~pasting)
+        def _newer(event: KeyPressEvent) -> None:
+            line = self.screen.window.history.newer()
+            if line is not None:
+                self.buffer.text = line
+                self.buffer.cursor_position = len(line)
+
+        @kb.add("f2")
+        def _toggle_names(event: KeyPressEvent) -> None:
+            self.screen.nicklist = not self.screen.nicklist
+
+        for digit in "1234567890":
+
+            @kb.add("escape", digit)
+            def _window(event: KeyPressEvent, number: int = int(digit) or 10) -> None:
+                self.switch(number - 1)
+
+        @kb.add("escape", "left")
+        @kb.add("c-p")
+        def _previous(event: KeyPressEvent) -> None:
+            self.switch(self.screen.current - 1, wrap=True)
+
+        @kb.add("escape", "right")
+        @kb.add("c-n")
+        def _next(event: KeyPressEvent) -> None:
+            self.switch(self.screen.current + 1, wrap=True)
+
+        return kb
+
+    # --- actions ---------------------------------------------------------------
+
+    def switch(self, index: int, wrap: bool = False) -> bool:
+        """Show window ``index`` (from 0), keeping each window's half-typed line."""
+        if wrap and self.screen.windows:
+            index %= len(self.screen.windows)
+        old = self.screen.window
+        if not 0 <= index < len(self.screen.windows):
+            return False
+        old.draft = self.buffer.text
+        self.screen.switch(index)
+        window = self.screen.window
+        self.buffer.reset()
+        self.buffer.text, self.buffer.cursor_position = window.draft, len(window.draft)
+        window.draft = ""
+        if not window.private:
+            self.client.session.current = window.name
+        self.redraw()
+        return True
+
+    def pasted(self, data: str) -> None:
+        """A bracketed paste: one line goes into the input line, several are
+        sent as lines of their own (asking first above PASTE_ASK_LINES)."""
+        lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        if len(lines) == 1:
+            self.buffer.insert_text(lines[0])
+            return
+        if self.buffer.text:
+            lines[0] = self.buffer.text + lines[0]
+            self.buffer.reset()
+        lines = [line for line in lines if line.strip()]
+        if len(lines) > PASTE_ASK_LINES:
+            self._paste = lines
+            self.redraw()
+            return
+        self._spawn(self.send_lines(lines))
+
+    async def send_lines(self, lines: list[str]) -> None:
+        """Send pasted lines in order, each as text (a pasted ``/quit`` is a line)."""
+        for line in lines:
+            await self._send_text(line)
+
+    async def _send_text(self, text: str) -> None:
+        window = self.screen.window
+        try:
+            if window.private:
+                await self.client.private(window.name, text)
+            else:
+                await self.client.say(text, window.name)
+        except ProtocolError as exc:
+            self.screen.add_event(
+                ev.Error(code=exc.code, message=exc.message, text=text), self._rooms()
+            )
+        except ChatError as exc:
+            self.screen.notice(f"not sent: {escape_terminal(str(exc))}")
+        self.redraw()
+
+    async def handle_line(self, line: str) -> None:
+        """A line typed in the input line: a command or text for this window."""
+        if line.startswith("/") and not line.startswith("//"):
+            name, _, rest = line[1:].partition(" ")
+            if await self._tui_command(name.lower(), rest.strip()):
+                self.redraw()
+                return
+        elif self.screen.window.private:
+            await self._send_text(line[1:] if line.startswith("//") else line)
+            return
+        window = self.screen.window
+        if not window.private:
+            self.client.session.current = window.name
+        try:
+            result = await execute(self.client, line)
+        except ChatError as exc:
+            self.screen.notice(f"not sent: {escape_terminal(str(exc))}")
+            result = []
+        if isinstance(result, str):
+            assert result == EXIT
+            self.app.exit(result=0)
+            return
+        for event in result:
+            self.screen.add_event(event, self._rooms())
+        self.redraw()
+
+    async def _tui_command(self, name: str, rest: str) -> bool:
+        """Carry out a command of the full-screen client; False if it is not one."""
+        screen = self.screen
+        if name == "window":
+            if not rest.isdigit() or not self.switch(int(rest) - 1):
+                screen.notice(f"no window {escape_terminal(rest)}; there are {len(screen.windows)}")
+            return True
+        if name == "query":
+            nick, _, text = rest.partition(" ")
+            if not nick:
+                screen.notice("usage: /query NICK [TEXT]")
+                return True
+            window = screen.open(nick, private=True)
+            self.switch(screen.windows.index(window))
+            if text.strip():
+                await self._send_text(text)
+            return True
+        if name == "close":
+            window = screen.window
+            if window.private and len(screen.windows) > 1:
+                screen.close(window)
+            else:
+                screen.notice("only a private window closes; /part leaves a room")
+            return True
+        if name in ("ignore", "unignore"):
+            nick = rest.split(" ")[0] if rest else ""
+            if not nick:
+                listed = ", ".join(sorted(screen.ignored)) or "nobody"
+                screen.notice(f"ignoring: {escape_terminal(listed)}")
+            elif name == "ignore":
+                screen.ignored.add(nick.casefold())
+                screen.notice(f"ignoring {escape_terminal(nick)} (for this session)")
+            else:
+                screen.ignored.discard(nick.casefold())
+                screen.notice(f"no longer ignoring {escape_terminal(nick)}")
+            return True
+        if name == "names":
+            screen.nicklist = not screen.nicklist
+            return True
+        if name == "help":
+            for text in TUI_COMMANDS.values():
+                screen.notice(text)
+            return False  # and the common commands after them
+        return False
+
+    def _rooms(self) -> dict[str, list[str]]:
+        return self.client.session.members
+
+    def _members(self) -> list[str]:
+        return list(self.client.session.members.get(self.screen.window.name, []))
+
+    def _everyone(self) -> list[str]:
+        return [n for names in self.client.session.members.values() for n in names]
+
+    def _state(self) -> str:
+        state = self.client.session.state
+        return {
+            State.JOINED: "connected",
+            State.RECONNECTING: "reconnecting",
+            State.JOINING: "joining",
+        }.get(state, state.value)
+
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def redraw(self) -> None:
+        """Ask for the screen to be drawn again (cheap: coalesced by prompt_toolkit)."""
+        self.app.invalidate()
+
+    def show(self, event: ev.Event) -> None:
+        """Put an event on the screen, ringing the bell for a mention or private line."""
+        self.screen.me = self.client.nick or self.screen.me
+        self.screen.add_event(event, self._rooms())
+        if self.bell and _mentions(event, self.screen.me, self.screen.ignored):
+            self.app.output.bell()
+        self.redraw()
+
+    async def _pump(self) -> None:
+        async for event in self.client:
+            self.show(event)
+        reason = self.client.session.close_reason or "exit"
+        if reason != "exit":
+            self._status = 1
+            self.app.exit(result=1)
+
+    async def run(self) -> int:
+        """Run the screen until the user leaves or the broker drops us; the exit status."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, lambda: self.app.exit(result=0))
+        pump = asyncio.create_task(self._pump())
+        try:
+            with self._quiet():
+                status = await self.app.run_async()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ChatError):
+                await pump
+            for task in list(self._tasks):
+                task.cancel()
+        return status if status is not None else self._status
+
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        sink = _Sink(self)
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+
+
+def _mentions(event: ev.Event, me: str, ignored: set[str]) -> bool:
+    """Whether ``event`` is for us: a private line, or a live line naming us."""
+    if not isinstance(event, (ev.Private, ev.Message)):
+        return False
+    nick = event.nick.casefold()
+    if nick == me.casefold() or nick in ignored:
+        return False
+    if isinstance(event, ev.Private):
+        return True
+    return not event.history and is_mention(event.text, me)
+
+
+def _join(rows: list[list[tuple[str, str]]]) -> StyleAndTextTuples:
+    out: StyleAndTextTuples = []
+    for index, row in enumerate(rows):
+        if index:
+            out.append(("", "\n"))
+        out.extend(row)
+    return out
