@@ -156,16 +156,16 @@ def test_ctrl_d_and_typing_while_lines_arrive_are_never_swallowed(
             while not stop.is_set():
                 count += 1
                 bob.say(f"line {count}")
-                stop.wait(0.02)
+                stop.wait(0.2)  # the broker's flood limit: 5 lines a second
 
         sender = threading.Thread(target=flood, daemon=True)
         sender.start()
         try:
             term.wait("<bob> line 3")
             text = "abcdefghijklmnopqrst"
-            for char in text:
-                term.send(char)
-                term.wait(lambda r, t=text[: text.index(char) + 1]: r[23].endswith(t), why=char)
+            for typed in range(1, len(text) + 1):
+                term.send(text[typed - 1])
+                term.wait(lambda r, t=text[:typed]: r[23].endswith(t), why=text[:typed])
             term.send("\x01")  # Ctrl-A: to the start; each Ctrl-D now deletes one character
             for count in range(len(text), 0, -1):
                 term.send("\x04")
