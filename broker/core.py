@@ -161,7 +161,7 @@ class _Session:
     #: Flood control of history, who and room-list requests.
     queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     #: The away message ("" : here), and the tokens of those already told it
-    #: after a private line (docs/PROTOCOL.md §12: once per away).
+    #: after a private line (docs/PROTOCOL.md "Away": once per away).
     away: str = ""
     away_told: set[str] = field(default_factory=set)
 

@@ -1,4 +1,4 @@
-"""Topics and away state: the broker's decisions for docs/PROTOCOL.md §11-12.
+"""Topics and away state: the broker's decisions (docs/PROTOCOL.md "Room topics", "Away").
 
 Kept out of :mod:`broker.core` so the core's hot paths stay as they are;
 the core calls these with its own state. Like the core, nothing here does

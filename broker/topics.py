@@ -1,4 +1,4 @@
-"""Room topics: where they are kept (docs/PROTOCOL.md §11).
+"""Room topics: where they are kept (docs/PROTOCOL.md "Room topics").
 
 A topic belongs to the room, not to its members: it outlives everyone
 leaving, and with :class:`SqliteTopics` a broker restart. Topics change

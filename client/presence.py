@@ -1,4 +1,6 @@
-"""Room topics and who is away, as the client knows them (docs/PROTOCOL.md §11-12).
+"""Room topics and who is away, as the client knows them.
+
+See docs/PROTOCOL.md "Room topics" and "Away".
 
 Sans-I/O like the session that owns it: the session hands in the replies
 and broadcasts about topics and away state, and gets events back.

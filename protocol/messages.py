@@ -146,7 +146,7 @@ class Bye(_Message, tag="bye", frozen=True):
 
 class Topic(_Message, tag="topic", frozen=True):
     """Ask for a room's topic (``text`` absent) or set it (``""`` clears it);
-    docs/PROTOCOL.md §11."""
+    docs/PROTOCOL.md "Room topics"."""
 
     room: str
     text: str | None = None
@@ -154,7 +154,7 @@ class Topic(_Message, tag="topic", frozen=True):
 
 class Away(_Message, tag="away", frozen=True):
     """Mark yourself away with ``text`` as the reason, or back with ``""``
-    (docs/PROTOCOL.md §12)."""
+    (docs/PROTOCOL.md "Away")."""
 
     text: str = ""
 
@@ -216,9 +216,9 @@ class Joined(_Message, tag="joined", frozen=True):
     #: The numbering ``seq`` belongs to: when it differs from the one a client
     #: holds for the room, the room's numbering restarted (§5.4).
     epoch: str = ""
-    #: The room's topic ("" when none; docs/PROTOCOL.md §11).
+    #: The room's topic ("" when none; docs/PROTOCOL.md "Room topics").
     topic: str = ""
-    #: Members who are away: nickname -> their away message (§12).
+    #: Members who are away: nickname -> their away message (PROTOCOL.md "Away").
     away: dict[str, str] = msgspec.field(default_factory=dict)
 
 
@@ -240,7 +240,7 @@ class WhoReply(_Message, tag="who", frozen=True):
 
     room: str
     members: list[str]
-    #: Members who are away: nickname -> their away message (§12).
+    #: Members who are away: nickname -> their away message (PROTOCOL.md "Away").
     away: dict[str, str] = msgspec.field(default_factory=dict)
 
 

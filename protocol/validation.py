@@ -32,7 +32,8 @@ MAX_NICK_LENGTH = 32
 MAX_ROOM_LENGTH = 32
 MAX_TEXT_BYTES = 4096
 MAX_KEY_LENGTH = 64
-#: Longest room topic and away message, in bytes of UTF-8 (§11, §12).
+#: Longest room topic and away message, in bytes of UTF-8
+#: (docs/PROTOCOL.md "Room topics" and "Away").
 MAX_TOPIC_BYTES = 512
 MAX_AWAY_BYTES = 256
 

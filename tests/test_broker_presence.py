@@ -1,4 +1,4 @@
-"""Topics and away state in the broker core (docs/PROTOCOL.md §11-12), no sockets."""
+"""Topics and away state in the broker core, no sockets (PROTOCOL.md "Room topics", "Away")."""
 
 from __future__ import annotations
 
