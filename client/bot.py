@@ -147,7 +147,7 @@ class Context:
     """
 
     bot: Bot
-    event: ev.Message | ev.Private | ev.Join | ev.Leave
+    event: ev.Message | ev.Private | ev.Join | ev.Leave | ev.Topic
     nick: str
     room: str | None
     text: str = ""
@@ -193,6 +193,7 @@ class _Handlers:
     leave: list[Handler] = field(default_factory=list)
     private: list[Handler] = field(default_factory=list)
     mention: list[Handler] = field(default_factory=list)
+    topic: list[Handler] = field(default_factory=list)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -308,6 +309,27 @@ class Bot:
         """Decorator: call the function for room lines that name the bot."""
         self._handlers.mention.append(handler)
         return handler
+
+    def on_topic(self, handler: H) -> H:
+        """Decorator: call the function when someone changes the topic of one
+        of the rooms (``ctx.text`` is the new topic, "" when cleared)."""
+        self._handlers.topic.append(handler)
+        return handler
+
+    async def set_topic(self, text: str, room: str | None = None) -> None:
+        """Set the topic of ``room`` (default: the bot's first room); "" clears it."""
+        client = self._client
+        if client is None:
+            raise ConnectionClosed("the bot is not connected")
+        await client.topic(text, room or (self.rooms[0] if self.rooms else None))
+
+    async def set_away(self, text: str = "") -> None:
+        """Mark the bot away with ``text`` (people writing to it privately get
+        it back once), or back with ""."""
+        client = self._client
+        if client is None:
+            raise ConnectionClosed("the bot is not connected")
+        await client.away(text)
 
     def help_text(self) -> str:
         """One line listing the commands, e.g. for a ``help`` command."""
@@ -451,6 +473,9 @@ class Bot:
         elif isinstance(event, ev.Leave):
             ctx = Context(self, event, event.nick, event.room)
             await self._run_all(self._handlers.leave, ctx, "on_leave")
+        elif isinstance(event, ev.Topic) and event.changed:
+            ctx = Context(self, event, event.nick, event.room, event.text)
+            await self._run_all(self._handlers.topic, ctx, "on_topic")
         elif isinstance(event, ev.Connection):
             log.info("connection %s", event.state)
             # Hold the queue while reconnecting: a line's future then says when

@@ -11,7 +11,7 @@ import pytest
 
 from client import events as ev
 from client.aio import AsyncClient
-from client.bot import Bot, Context, RateLimiter, split_text
+from client.bot import Bot, Context, RateLimiter, Sent, split_text
 from client.testing import BotHarness, running_broker, serving
 from protocol import MAX_TEXT_BYTES, ProtocolError
 from tests.conftest import SCALE, spawn_broker
@@ -467,3 +467,47 @@ def test_bot_rejoins_a_restarted_broker_on_the_same_endpoints() -> None:
         first.stop()
         if second is not None:
             second.stop()
+
+
+def test_on_topic_runs_for_changes_only() -> None:
+    bot = Bot(nick="topicbot", rooms=["lobby"])
+
+    @bot.on_topic
+    def topic(ctx: Context) -> str:
+        return f"new topic from {ctx.nick}: {ctx.text}"
+
+    harness = BotHarness(bot)
+
+    async def run() -> tuple[list[Sent], list[Sent]]:
+        asked = await harness.feed(ev.Topic(room="lobby", text="old", nick="bob"))
+        changed = await harness.feed(
+            ev.Topic(room="lobby", text="plans", nick="bob", ts=1.0, changed=True)
+        )
+        return asked, changed
+
+    asked, changed = asyncio.run(run())
+    assert asked == []
+    assert [s.text for s in changed] == ["new topic from bob: plans"]
+    assert changed[0].target == "lobby"
+
+
+def test_a_bot_sets_a_topic_and_goes_away() -> None:
+    async def scenario(router: str) -> tuple[ev.Topic, ev.Away]:
+        bot = Bot(router, "awaybot", ["lobby"])
+        async with AsyncClient(router, "watcher") as watcher, serving(bot):
+            await bot.set_topic("bots welcome")
+            await bot.set_away("only answering commands")
+            topic: ev.Topic | None = None
+            away: ev.Away | None = None
+            while topic is None or away is None:
+                event = await watcher.next_event(5 * SCALE)
+                if isinstance(event, ev.Topic):
+                    topic = event
+                elif isinstance(event, ev.Away):
+                    away = event
+            return topic, away
+
+    with running_broker() as broker:
+        topic, away = asyncio.run(scenario(broker.router))
+    assert (topic.text, topic.nick, topic.changed) == ("bots welcome", "awaybot", True)
+    assert (away.nick, away.text) == ("awaybot", "only answering commands")
