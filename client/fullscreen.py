@@ -52,7 +52,7 @@ from client.render import escape_terminal, is_mention
 from client.screen import NICKLIST_MIN_COLUMNS, NICKLIST_WIDTH, Screen
 from client.session import State
 from client.tui import ChatCompleter
-from protocol import ChatError, ProtocolError
+from protocol import ChatError, ProtocolError, validate_room
 
 __all__ = ["PASTE_ASK_LINES", "TUI_COMMANDS", "FullScreen"]
 
@@ -407,6 +407,15 @@ class FullScreen:
         if name == "names":
             screen.nicklist = not screen.nicklist
             return True
+        if name == "join" and rest:
+            # Already in that room: show its window (no joined reply will come).
+            with contextlib.suppress(ProtocolError):
+                joined = screen.find(validate_room(rest))
+                if joined is not None:
+                    return self.switch(screen.windows.index(joined)) or True
+            return False
+        if name == "part" and not rest and screen.window.private:
+            return await self._tui_command("close", "")
         if name == "help":
             for text in TUI_COMMANDS.values():
                 screen.notice(text)

@@ -60,6 +60,8 @@ _PRIVATE = "fg:ansimagenta bold"
 #: terminal it is shown on when toggled on (below that the text needs the room).
 NICKLIST_WIDTH = 14
 NICKLIST_MIN_COLUMNS = 60
+#: Lines kept per window (the oldest go first): scrollback for a long day.
+MAX_ENTRIES = 5000
 #: Continuation rows are indented under the text, but never by more than
 #: this share of the width (a long nickname must not squeeze the text away).
 MAX_INDENT_SHARE = 0.5
@@ -346,6 +348,8 @@ class Screen:
             window.entries.append(entry)
         else:
             insort(window.entries, entry)
+        if len(window.entries) > MAX_ENTRIES:
+            del window.entries[: len(window.entries) - MAX_ENTRIES]
         if window is not self.window and activity > window.activity:
             window.activity = activity
         if window.scroll and window is self.window:
@@ -503,25 +507,40 @@ class Screen:
 
     def rows(self, width: int, height: int, window: Window | None = None) -> list[list[Fragment]]:
         """The ``height`` rows of a window's text area (bottom-aligned), honouring
-        its scroll position; the scroll is clamped to what there is."""
+        its scroll position; the scroll is clamped to what there is.
+
+        Only the entries that can show are laid out, newest first: a redraw
+        costs the screen's height, not the window's whole scrollback.
+        """
         if window is None:
             window = self.window
         now = self.now()
-        laid: list[list[Fragment]] = []
-        previous_day: tuple[int, int, int] | None = None
         today = time.localtime(now)[:3]
-        in_history = False
-        for entry in window.entries:
+        entries = window.entries
+        needed = height + window.scroll
+        blocks: list[list[list[Fragment]]] = []
+        count = 0
+        complete = True
+        for index in range(len(entries) - 1, -1, -1):
+            if count >= needed:
+                complete = False
+                break
+            entry = entries[index]
+            previous = entries[index - 1] if index else None
             day = time.localtime(entry.ts)[:3]
-            if day != previous_day and (previous_day is not None or day != today):
-                laid.append([(_DAY, _center(_day_label(entry.ts), width))])
-            previous_day = day
-            if in_history and not entry.history:
-                laid.append([(_SEPARATOR, _center(" live ", width, "-"))])
-            in_history = entry.history
-            laid += layout_entry(entry, width, now)
-        top = max(0, len(laid) - height)
-        window.scroll = max(0, min(window.scroll, top))
+            block: list[list[Fragment]] = []
+            if (previous is None and day != today) or (
+                previous is not None and time.localtime(previous.ts)[:3] != day
+            ):
+                block.append([(_DAY, _center(_day_label(entry.ts), width))])
+            if previous is not None and previous.history and not entry.history:
+                block.append([(_SEPARATOR, _center(" live ", width, "-"))])
+            block += layout_entry(entry, width, now)
+            blocks.append(block)
+            count += len(block)
+        laid = [row for block in reversed(blocks) for row in block]
+        if complete:
+            window.scroll = max(0, min(window.scroll, len(laid) - height))
         end = len(laid) - window.scroll
         visible = laid[max(0, end - height) : end]
         return [[]] * (height - len(visible)) + visible

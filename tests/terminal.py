@@ -72,12 +72,30 @@ class Terminal:
             f"screen never showed {why or check!r}; it shows:\n" + "\n".join(self.lines())
         )
 
+    def settled(self, quiet: float = 0.3, timeout: float = 10.0) -> list[str]:
+        """The screen once the program has written nothing for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout * SCALE
+        while time.monotonic() < deadline:
+            with self._lock:
+                size = len(self.raw)
+            time.sleep(quiet)
+            with self._lock:
+                if len(self.raw) == size:
+                    return [line.rstrip() for line in self.screen.display]
+        raise AssertionError("the program never stopped drawing:\n" + self.text())
+
     def row_with(self, text: str) -> str:
         """The first row holding ``text``."""
         for row in self.lines():
             if text in row:
                 return row
         raise AssertionError(f"no row holds {text!r}:\n{self.text()}")
+
+    def forget(self) -> None:
+        """Blank the emulated screen, as if something had scribbled over it:
+        only a full redraw brings the picture back."""
+        with self._lock:
+            self.screen.reset()
 
     # --- typing ----------------------------------------------------------------
 

@@ -104,6 +104,11 @@ def test_layout_at_a_wide_size_and_a_resize(chat_broker: BrokerProcess) -> None:
         term.wait(
             lambda r: "[alice]" in r[22] and r[23].startswith("[#lobby]"), why="redraw at 80x24"
         )
+        before = term.settled()
+        term.forget()
+        term.send("\x0c")  # Ctrl-L: the whole screen drawn again
+        # (All but the status bar, whose clock may have moved on.)
+        term.wait(lambda r: r[:22] + r[23:] == before[:22] + before[23:], why="Ctrl-L redrew")
         term.resize(20, 50)
         # Too narrow for the nick list: the text takes the whole width.
         term.wait(
@@ -143,6 +148,10 @@ def test_switching_windows_activity_markers_and_a_mention(chat_broker: BrokerPro
         term.wait(lambda r: "[1:#lobby]" in r[22], why="window 1 again")
         term.send("/query carol\r")
         term.wait(lambda r: "[4:carol]" in r[22], why="a query window")
+        term.send("/part\r")  # in a private window: closes it
+        term.wait(lambda r: "[3:bob]" in r[22], why="the query window closed")
+        term.send("/join dev\r")  # already in: shows its window
+        term.wait(lambda r: "[2:#dev]" in r[22], why="/join of a room we are in")
 
 
 def test_ctrl_d_and_typing_while_lines_arrive_are_never_swallowed(
@@ -192,6 +201,9 @@ def test_ctrl_c_clears_a_typed_line_and_leaves_on_an_empty_one(chat_broker: Brok
         term.wait(lambda r: r[23].rstrip() == "[#lobby]", why="a cleared line")
         term.send("after\r")
         assert wait_for(bob, ev.Message, lambda e: e.nick == "alice").text == "after"
+        term.send("bo\t")  # Tab completes a nickname
+        term.wait(lambda r: r[23].rstrip().endswith("bob:"), why="completed")
+        term.send("\x03")
         term.send("\x03")
         assert term.wait_exit() == 0
         wait_for(bob, ev.Leave, lambda e: e.nick == "alice")
