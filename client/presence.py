@@ -22,6 +22,18 @@ class Presence:
         self.topics: dict[str, str] = {}
         #: nickname -> away message, for those away (ourselves included).
         self.away: dict[str, str] = {}
+        #: Our own away message as the broker last confirmed it ("" : here).
+        self.mine = ""
+        self._restoring = False
+
+    def restore(self) -> str:
+        """After a reconnect: the away message to set again ("" : none to set).
+
+        A restarted broker has forgotten it (away state lives in the session);
+        its confirmation is not shown again as news.
+        """
+        self._restoring = bool(self.mine)
+        return self.mine
 
     def joined(self, reply: Joined) -> None:
         """Take the topic and away states a ``joined`` reply carries."""
@@ -59,6 +71,11 @@ class Presence:
         """Our own away state confirmed, or someone's away message after our private line."""
         own = nick_key(reply.nick) == nick_key(me)
         self._set(reply.nick, reply.text)
+        if own:
+            self.mine = reply.text
+            if self._restoring:
+                self._restoring = False
+                return []
         return [ev.Away(nick=reply.nick, text=reply.text, auto=not own)]
 
     def on_notice(self, notice: TopicNotice | AwayNotice, me: str) -> list[ev.Event]:

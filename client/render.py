@@ -28,6 +28,7 @@ __all__ = [
     "Rendered",
     "Renderer",
     "escape_terminal",
+    "highlight_mentions",
     "is_mention",
     "nick_style",
     "plain",
@@ -109,6 +110,18 @@ def _mention_regex(nick: str) -> re.Pattern[str]:
 def is_mention(text: str, nick: str) -> bool:
     """Whether ``text`` names ``nick`` as a word, ignoring case."""
     return bool(nick) and _mention_regex(nick).search(text) is not None
+
+
+def highlight_mentions(text: str, nick: str) -> list[Fragment]:
+    """``text`` escaped, as fragments, with each mention of ``nick`` highlighted."""
+    safe = escape_terminal(text)
+    out: list[Fragment] = []
+    last = 0
+    for match in _mention_regex(escape_terminal(nick)).finditer(safe):
+        out += [("", safe[last : match.start()]), (_MENTION, match.group())]
+        last = match.end()
+    out.append(("", safe[last:]))
+    return [piece for piece in out if piece[1]]
 
 
 def plain(fragments: list[Fragment]) -> str:
@@ -193,16 +206,9 @@ class Renderer:
 
     def _text(self, text: str, mention: bool) -> list[Fragment]:
         """``text`` escaped, with mentions of our nickname highlighted."""
-        safe = escape_terminal(text)
         if not mention:
-            return [("", safe)]
-        out: list[Fragment] = []
-        last = 0
-        for match in _mention_regex(escape_terminal(self.nick)).finditer(safe):
-            out += [("", safe[last : match.start()]), (_MENTION, match.group())]
-            last = match.end()
-        out.append(("", safe[last:]))
-        return [piece for piece in out if piece[1]]
+            return [("", escape_terminal(text))]
+        return highlight_mentions(text, self.nick)
 
     def _separator_if_live(self, room: str) -> list[Fragment]:
         if room not in self._in_history:

@@ -33,7 +33,14 @@ from enum import IntEnum
 from prompt_toolkit.utils import get_cwidth
 
 from client import events as ev
-from client.render import Fragment, Renderer, escape_terminal, is_mention, nick_style
+from client.render import (
+    Fragment,
+    Renderer,
+    escape_terminal,
+    highlight_mentions,
+    is_mention,
+    nick_style,
+)
 
 __all__ = [
     "Activity",
@@ -224,13 +231,16 @@ def layout_entry(entry: Entry, width: int, now: float) -> list[list[Fragment]]:
     if entry.history:
         head = [(_DIM, t) for _, t in head]
         body = [(_DIM, t) for _, t in body]
-    indent = _width("".join(t for _, t in head))
-    if indent > width * MAX_INDENT_SHARE:
+    head_width = _width("".join(t for _, t in head))
+    if head_width + 8 > width:
+        # Too narrow for text beside the prefix: the prefix wraps like text.
         indent = 2
-    width = max(width, indent + 8)
-    rows: list[list[Fragment]] = []
-    first, rest = _cut(body, width - _width("".join(t for _, t in head)))
-    rows.append(head + first)
+        first, rest = _cut(head + body, width)
+    else:
+        indent = head_width if head_width <= width * MAX_INDENT_SHARE else 2
+        first, rest = _cut(body, width - head_width)
+        first = head + first
+    rows: list[list[Fragment]] = [first]
     while rest:
         piece, rest = _cut(_lstrip(rest), width - indent)
         rows.append([("", " " * indent), *piece])
@@ -482,7 +492,7 @@ class Screen:
         safe = escape_terminal(text)
         if not mention:
             return [("", safe)]
-        return self._renderer._text(text, mention=True)
+        return highlight_mentions(text, self.me)
 
     def _rendered(self, event: ev.Event, window: Window) -> None:
         """Anything else, as the line-mode renderer words it (no time stamp)."""

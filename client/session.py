@@ -569,6 +569,9 @@ class ClientSession:
         self.outbox.release(set(self._tracks))
         self._resend_requests(now)
         self._flush_outbox(now)
+        away = self.presence.restore()
+        if away:
+            self._send(Away(text=away))  # a restarted broker forgot it
         restarted, self._restarted = self._restarted, False
         return [ev.Connection(state="reconnected", restarted=restarted)]
 

@@ -6,7 +6,7 @@ import pytest
 
 from client import events as ev
 from client.events import encode_event
-from client.session import ClientSession
+from client.session import ClientSession, State
 from protocol import (
     Away,
     AwayNotice,
@@ -14,6 +14,7 @@ from protocol import (
     ErrorCode,
     Joined,
     NickNotice,
+    Pong,
     ProtocolError,
     Topic,
     TopicNotice,
@@ -117,3 +118,22 @@ def test_json_events_and_wire_shapes() -> None:
     )
     assert encode(Topic(room="lobby")) == b'{"type":"topic","room":"lobby"}'
     assert encode(Away()) == b'{"type":"away"}'
+
+
+def test_our_away_message_is_set_again_after_a_reconnect() -> None:
+    session, _ = joined_session()
+    session.away("lunch")
+    session.on_reply(AwayReply(nick="me", text="lunch"), 1.0)
+    session.take_output()
+    # The broker restarts: a new broker id in a pong means a new session.
+    session.on_reply(Pong(broker="another", seqs={}), 2.0)
+    assert session.state is State.RECONNECTING
+    session.take_output()
+    session.on_reply(welcome(broker="another"), 3.0)
+    session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 3.0)
+    assert session.state is State.JOINED
+    assert Away(text="lunch") in session.take_output().requests
+    # Its confirmation is not news: the user set it long ago.
+    assert session.on_reply(AwayReply(nick="me", text="lunch"), 3.0) == []
+    session.away()
+    assert session.on_reply(AwayReply(nick="me", text=""), 4.0) == [ev.Away(nick="me", text="")]

@@ -254,3 +254,17 @@ def test_the_end_of_a_history_fetch_says_what_came() -> None:
     assert "no older lines in #lobby" in r.render(ev.HistoryEnd(room="lobby", count=0)).text
     assert "3 older lines of #lobby above" in r.render(ev.HistoryEnd(room="lobby", count=3)).text
     assert "1 older line of #lobby above" in r.render(ev.HistoryEnd(room="lobby", count=1)).text
+
+
+def test_topics_and_away_in_line_mode_are_escaped() -> None:
+    render = renderer(colour=False)
+    changed = ev.Topic(room="lobby", text="\x1b[2Jplans", nick="bob", ts=TS, changed=True)
+    assert render.render(changed).text.endswith(r"-- bob set the topic of #lobby: \x1b[2Jplans")
+    asked = ev.Topic(room="lobby", text="plans", nick="bob", ts=TS)
+    assert render.render(asked).text.endswith(f"-- topic of #lobby: plans (set by bob {HHMM})")
+    assert render.render(ev.Topic(room="lobby", text="")).text.endswith("#lobby has no topic")
+    away = ev.Away(nick="bob", text="\x07gone", auto=True)
+    assert render.render(away).text.endswith(r"-- bob is away: \x07gone")
+    assert render.render(ev.Away(nick="alice", text="")).text.endswith("-- you are back")
+    who = ev.Who(room="lobby", members=["bob", "alice"], away={"bob": "\x1b[31m"})
+    assert render.render(who).text.endswith(r"#lobby (2): alice, bob (away: \x1b[31m)")

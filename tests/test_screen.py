@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import time
 
+from hypothesis import example, given
+from hypothesis import strategies as st
+from prompt_toolkit.utils import get_cwidth
+
 from client import events as ev
 from client.render import plain
 from client.screen import Activity, Entry, InputHistory, Screen, layout_entry, stamp
@@ -211,3 +215,21 @@ def test_topic_and_away_events_land_in_their_windows() -> None:
     screen.add_event(ev.Away(nick="bob", text="lunch", auto=True), rooms)
     screen.add_event(ev.Away(nick="alice", text="brb"), rooms)
     assert any("you are away: brb" in line for line in texts(screen))
+
+
+@example(text="hello world", nick="n" * 32, width=20)
+@given(
+    text=st.text(alphabet=st.sampled_from("ab cd漢\u00e9 -x"), min_size=1, max_size=300),
+    nick=st.text(alphabet="abcdefghijklmnop_", min_size=1, max_size=32),
+    width=st.integers(20, 200),
+)
+def test_wrapping_never_overflows_and_keeps_every_character(
+    text: str, nick: str, width: int
+) -> None:
+    entry = Entry(ts=TODAY, order=1, prefix=(("", f"<{nick}> "),), body=(("", text),))
+    rows = layout_entry(entry, width, TODAY)
+    for row in rows:
+        assert sum(get_cwidth(c) for c in plain(row)) <= width, (row, width)
+    # Only spaces at the breaks (and the indentation) may differ.
+    shown = "".join(plain(row) for row in rows).replace(" ", "")
+    assert shown == f"12:00 <{nick}> {text}".replace(" ", "")
