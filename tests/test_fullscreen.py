@@ -70,6 +70,8 @@ def test_layout_at_80x24_title_text_nicklist_status_input(chat_broker: BrokerPro
     with other(chat_broker, "bob") as bob:
         bob.topic("plans for the week")
         wait_for(bob, ev.Topic)
+        bob.say("said before alice came")
+        wait_for(bob, ev.Message)
         with fullscreen(chat_broker) as term:
             term.wait("<bob>" if False else "here: bob")
             bob.say("a long line " + "word " * 30 + "END")
@@ -87,6 +89,10 @@ def test_layout_at_80x24_title_text_nicklist_status_input(chat_broker: BrokerPro
             for row in rows[first + 1 : rows.index(next(r for r in rows if "END" in r)) + 1]:
                 assert row[:indent].strip() == "", row
                 assert row[indent] != " ", row
+            # The stored line replayed on joining comes first, then the live separator.
+            replayed = next(i for i, row in enumerate(rows) if "said before alice came" in row)
+            assert "-- live --" in rows[replayed + 1]
+            assert "you are in #lobby" in rows[replayed + 2]
             # Nothing runs under the nick list.
             divider = rows[1].index("│")
             assert all(len(row) <= 80 for row in rows)
@@ -129,8 +135,10 @@ def test_switching_windows_activity_markers_and_a_mention(chat_broker: BrokerPro
         term.wait(lambda r: "[1:#lobby]" in r[22], why="back to window 1")
         bob.say("plain news", room="dev")
         term.wait(lambda r: "[act: 2]" in r[22], why="an unread marker for window 2")
+        assert b"\x07" not in term.raw
         bob.say("alice: a question for you", room="lobby")  # on screen: no marker
         term.wait("a question for you")
+        assert b"\x07" in term.raw, "a mention rings the bell"
         bob.say("alice, look here", room="dev")
         term.wait(lambda r: "[act: 2!]" in r[22], why="a mention marker for window 2")
         bob.private("alice", "psst")
