@@ -15,6 +15,8 @@ key is ever swallowed by a mode switch (docs/CLIENT.md, "Keys"):
   switch windows; PageUp/PageDown scroll; Up/Down walk the window's own
   input history; Tab completes; F2 (or ``/names``) shows or hides the nick
   list; Ctrl-L redraws.
+
+The bindings themselves are in :mod:`client.fullscreen_keys`.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ from prompt_toolkit.application import Application
 from prompt_toolkit.buffer import Buffer
 from prompt_toolkit.filters import Condition
 from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
-from prompt_toolkit.keys import Keys
 from prompt_toolkit.layout import (
     ConditionalContainer,
     Float,
@@ -48,6 +48,7 @@ from prompt_toolkit.output import ColorDepth
 from client import events as ev
 from client.aio import AsyncClient
 from client.commands import EXIT, execute
+from client.fullscreen_keys import key_bindings
 from client.render import escape_terminal, is_mention
 from client.screen import NICKLIST_MIN_COLUMNS, NICKLIST_WIDTH, Screen
 from client.session import State
@@ -97,7 +98,7 @@ class FullScreen:
         self.bell = bell
         self.screen = Screen(me=client.nick)
         self.screen.open(client.room or "lobby", focus=True)
-        self._paste: list[str] = []
+        self.paste_pending: list[str] = []
         self._status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self.buffer = Buffer(
@@ -107,7 +108,7 @@ class FullScreen:
         )
         self.app: Application[int] = Application(
             layout=self._layout(),
-            key_bindings=self._keys(),
+            key_bindings=key_bindings(self),
             full_screen=True,
             mouse_support=False,
             color_depth=None if colour else ColorDepth.DEPTH_1_BIT,
@@ -115,12 +116,13 @@ class FullScreen:
 
     # --- layout ----------------------------------------------------------------
 
-    def _size(self) -> tuple[int, int]:
+    def size(self) -> tuple[int, int]:
+        """The terminal's columns and rows, now."""
         size = self.app.output.get_size()
         return size.columns, size.rows
 
     def _nicklist_shown(self) -> bool:
-        columns, _ = self._size()
+        columns, _ = self.size()
         window = self.screen.window
         return (
             self.screen.nicklist
@@ -130,13 +132,13 @@ class FullScreen:
         )
 
     def _text(self) -> StyleAndTextTuples:
-        columns, rows = self._size()
+        columns, rows = self.size()
         width = columns - (NICKLIST_WIDTH + 1 if self._nicklist_shown() else 0)
         lines = self.screen.rows(max(10, width), max(1, rows - 3))
         return _join(lines)
 
     def _nicks(self) -> StyleAndTextTuples:
-        _, rows = self._size()
+        _, rows = self.size()
         name = self.screen.window.name
         members = self.client.session.members.get(name, [])
         return _join(
@@ -144,7 +146,7 @@ class FullScreen:
         )
 
     def _title(self) -> StyleAndTextTuples:
-        columns, _ = self._size()
+        columns, _ = self.size()
         text = self.screen.title(self.client.session.presence.topics)
         return [("", " " + text[: max(0, columns - 2)])]
 
@@ -152,8 +154,8 @@ class FullScreen:
         return list(self.screen.status(self._state()))
 
     def _prompt(self) -> StyleAndTextTuples:
-        if self._paste:
-            return [("fg:ansiyellow bold", f"send {len(self._paste)} pasted lines? [y/n] ")]
+        if self.paste_pending:
+            return [("fg:ansiyellow bold", f"send {len(self.paste_pending)} pasted lines? [y/n] ")]
         return [("bold", f"[{self.screen.window.label}] ")]
 
     def _layout(self) -> Layout:
@@ -196,95 +198,6 @@ class FullScreen:
 
     # --- keys --------------------------------------------------------------------
 
-    def _keys(self) -> KeyBindings:
-        kb = KeyBindings()
-        pasting = Condition(lambda: bool(self._paste))
-
-        @kb.add("enter", filter=~pasting)
-        def _enter(event: KeyPressEvent) -> None:
-            line = self.buffer.text
-            self.buffer.reset()
-            if line.strip():
-                self.screen.window.history.add(line)
-                self._spawn(self.handle_line(line))
-
-        @kb.add("c-c", filter=~pasting)
-        def _interrupt(event: KeyPressEvent) -> None:
-            if self.buffer.text:
-                self.buffer.reset()  # as in bash, irssi and WeeChat
-            else:
-                self.app.exit(result=0)
-
-        @kb.add("c-d", filter=~pasting)
-        def _eof(event: KeyPressEvent) -> None:
-            if self.buffer.text:
-                self.buffer.delete()
-            else:
-                self.app.exit(result=0)
-
-        @kb.add("c-l")
-        def _redraw(event: KeyPressEvent) -> None:
-            self.app.renderer.clear()
-            self.redraw()
-
-        @kb.add(Keys.BracketedPaste)
-        def _pasted(event: KeyPressEvent) -> None:
-            self.pasted(event.data)
-
-        @kb.add("y", filter=pasting)
-        def _paste_yes(event: KeyPressEvent) -> None:
-            lines, self._paste = self._paste, []
-            self._spawn(self.send_lines(lines))
-
-        @kb.add("<any>", filter=pasting)
-        def _paste_no(event: KeyPressEvent) -> None:
-            count, self._paste = len(self._paste), []
-            self.screen.notice(f"paste of {count} lines dropped")
-
-        @kb.add("pageup")
-        def _page_up(event: KeyPressEvent) -> None:
-            self.screen.page(self._size()[1] - 3, up=True)
-
-        @kb.add("pagedown")
-        def _page_down(event: KeyPressEvent) -> None:
-            self.screen.page(self._size()[1] - 3, up=False)
-
-        @kb.add("up", filter=~pasting)
-        def _older(event: KeyPressEvent) -> None:
-            line = self.screen.window.history.older(self.buffer.text)
-            if line is not None:
-                self.buffer.text = line
-                self.buffer.cursor_position = len(line)
-
-        @kb.add("down", filter=~pasting)
-        def _newer(event: KeyPressEvent) -> None:
-            line = self.screen.window.history.newer()
-            if line is not None:
-                self.buffer.text = line
-                self.buffer.cursor_position = len(line)
-
-        @kb.add("f2")
-        def _toggle_names(event: KeyPressEvent) -> None:
-            self.screen.nicklist = not self.screen.nicklist
-
-        for digit in "1234567890":
-
-            @kb.add("escape", digit)
-            def _window(event: KeyPressEvent, number: int = int(digit) or 10) -> None:
-                self.switch(number - 1)
-
-        @kb.add("escape", "left")
-        @kb.add("c-p")
-        def _previous(event: KeyPressEvent) -> None:
-            self.switch(self.screen.current - 1, wrap=True)
-
-        @kb.add("escape", "right")
-        @kb.add("c-n")
-        def _next(event: KeyPressEvent) -> None:
-            self.switch(self.screen.current + 1, wrap=True)
-
-        return kb
-
     # --- actions ---------------------------------------------------------------
 
     def switch(self, index: int, wrap: bool = False) -> bool:
@@ -317,10 +230,10 @@ class FullScreen:
             self.buffer.reset()
         lines = [line for line in lines if line.strip()]
         if len(lines) > PASTE_ASK_LINES:
-            self._paste = lines
+            self.paste_pending = lines
             self.redraw()
             return
-        self._spawn(self.send_lines(lines))
+        self.spawn(self.send_lines(lines))
 
     async def send_lines(self, lines: list[str]) -> None:
         """Send pasted lines in order, each as text (a pasted ``/quit`` is a line)."""
@@ -439,7 +352,8 @@ class FullScreen:
             State.JOINING: "joining",
         }.get(state, state.value)
 
-    def _spawn(self, work: Any) -> None:
+    def spawn(self, work: Any) -> None:
+        """Run a coroutine (a line to send) in the background, cancelled at the end."""
         task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from prompt_toolkit.utils import get_cwidth
 
 from client import events as ev
+from client.layout import Entry, layout_entry, stamp
 from client.render import plain
-from client.screen import Activity, Entry, InputHistory, Screen, layout_entry, stamp
+from client.screen import Activity, InputHistory, Screen
 
 # Noon, local time, on fixed days.
 TODAY = time.mktime((2026, 11, 30, 12, 0, 0, 0, 0, -1))
