@@ -196,6 +196,34 @@ def test_json_mode_end_to_end(
     fast_broker.wait_for_log(r"alice left \(exit\)")
 
 
+@pytest.mark.timeout(40)
+def test_json_mode_topics_and_away(
+    fast_broker: BrokerProcess, clients: Callable[..., JsonClient]
+) -> None:
+    alice = clients(fast_broker.router, "alice", "--backlog", "0")
+    alice.expect("welcome")
+    alice.send("/topic plans \x1b for friday")
+    topic = alice.expect("topic")
+    assert topic.items() >= {"room": "lobby", "nick": "alice", "changed": True}.items()
+    assert topic["text"] == "plans \x1b for friday"  # kept; \u001b in the JSON
+    bob = clients(fast_broker.router, "bob", "--backlog", "0")
+    assert bob.expect("welcome")["topic"] == "plans \x1b for friday"
+    bob.send("/away gone fishing")
+    assert alice.expect("away") == {"type": "away", "nick": "bob", "text": "gone fishing"}
+    alice.send("/msg bob are you there?")
+    assert alice.expect("away", lambda e: e.get("auto") is True)["text"] == "gone fishing"
+    alice.send("/who")
+    assert alice.expect("who")["away"] == {"bob": "gone fishing"}
+    bob.send("/back")
+    assert alice.expect("away") == {"type": "away", "nick": "bob", "text": ""}
+    bob.send("/topic")
+    answer = bob.expect("topic")
+    assert answer["nick"] == "alice" and "changed" not in answer
+    for client in (alice, bob):
+        client.send("/exit")
+        assert client.wait() == 0
+
+
 @pytest.mark.parametrize(("nick", "code"), [("alice", "nick_taken"), ("no spaces", "nick_invalid")])
 def test_json_mode_refused_nickname_exits_2(
     fast_broker: BrokerProcess, clients: Callable[..., JsonClient], nick: str, code: str
