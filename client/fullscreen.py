@@ -101,6 +101,7 @@ class FullScreen:
         self.paste_pending: list[str] = []
         self._status = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._input = asyncio.Lock()
         self.buffer = Buffer(
             completer=ChatCompleter(self._members, self._everyone, lambda: self.client.nick),
             complete_while_typing=False,
@@ -237,8 +238,9 @@ class FullScreen:
 
     async def send_lines(self, lines: list[str]) -> None:
         """Send pasted lines in order, each as text (a pasted ``/quit`` is a line)."""
-        for line in lines:
-            await self._send_text(line)
+        async with self._input:
+            for line in lines:
+                await self._send_text(line)
 
     async def _send_text(self, text: str) -> None:
         window = self.screen.window
@@ -257,6 +259,10 @@ class FullScreen:
 
     async def handle_line(self, line: str) -> None:
         """A line typed in the input line: a command or text for this window."""
+        async with self._input:  # after any paste still being sent: in the order given
+            await self._handle_line(line)
+
+    async def _handle_line(self, line: str) -> None:
         if line.startswith("/") and not line.startswith("//"):
             name, _, rest = line[1:].partition(" ")
             if await self._tui_command(name.lower(), rest.strip()):
