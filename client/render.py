@@ -287,12 +287,20 @@ class Renderer:
             f"you are {escape_terminal(event.nick)} in #{escape_terminal(event.room)}; "
             f"here: {here}. /help for help"
         )
-        return self.notice(text, _GOOD)
+        return self._with_topic(self.notice(text, _GOOD), event.room, event.topic)
 
     def _on_joined(self, event: ev.Joined) -> Rendered:
         others = [m for m in event.members if not self._own(m)]
         here = ", ".join(escape_terminal(m) for m in others) if others else "nobody else"
-        return self.notice(f"you joined #{escape_terminal(event.room)}; here: {here}", _GOOD)
+        joined = self.notice(f"you joined #{escape_terminal(event.room)}; here: {here}", _GOOD)
+        return self._with_topic(joined, event.room, event.topic)
+
+    def _with_topic(self, rendered: Rendered, room: str, topic: str) -> Rendered:
+        """``rendered`` and, on a line of its own, the room's topic if it has one."""
+        if topic:
+            line = self.notice(f"topic of #{escape_terminal(room)}: {escape_terminal(topic)}", "")
+            rendered.fragments += [("", "\n"), *line.fragments]
+        return rendered
 
     def _on_parted(self, event: ev.Parted) -> Rendered:
         self._in_history.discard(event.room)

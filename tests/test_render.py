@@ -268,3 +268,15 @@ def test_topics_and_away_in_line_mode_are_escaped() -> None:
     assert render.render(ev.Away(nick="alice", text="")).text.endswith("-- you are back")
     who = ev.Who(room="lobby", members=["bob", "alice"], away={"bob": "\x1b[31m"})
     assert render.render(who).text.endswith(r"#lobby (2): alice, bob (away: \x1b[31m)")
+
+
+def test_the_topic_is_shown_on_joining_in_line_mode() -> None:
+    render = renderer(colour=False)
+    welcome = ev.Welcome(
+        nick="alice", room="lobby", rooms=["lobby"], members=["alice"], topic="\x1b[2Jplans"
+    )
+    lines = render.render(welcome).text.split("\n")
+    assert lines[1] == rf"{HHMM} -- topic of #lobby: \x1b[2Jplans"
+    joined = render.render(ev.Joined(room="dev", members=["alice"], topic="ops"))
+    assert joined.text.endswith("-- topic of #dev: ops")
+    assert "\n" not in render.render(ev.Joined(room="x", members=["alice"])).text
