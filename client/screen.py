@@ -127,6 +127,8 @@ class Window:
     activity: Activity = Activity.NONE
     #: Rows scrolled up from the bottom (0: following new lines).
     scroll: int = 0
+    #: Entries added at the bottom while scrolled up, not yet in ``scroll``.
+    arrived: int = 0
     history: InputHistory = field(default_factory=InputHistory)
     #: What was typed but not sent when the user switched away.
     draft: str = ""
@@ -238,15 +240,16 @@ class Screen:
         )
         if not window.entries or not entry < window.entries[-1]:
             window.entries.append(entry)
+            if window.scroll:
+                # Below the view: counted in rows at the next layout, so what
+                # the reader is looking at stays in place while scrolled up.
+                window.arrived += 1
         else:
             insort(window.entries, entry)
         if len(window.entries) > MAX_ENTRIES:
             del window.entries[: len(window.entries) - MAX_ENTRIES]
         if window is not self.window and activity > window.activity:
             window.activity = activity
-        if window.scroll and window is self.window:
-            # Keep what the reader is looking at in place while scrolled up.
-            window.scroll += 1
 
     def notice(self, text: str, style: str = _NOTE, window: Window | None = None) -> None:
         """A line of our own (``text`` must already be escaped)."""
@@ -409,6 +412,10 @@ class Screen:
         now = self.now()
         today = time.localtime(now)[:3]
         entries = window.entries
+        if window.arrived:
+            new = entries[-window.arrived :] if window.arrived <= len(entries) else entries
+            window.scroll += sum(len(layout_entry(entry, width, now)) for entry in new)
+            window.arrived = 0
         needed = height + window.scroll
         blocks: list[list[list[Fragment]]] = []
         count = 0
@@ -442,6 +449,8 @@ class Screen:
         step = max(1, height - 1)
         window = self.window
         window.scroll = max(0, window.scroll + (step if up else -step))
+        if not window.scroll:
+            window.arrived = 0
 
     def title(self, topics: dict[str, str]) -> str:
         """The title row: the window's name and the room's topic, escaped."""

@@ -161,12 +161,13 @@ def test_scrolling_is_clamped_and_new_lines_keep_the_view() -> None:
     view = [plain(r) for r in screen.rows(80, 10)]
     assert "line 49" not in "\n".join(view) and "line 40" in view[-1]
     screen.add_event(message("line 50", ts=TODAY + 50), {})
+    screen.add_event(message("a long line " * 20, ts=TODAY + 51), {})  # four rows at 80
     assert [plain(r) for r in screen.rows(80, 10)] == view, "reading is not disturbed"
     for _ in range(20):
         screen.page(10, up=True)
     top = [plain(r) for r in screen.rows(80, 10)]
     assert top[0].endswith("you are in #lobby; here: nobody else yet")
-    assert screen.window.scroll == 52 - 10, "clamped to the top (52 rows in all)"
+    assert screen.window.scroll == 56 - 10, "clamped to the top (56 rows in all)"
     for _ in range(20):
         screen.page(10, up=False)
     assert screen.window.scroll == 0
