@@ -9,6 +9,7 @@ other side of the conversation is the blocking :class:`client.Client`.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from tests.terminal import Terminal
 pytestmark = pytest.mark.timeout(int(90 * SCALE))
 
 TIMEOUT = 10 * SCALE
+# A colour (foreground or background; 8, 16, 256 or true colour) in an SGR sequence.
+COLOUR_SGR = re.compile(r"\x1b\[(?:\d+;)*(?:3[0-8]|4[0-8]|9[0-7]|10[0-7])(?:;\d+)*m")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -346,6 +349,21 @@ def test_line_mode_for_plain_and_dumb_terminals(chat_broker: BrokerProcess, how:
         term.wait("you are alice in #lobby")
         assert "[connected]" not in term.text(), "no status bar in line mode"
         term.send("/quit\r")
+        assert term.wait_exit() == 0
+    finally:
+        term.close()
+
+
+def test_no_color_means_no_colours_on_the_full_screen(chat_broker: BrokerProcess) -> None:
+    args = [script("chat-client"), "--server", chat_broker.router, "--nick", "alice"]
+    term = Terminal(args, _env(NO_COLOR="1"))
+    try:
+        with other(chat_broker, "bob") as bob:
+            term.wait("[connected]")
+            bob.say("alice: in colour?")
+            term.wait("in colour?")
+        assert COLOUR_SGR.search(term.raw.decode("utf-8", "replace")) is None
+        term.send("\x04")
         assert term.wait_exit() == 0
     finally:
         term.close()
