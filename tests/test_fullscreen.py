@@ -367,3 +367,22 @@ def test_no_color_means_no_colours_on_the_full_screen(chat_broker: BrokerProcess
         assert term.wait_exit() == 0
     finally:
         term.close()
+
+
+def test_history_fetched_later_goes_above_in_time_order(chat_broker: BrokerProcess) -> None:
+    with other(chat_broker, "bob") as bob:
+        for n in range(3):
+            bob.say(f"older {n}")
+        wait_for(bob, ev.Message, lambda e: e.text == "older 2")
+        with fullscreen(chat_broker, "--backlog", "0") as term:
+            bob.say("live one")
+            term.wait("<bob> live one")
+            term.send("/history 3\r")
+            rows = term.wait("older lines of #lobby above")
+            order = [
+                i
+                for text in ("older 0", "older 1", "older 2", "you are in #lobby", "live one")
+                for i, row in enumerate(rows)
+                if text in row
+            ]
+            assert order == sorted(order) and len(order) == 5, rows
