@@ -39,6 +39,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ ROOM_TOPIC = b"room/bench/"
 PROBE = b"P"
 #: How often each joined chat client pings (the broker's default heartbeat is 2 s).
 PING_EVERY = 1.5
+#: Room sizes at which a sequential join reports the server's CPU per join.
+JOIN_MARKS = (10, 100, 1000)
 #: How long the socket queues must stay quiet before "settled".
 QUIET = 0.3
 #: Seconds between reads of every DEALER once joined (Loadgen.full_poller).
@@ -89,6 +92,22 @@ def cpu_seconds(pid: int) -> float:
     fields = data[data.rindex(b")") + 2 :].split()
     # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14, 15.
     return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def cpu_ns(pid: int, main_only: bool = False) -> int:
+    """CPU time of process ``pid`` in nanoseconds, from the scheduler's own
+    accounting (/proc/PID/task/*/schedstat): of every thread, or of the main
+    (Python) thread only. Unlike utime + stime, which tick in 10 ms steps,
+    this resolves the few hundred microseconds of a single join."""
+    tasks = [str(pid)] if main_only else os.listdir(f"/proc/{pid}/task")
+    total = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            pass  # a thread that ended meanwhile
+    return total
 
 
 def rss_kib(pid: int) -> int:
@@ -179,6 +198,7 @@ class LoadGen:
         self.other = 0  # broadcasts that are not lines (join notices, probes)
         self.ping_start = 0.0
         self.pinged = 0
+        self.probes = 0  # probe frames sent by a sequential raw join
         if self.chat:
             self.say_templates = [
                 b'{"type":"say","room":"bench","text":"%d:%%d:%%.6f","key":"k%d-%%d"}' % (i, i)
@@ -187,8 +207,10 @@ class LoadGen:
 
     # --- sockets ---------------------------------------------------------
 
-    def open(self) -> None:
-        for i in range(self.n):
+    def open(self, count: int | None = None) -> None:
+        """Open and connect the sockets of the next ``count`` clients (all)."""
+        start = len(self.dealers)
+        for i in range(start, self.n if count is None else start + count):
             dealer = self.ctx.socket(zmq.DEALER)
             dealer.linger = 0
             dealer.connect(self.args.router)
@@ -343,6 +365,85 @@ class LoadGen:
         self.ping_start = time.perf_counter()
         return took
 
+    def join_sequential(self) -> tuple[float, dict[str, Any]]:
+        """Join the clients one after another, as people arrive in a room: a
+        client connects and says hello only once the one before it has its
+        ``joined`` (raw mode: once its SUB heard a probe it sent itself).
+        Joined clients ping and read their SUBs meanwhile. Returns the seconds
+        it took and the server's CPU per join (all threads, and its main
+        thread alone) and wall time per join around JOIN_MARKS members, each
+        over the last tenth of the joins up to the mark (at least 5)."""
+        deadline = time.perf_counter() + self.args.join_timeout
+        windows = {m: (m - max(5, m // 10), m) for m in JOIN_MARKS if m <= self.n}
+        starts = {first: m for m, (first, _) in windows.items()}
+        ends = {last: m for m, (_, last) in windows.items()}
+        began: dict[int, tuple[int, int, float, int]] = {}
+        figures: dict[str, Any] = {}
+        pings: deque[tuple[float, int]] = deque()
+        joined_subs, joined_dealers = zmq.Poller(), zmq.Poller()
+        next_read = 0.0
+        start = time.perf_counter()
+        for i in range(self.n):
+            if i in starts:
+                began[starts[i]] = (
+                    cpu_ns(self.pid),
+                    cpu_ns(self.pid, main_only=True),
+                    time.perf_counter(),
+                    self.probes,
+                )
+            self.open(1)
+            dealer, sub = self.dealers[i], self.subs[i]
+            own = zmq.Poller()
+            if self.chat:
+                dealer.send(b'{"type":"hello","v":1,"nick":"c%d","rooms":["bench"]}' % i)
+                own.register(dealer, zmq.POLLIN)
+            else:
+                own.register(sub, zmq.POLLIN)
+            next_probe = 0.0
+            while not self.joined[i]:
+                now = time.perf_counter()
+                if now > deadline:
+                    raise TimeoutError(f"only {i} of {self.n} clients joined (one at a time)")
+                if not self.chat and now >= next_probe:
+                    dealer.send(PROBE)
+                    self.probes += 1
+                    next_probe = now + 0.01
+                while pings and pings[0][0] <= now:
+                    due, j = pings.popleft()
+                    self.dealers[j].send(b'{"type":"ping"}')
+                    pings.append((due + PING_EVERY, j))
+                if now >= next_read:
+                    next_read = now + DEALER_EVERY
+                    for sock, _ in joined_subs.poll(0):
+                        self.on_sub(sock)
+                    for sock, _ in joined_dealers.poll(0):
+                        self.on_dealer(sock)
+                for sock, _ in own.poll(10):
+                    if sock is sub:
+                        self.on_sub(sock)
+                    else:
+                        self.on_dealer(sock)
+            joined_subs.register(sub, zmq.POLLIN)
+            if self.chat:
+                joined_dealers.register(dealer, zmq.POLLIN)
+                pings.append((time.perf_counter() + PING_EVERY, i))
+            mark = ends.get(i + 1)
+            if mark is not None:
+                cpu0, main0, wall0, probes0 = began[mark]
+                joins = mark - windows[mark][0]
+                figures[f"join_cpu_ms_{mark}"] = (cpu_ns(self.pid) - cpu0) / 1e6 / joins
+                figures[f"join_main_ms_{mark}"] = (
+                    (cpu_ns(self.pid, main_only=True) - main0) / 1e6 / joins
+                )
+                figures[f"join_wall_ms_{mark}"] = (time.perf_counter() - wall0) * 1e3 / joins
+                if not self.chat:
+                    # Frames the relay fanned out to every SUB per join: the
+                    # price of one such frame is what a join notice costs.
+                    figures[f"join_frames_{mark}"] = (self.probes - probes0) / joins
+        took = time.perf_counter() - start
+        self.ping_start = time.perf_counter()
+        return took, figures
+
     def full_poller(self) -> zmq.Poller:
         """A poller of the SUBs. Once joined, a chat client's DEALER carries
         only acks and pongs, which nothing waits for: they are read every
@@ -468,9 +569,13 @@ class LoadGen:
     def run(self) -> dict[str, Any]:
         rss_before = rss_kib(self.pid)
         server_join0 = cpu_seconds(self.pid)
-        self.open()
+        join_figures: dict[str, Any] = {}
         try:
-            join_s = self.join()
+            if self.args.sequential:
+                join_s, join_figures = self.join_sequential()
+            else:
+                self.open()
+                join_s = self.join()
             join_cpu = cpu_seconds(self.pid) - server_join0
             poller = self.full_poller()
             self.settle(poller)
@@ -484,6 +589,7 @@ class LoadGen:
                 "rss_before_kib": rss_before,
                 "rss_joined_kib": rss_after,
                 "rss_per_client_kib": (rss_after - rss_before) / self.n,
+                **join_figures,
             }
             if self.s > 0 and self.args.duration > 0:
                 result.update(self.load(poller))
@@ -517,6 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=140,
         help="raw mode: bytes per line (our broker's broadcast of a line is about 140)",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="join the clients one after another, each waiting for its joined",
     )
     parser.add_argument("--join-timeout", type=float, default=30.0)
     parser.add_argument("--drain-timeout", type=float, default=10.0)

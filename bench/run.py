@@ -44,6 +44,8 @@ class Scenario:
     rate: float = 0.0  # lines/s in all; 0 floods (bounded by the window)
     window: int = 100  # lines in flight per sender
     what: str = ""
+    #: Clients join one after another, each waiting for its joined.
+    sequential: bool = False
 
 
 SCENARIOS = [
@@ -52,6 +54,7 @@ SCENARIOS = [
     Scenario("flood500", 500, 5, 3.0, window=20, what="flood, 500 clients, 5 sending"),
     Scenario("paced100", 100, 100, 4.0, rate=500, window=50, what="500 lines/s over 100 clients"),
     Scenario("idle1000", 1000, 0, what="1000 idle joined clients"),
+    Scenario("join1000", 1000, 0, sequential=True, what="1000 clients joining one at a time"),
 ]
 SMOKE = [
     Scenario("flood10", 4, 4, 0.3, window=20, what="flood, 4 clients all sending"),
@@ -59,6 +62,7 @@ SMOKE = [
     Scenario("flood500", 20, 2, 0.3, window=20, what="flood, 20 clients, 2 sending"),
     Scenario("paced100", 10, 10, 0.4, rate=100, window=20, what="100 lines/s over 10 clients"),
     Scenario("idle1000", 30, 0, what="30 idle joined clients"),
+    Scenario("join1000", 30, 0, sequential=True, what="30 clients joining one at a time"),
 ]
 TARGETS = ["forwarder", "proxy", "broker"]
 #: Not run by default: the forwarder on asyncio, to price the event loop.
@@ -75,6 +79,15 @@ FIGURES: list[tuple[str, str, str]] = [
     ("latency_max_ms", "latency max ms", "{:.2f}"),
     ("rss_per_client_kib", "server RSS KiB/client", "{:.1f}"),
     ("join_s", "join time s", "{:.3f}"),
+    ("join_cpu_ms_10", "CPU ms/join @10 members", "{:.3f}"),
+    ("join_cpu_ms_100", "CPU ms/join @100", "{:.3f}"),
+    ("join_cpu_ms_1000", "CPU ms/join @1000", "{:.3f}"),
+    ("join_main_ms_10", "main thr ms/join @10", "{:.3f}"),
+    ("join_main_ms_100", "main thr ms/join @100", "{:.3f}"),
+    ("join_main_ms_1000", "main thr ms/join @1000", "{:.3f}"),
+    ("join_frames_10", "frames fanned/join @10", "{:.2f}"),
+    ("join_frames_100", "frames fanned/join @100", "{:.2f}"),
+    ("join_frames_1000", "frames fanned/join @1000", "{:.2f}"),
     ("server_util", "server CPU share", "{:.0%}"),
     ("gen_util", "generator CPU share", "{:.0%}"),
 ]
@@ -87,7 +100,14 @@ GOALS: list[tuple[str, str, float, str]] = [
     ("flood100", "cpu_us_per_delivery", 1.5, "ngIRCd ~0.61 µs, InspIRCd ~0.33 µs"),
     ("paced100", "latency_p99_ms", 1.5, ""),
     ("idle1000", "rss_per_client_kib", 1.3, "forwarder ~51 kB"),
+    ("join1000", "rss_per_client_kib", 1.2, "issue 16: joined one at a time"),
+    ("paced100", "latency_p99_ms", 1.3, "issue 16"),
 ]
+#: Issue 16: the broker's own CPU per join at the largest room size measured
+#: may be at most this many times its CPU per join at 10 members, once the
+#: fan-out of the one join notice (priced by the forwarder: its CPU per
+#: fanned-out frame at the same size) is taken off both.
+JOIN_FLAT = 2.0
 REFERENCE_US = {"flood10": 1.0, "flood100": 0.61}  # ngIRCd, µs per delivery
 JOIN_LIMIT_S = 3.0
 
@@ -215,6 +235,8 @@ def run_loadgen(
         "--window",
         str(scenario.window),
     ]
+    if scenario.sequential:
+        command += ["--sequential", "--join-timeout", str(timeout * 0.6)]
     try:
         proc = subprocess.run(
             command,
@@ -309,6 +331,17 @@ def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
                     "note": "reference measured on another run of this kind of machine",
                 }
             )
+    flat = join_flatness(summary.get("join1000", {}))
+    if flat is not None:
+        verdicts.append(
+            {
+                "target": f"join1000 broker's own CPU per join flat within {JOIN_FLAT}x "
+                "(fan-out of the notice taken off)",
+                "ratio": flat,
+                "met": flat <= JOIN_FLAT,
+                "note": "issue 16",
+            }
+        )
     idle = summary.get("idle1000", {}).get("broker", {})
     join = idle.get("join_s")
     verdicts.append(
@@ -326,6 +359,28 @@ def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
         {"target": "no loss, duplicates or reordering", "value": faults, "met": faults == 0}
     )
     return verdicts
+
+
+def join_own_ms(rows: dict[str, dict[str, Any]], members: int) -> float | None:
+    """The broker's CPU per sequential join at ``members`` less the price of
+    fanning one frame out to that many SUBs (the forwarder's CPU per join
+    divided by the probe frames it fanned out per join)."""
+    broker = rows.get("broker", {}).get(f"join_cpu_ms_{members}")
+    fwd = rows.get("forwarder", {}).get(f"join_cpu_ms_{members}")
+    frames = rows.get("forwarder", {}).get(f"join_frames_{members}")
+    if not all(isinstance(v, (int, float)) for v in (broker, fwd, frames)) or not frames:
+        return None
+    return float(broker) - float(fwd) / float(frames)
+
+
+def join_flatness(rows: dict[str, dict[str, Any]]) -> float | None:
+    """join_own_ms at the largest room size measured over that at 10."""
+    small = join_own_ms(rows, 10)
+    for members in (1000, 100):
+        large = join_own_ms(rows, members)
+        if large is not None and small:
+            return large / small
+    return None
 
 
 def _runs(row: dict[str, Any]) -> str:
@@ -377,7 +432,7 @@ def render(
                     "the server was not): throughput and latency say more about the generator; "
                     "CPU µs per delivery is still the server's own."
                 )
-    out.append("\n== targets (issue 7)")
+    out.append("\n== targets (issues 7 and 16)")
     if smoke:
         out.append("  (smoke run: tiny scenarios, so these verdicts mean nothing)")
     for verdict in verdicts:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = {"flood10", "flood100", "flood500", "paced100", "idle1000"}
+SCENARIOS = {"flood10", "flood100", "flood500", "paced100", "idle1000", "join1000"}
 TARGETS = {"forwarder", "proxy", "broker"}
 
 
@@ -48,7 +48,14 @@ def test_smoke_run_writes_a_clean_report(tmp_path: Path) -> None:
         assert result["errors"] == [], where
         for key in ("join_s", "rss_per_client_kib", "rss_before_kib", "rss_joined_kib"):
             assert key in result, f"{where}: no {key}"
-        if result["scenario"] == "idle1000":
+        if result["scenario"] == "join1000":
+            # One at a time: the server's CPU per join near 10 members, and
+            # for a relay the frames it fanned out per join to price that.
+            assert result["join_cpu_ms_10"] > 0, where
+            assert result["join_main_ms_10"] > 0, where
+            if result["target"] != "broker":
+                assert result["join_frames_10"] >= 1, where
+        if result["scenario"] in ("idle1000", "join1000"):
             continue
         for key in (
             "cpu_us_per_line",
@@ -73,4 +80,4 @@ def test_smoke_run_writes_a_clean_report(tmp_path: Path) -> None:
         for target in TARGETS:
             assert report["summary"][scenario][target]["runs"] == 1
     assert all("met" in verdict for verdict in report["targets"])
-    assert "targets (issue 7)" in proc.stdout.decode()
+    assert "targets (issues 7 and 16)" in proc.stdout.decode()
