@@ -172,6 +172,9 @@ class _Room:
     seq: int
     # session token -> session, in joining order
     members: dict[str, _Session] = field(default_factory=dict)
+    #: The members' nicknames in joining order, or None until asked for
+    #: again after a part or a rename (see _nicks).
+    nicks: list[str] | None = None
 
 
 class BrokerCore:
@@ -321,6 +324,8 @@ class BrokerCore:
             if now - session.last_seen > timeout and (session.active or not session.pending):
                 log.info("%s timed out", session.nick)
                 actions += self._remove(session, "timeout", now)
+                continue
+            if not session.pending:  # almost every session, every tick
                 continue
             for number, (rooms, since) in list(session.pending.items()):
                 if now - since <= timeout:
@@ -487,6 +492,8 @@ class BrokerCore:
         if room is None:
             room = self._rooms[name] = _Room(name=name, seq=self.history.last_seq(name))
         room.members[session.token] = session
+        if room.nicks is not None:
+            room.nicks.append(session.nick)
         session.rooms.add(name)
         return [
             Publish(JoinNotice(room=name, nick=session.nick, ts=now)),
@@ -546,6 +553,7 @@ class BrokerCore:
     def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
         room = self._rooms[name]
         del room.members[session.token]
+        room.nicks = None
         session.rooms.discard(name)
         if not room.members:
             del self._rooms[name]  # its sequence number lives on in the history store
@@ -631,6 +639,8 @@ class BrokerCore:
         del self._by_nick[nick_key(old)]
         self._by_nick[nick_key(new)] = session
         session.nick = new
+        for name in session.rooms:
+            self._rooms[name].nicks = None
         log.info("%s is now %s", old, new)
         notice_id = self._next_id()
         actions: list[Action] = [
@@ -739,4 +749,14 @@ def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
 
 
 def _nicks(room: _Room) -> list[str]:
-    return [s.nick for s in room.members.values()]
+    """The members' nicknames in joining order, for ``joined`` and ``who``.
+
+    Kept per room and extended on every join, so that a join does not walk
+    the whole room in Python (docs/PERFORMANCE.md, sequential joins); the
+    copy (a C loop over pointers) keeps each reply as it was when decided,
+    however many joins follow in the same turn.
+    """
+    nicks = room.nicks
+    if nicks is None:
+        nicks = room.nicks = [s.nick for s in room.members.values()]
+    return nicks.copy()

@@ -339,6 +339,34 @@ def test_rename_tells_each_shared_room_once_and_frees_the_old_name() -> None:
     )
 
 
+def test_member_lists_follow_joins_parts_renames_and_expiry() -> None:
+    # The core keeps each room's nickname list instead of rebuilding it per
+    # join; every change of membership or name must show in the next reply.
+    core = make_core()
+    join(core, b"A", "alice")
+    join(core, b"B", "bob")
+    _, actions = join(core, b"C", "carol")
+    assert sent(actions, b"C") == [
+        Joined(room="lobby", seq=0, members=["alice", "bob", "carol"], epoch=EPOCH)
+    ]
+    core.handle(b"B", frames(Rename(nick="bobby")), 1.0)
+    _, actions = join(core, b"D", "dave", now=1.0)
+    assert sent(actions, b"D") == [
+        Joined(room="lobby", seq=0, members=["alice", "bobby", "carol", "dave"], epoch=EPOCH)
+    ]
+    core.handle(b"A", frames(Part(room="lobby")), 1.0)
+    _, actions = join(core, b"E", "eve", now=2.0)
+    assert sent(actions, b"E") == [
+        Joined(room="lobby", seq=0, members=["bobby", "carol", "dave", "eve"], epoch=EPOCH)
+    ]
+    for identity in (b"C", b"D", b"E"):
+        core.handle(identity, frames(Ping()), TIMEOUT)
+    core.tick(TIMEOUT + 1.5)  # bob, silent since his rename at 1.0, times out
+    assert sent(core.handle(b"C", frames(Who(room="lobby")), TIMEOUT + 2)) == [
+        WhoReply(room="lobby", members=["carol", "dave", "eve"])
+    ]
+
+
 # --- leaving ---------------------------------------------------------------------------------
 
 
