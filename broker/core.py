@@ -152,7 +152,9 @@ class _Session:
     rooms: set[str] = field(default_factory=set)
     # sync number -> (rooms waiting for it, when asked)
     pending: dict[int, tuple[list[str], float]] = field(default_factory=dict)
-    early_syncs: set[int] = field(default_factory=set)
+    #: Made only when a sync overtakes its join (rare): an empty set per
+    #: session would cost 216 bytes (docs/PERFORMANCE.md, memory).
+    early_syncs: set[int] | None = None
     #: The CURVE public key (ZAP User-Id) of the connection that said hello,
     #: or None without CURVE: requests from any other key are refused.
     peer: str | None = None
@@ -294,9 +296,12 @@ class BrokerCore:
         number = int(parts[1])
         if number not in session.pending:
             # The subscription overtook its join request: remember it briefly.
-            if len(session.early_syncs) >= EARLY_SYNC_LIMIT:
-                session.early_syncs.clear()
-            session.early_syncs.add(number)
+            early = session.early_syncs
+            if early is None:
+                early = session.early_syncs = set()
+            elif len(early) >= EARLY_SYNC_LIMIT:
+                early.clear()
+            early.add(number)
             return []
         return self._synced(session, number, now)
 
@@ -429,7 +434,7 @@ class BrokerCore:
             resumed.identity = identity
             resumed.last_seen = now
             resumed.pending = {0: (rooms, now)}
-            resumed.early_syncs.clear()
+            resumed.early_syncs = None
             self._sessions[identity] = resumed
             log.info("%s resumed its session", nick)
             return [Send(identity, self._welcome(resumed))]
@@ -475,6 +480,10 @@ class BrokerCore:
 
     def _synced(self, session: _Session, number: int, now: float) -> list[Action]:
         rooms, _ = session.pending.pop(number)
+        if not session.pending:
+            # A dict keeps its table when emptied; a new empty one has none
+            # (64 bytes instead of 224, for as long as the session lasts).
+            session.pending = {}
         actions: list[Action] = []
         if not session.active:
             session.active = True
@@ -516,7 +525,7 @@ class BrokerCore:
                 ErrorCode.BAD_MESSAGE, f"sync number {request.sync} is in use or below 1"
             )
         session.pending[request.sync] = ([name], now)
-        if request.sync in session.early_syncs:
+        if session.early_syncs and request.sync in session.early_syncs:
             session.early_syncs.discard(request.sync)
             return self._synced(session, request.sync, now)
         return []

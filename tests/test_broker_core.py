@@ -7,6 +7,7 @@ subscription notices are handed in by hand through ``core.subscribed``.
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 import pytest
@@ -306,6 +307,22 @@ def test_join_part_who_and_rooms() -> None:
     assert error.code == ErrorCode.NOT_IN_ROOM
     (rooms,) = sent(core.handle(b"B", frames(ListRooms()), 5.0))
     assert [r.room for r in rooms.rooms] == ["lobby", "ops"]  # type: ignore[union-attr]
+
+
+def test_a_joined_session_keeps_no_join_state() -> None:
+    # Memory per idle client (docs/PERFORMANCE.md): once its joins are done a
+    # session holds no table of pending syncs and no set of early ones.
+    core = make_core()
+    welcome, _ = join(core, b"A", "alice")
+    core.subscribed(b"\x01" + sync_topic(welcome.session, 1), 1.0)  # overtakes its join
+    core.handle(b"A", frames(Join(room="dev", sync=1)), 1.0)
+    session = core._sessions[b"A"]
+    assert session.rooms == {"lobby", "dev"}
+    assert session.early_syncs == set()
+    assert sys.getsizeof(session.pending) == sys.getsizeof({}), "an emptied dict keeps its table"
+    _, _ = join(core, b"B", "bob")
+    assert core._sessions[b"B"].early_syncs is None
+    assert sys.getsizeof(core._sessions[b"B"].pending) == sys.getsizeof({})
 
 
 def test_too_many_rooms() -> None:
