@@ -8,7 +8,8 @@ possible and the server's cost is what the figures show.
 Two modes:
 
 * ``chat``: our broker. Each client sends ``hello``, subscribes to the room
-  topic and then its ``sync/<session>/0/`` topic, and waits for ``joined``.
+  topic and then its ``sync/<session>/0/`` topic, waits for ``joined`` and
+  unsubscribes the sync topic (as client/session.py does).
   Senders send ``say`` requests with an idempotency key (so the broker
   acknowledges them) whose text is ``<sender>:<counter>:<send time>``.
   Every client pings at the heartbeat interval once joined.
@@ -194,6 +195,7 @@ class LoadGen:
         self.acks = 0
         self.errors: list[str] = []
         self.joined = [False] * self.n
+        self.sessions = [b""] * self.n  # session tokens, from the welcomes
         self.joined_count = 0
         self.other = 0  # broadcasts that are not lines (join notices, probes)
         self.ping_start = 0.0
@@ -306,11 +308,15 @@ class LoadGen:
             sub = self.subs[i]
             sub.subscribe(ROOM_TOPIC)
             # Subscribed last: seeing it, the broker knows the room topic is live.
-            sub.subscribe(b"sync/%s/0/" % body.session.encode())
+            self.sessions[i] = body.session.encode()
+            sub.subscribe(b"sync/%s/0/" % self.sessions[i])
         elif kind == "joined":
             if not self.joined[i]:
                 self.joined[i] = True
                 self.joined_count += 1
+                # As client/session.py does (PROTOCOL.md §3): a sync topic
+                # left subscribed costs the XPUB about 4 KiB per client.
+                self.subs[i].unsubscribe(b"sync/%s/0/" % self.sessions[i])
         elif len(self.errors) < 20:
             self.errors.append(f"client {i}: {kind} {body.code} {body.message}")
 
