@@ -54,6 +54,10 @@ PROBE = b"P"
 PING_EVERY = 1.5
 #: Room sizes at which a sequential join reports the server's CPU per join.
 JOIN_MARKS = (10, 100, 1000)
+#: Seconds of idling measured at each mark of a sequential join.
+IDLE_WINDOW = 1.0
+#: Probes a relay fans out on their own at each mark, to price one frame.
+PRICED_FRAMES = 5
 #: How long the socket queues must stay quiet before "settled".
 QUIET = 0.3
 #: Seconds between reads of every DEALER once joined (Loadgen.full_poller).
@@ -375,10 +379,16 @@ class LoadGen:
         """Join the clients one after another, as people arrive in a room: a
         client connects and says hello only once the one before it has its
         ``joined`` (raw mode: once its SUB heard a probe it sent itself).
-        Joined clients ping and read their SUBs meanwhile. Returns the seconds
-        it took and the server's CPU per join (all threads, and its main
-        thread alone) and wall time per join around JOIN_MARKS members, each
-        over the last tenth of the joins up to the mark (at least 5)."""
+        Joined clients ping and read their SUBs meanwhile.
+
+        Returns the seconds the joins took and, around each of JOIN_MARKS
+        members, over the last tenth of the joins up to the mark (at least
+        5): the server's CPU per join (all threads, and its main thread
+        alone), the wall time per join, and then, with the joins paused, the
+        server's CPU per second of idling (the members' pings) and, for a
+        relay, its CPU per probe fanned out to every member on its own
+        (PRICED_FRAMES of them, each sent once the one before it arrived
+        everywhere): the price of one join notice's fan-out."""
         deadline = time.perf_counter() + self.args.join_timeout
         windows = {m: (m - max(5, m // 10), m) for m in JOIN_MARKS if m <= self.n}
         starts = {first: m for m, (first, _) in windows.items()}
@@ -388,6 +398,22 @@ class LoadGen:
         pings: deque[tuple[float, int]] = deque()
         joined_subs, joined_dealers = zmq.Poller(), zmq.Poller()
         next_read = 0.0
+        paused = 0.0
+
+        def service(now: float, timeout_ms: int) -> None:
+            """Pings due, and what the joined clients have been sent."""
+            nonlocal next_read
+            while pings and pings[0][0] <= now:
+                due, j = pings.popleft()
+                self.dealers[j].send(b'{"type":"ping"}')
+                pings.append((due + PING_EVERY, j))
+            if now >= next_read or timeout_ms:
+                next_read = now + DEALER_EVERY
+                for sock, _ in joined_subs.poll(timeout_ms):
+                    self.on_sub(sock)
+                for sock, _ in joined_dealers.poll(0):
+                    self.on_dealer(sock)
+
         start = time.perf_counter()
         for i in range(self.n):
             if i in starts:
@@ -413,18 +439,11 @@ class LoadGen:
                 if not self.chat and now >= next_probe:
                     dealer.send(PROBE)
                     self.probes += 1
-                    next_probe = now + 0.01
-                while pings and pings[0][0] <= now:
-                    due, j = pings.popleft()
-                    self.dealers[j].send(b'{"type":"ping"}')
-                    pings.append((due + PING_EVERY, j))
-                if now >= next_read:
-                    next_read = now + DEALER_EVERY
-                    for sock, _ in joined_subs.poll(0):
-                        self.on_sub(sock)
-                    for sock, _ in joined_dealers.poll(0):
-                        self.on_dealer(sock)
-                for sock, _ in own.poll(10):
+                    # Often enough that the join is not mostly waiting for a
+                    # probe; every probe is counted as a frame fanned out.
+                    next_probe = now + 0.002
+                service(now, 0)
+                for sock, _ in own.poll(10 if self.chat else 2):
                     if sock is sub:
                         self.on_sub(sock)
                     else:
@@ -434,19 +453,36 @@ class LoadGen:
                 joined_dealers.register(dealer, zmq.POLLIN)
                 pings.append((time.perf_counter() + PING_EVERY, i))
             mark = ends.get(i + 1)
-            if mark is not None:
-                cpu0, main0, wall0, probes0 = began[mark]
-                joins = mark - windows[mark][0]
-                figures[f"join_cpu_ms_{mark}"] = (cpu_ns(self.pid) - cpu0) / 1e6 / joins
-                figures[f"join_main_ms_{mark}"] = (
-                    (cpu_ns(self.pid, main_only=True) - main0) / 1e6 / joins
-                )
-                figures[f"join_wall_ms_{mark}"] = (time.perf_counter() - wall0) * 1e3 / joins
-                if not self.chat:
-                    # Frames the relay fanned out to every SUB per join: the
-                    # price of one such frame is what a join notice costs.
-                    figures[f"join_frames_{mark}"] = (self.probes - probes0) / joins
-        took = time.perf_counter() - start
+            if mark is None:
+                continue
+            cpu0, main0, wall0, probes0 = began[mark]
+            joins = mark - windows[mark][0]
+            figures[f"join_cpu_ms_{mark}"] = (cpu_ns(self.pid) - cpu0) / 1e6 / joins
+            figures[f"join_main_ms_{mark}"] = (
+                (cpu_ns(self.pid, main_only=True) - main0) / 1e6 / joins
+            )
+            figures[f"join_wall_ms_{mark}"] = (time.perf_counter() - wall0) * 1e3 / joins
+            if not self.chat:
+                figures[f"join_frames_{mark}"] = (self.probes - probes0) / joins
+            # The joins paused: what idling costs, and what one frame costs.
+            pause0 = time.perf_counter()
+            cpu0 = cpu_ns(self.pid)
+            while time.perf_counter() < pause0 + IDLE_WINDOW:
+                service(time.perf_counter(), 5)
+            idle = time.perf_counter() - pause0
+            figures[f"idle_cpu_ms_per_s_{mark}"] = (cpu_ns(self.pid) - cpu0) / 1e6 / idle
+            if not self.chat:
+                cpu0 = cpu_ns(self.pid)
+                for _ in range(PRICED_FRAMES):
+                    heard = self.other + mark
+                    dealer.send(PROBE)
+                    while self.other < heard:
+                        if time.perf_counter() > deadline:
+                            raise TimeoutError("a probe did not reach every SUB")
+                        service(time.perf_counter(), 5)
+                figures[f"frame_cpu_ms_{mark}"] = (cpu_ns(self.pid) - cpu0) / 1e6 / PRICED_FRAMES
+            paused += time.perf_counter() - pause0
+        took = time.perf_counter() - start - paused
         self.ping_start = time.perf_counter()
         return took, figures
 
