@@ -374,16 +374,16 @@ def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
 
 def join_own_ms(rows: dict[str, dict[str, Any]], members: int) -> float | None:
     """The broker's CPU per sequential join at ``members``, less what is not
-    the join's own: the fan-out of its one notice (priced by the forwarder,
-    CPU per probe fanned out alone to as many SUBs) and the members' pings
-    during the join (the broker's idle CPU per second times the join's wall
-    time)."""
-    broker, fwd = rows.get("broker", {}), rows.get("forwarder", {})
+    the join's own: the fan-out of its one notice (priced by a line fanned
+    out alone to as many members, its handling included, so this errs low)
+    and the members' pings during the join (idle CPU per second times the
+    join's wall time)."""
+    broker = rows.get("broker", {})
     values = [
         broker.get(f"join_cpu_ms_{members}"),
         broker.get(f"idle_cpu_ms_per_s_{members}"),
         broker.get(f"join_wall_ms_{members}"),
-        fwd.get(f"frame_cpu_ms_{members}"),
+        broker.get(f"frame_cpu_ms_{members}"),
     ]
     if not all(isinstance(v, (int, float)) for v in values):
         return None
@@ -396,8 +396,9 @@ def join_flatness(rows: dict[str, dict[str, Any]]) -> float | None:
     small = join_own_ms(rows, 10)
     for members in (1000, 100):
         large = join_own_ms(rows, members)
-        if large is not None and small:
-            return large / small
+        if large is not None and small is not None and small > 0:
+            # Below zero, the price taken off was larger than the join: flat.
+            return max(large, 0.0) / small
     return None
 
 
