@@ -21,6 +21,10 @@ Two modes:
   means that a SUB has received one of the probe frames (``P``) that client 0
   sends until every SUB has heard one.
 
+With ``--sequential`` the clients join one after another instead of all at
+once (LoadGen.join_sequential), and the server's CPU per join is reported
+near 10, 100 and 1000 members.
+
 Every client receives every line (its own included), so the generator checks
 loss, duplication and order per (sender, receiver) pair from the counters,
 and measures latency from the send time (one process, one monotonic clock).

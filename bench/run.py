@@ -8,8 +8,8 @@ control is off, ``--max-rate 0``, since the scenarios flood on purpose) and the
 load generator (bench/loadgen.py) as one other process, each pinned to a core
 of its own where the machine has two. It prints a table of medians with each
 figure as a ratio to the minimal Python forwarder, says where the generator
-rather than the server was the bottleneck, checks the targets of issue 7, and
-writes every raw result to ``DIR/bench-<time>.json``.
+rather than the server was the bottleneck, checks the targets of issues 7 and
+16, and writes every raw result to ``DIR/bench-<time>.json``.
 """
 
 from __future__ import annotations
