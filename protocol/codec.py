@@ -12,7 +12,7 @@ Decoders raise only :class:`ProtocolError`, whatever the input.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -30,6 +30,7 @@ __all__ = [
     "encode",
     "encode_broadcast",
     "pack",
+    "pack_messages",
     "room_topic",
     "sync_topic",
     "unpack",
@@ -140,6 +141,42 @@ def pack(bodies: list[bytes], limit: int = BATCH_BYTES) -> list[bytes]:
         size += len(body) + 1
     if chunk:
         frames.append(chunk[0] if len(chunk) == 1 else b"[" + b",".join(chunk) + b"]")
+    return frames
+
+
+def pack_messages(
+    messages: Sequence[Request | Reply | Broadcast], limit: int = BATCH_BYTES
+) -> list[bytes]:
+    """What ``pack([encode(m) for m in messages], limit)`` returns, or frames
+    as valid (in order, each within ``limit`` unless one message alone is
+    longer, a lone message as it is), with one encoder call per frame instead
+    of one per message plus a Python loop over them: about 2 600 instructions
+    less per message (docs/PERFORMANCE.md). Everything fits one frame in the
+    common case; otherwise the frames hold as many messages as the sizes seen
+    so far suggest, fewer if one comes out too long."""
+    count = len(messages)
+    if count == 1:
+        return [_encoder.encode(messages[0])]
+    whole = _encoder.encode(messages)
+    if len(whole) <= limit:
+        return [whole]
+    frames: list[bytes] = []
+    per = len(whole) / count  # bytes per message, its comma included
+    start = 0
+    while start < count:
+        chunk = messages[start : start + max(1, int((limit - 1) / per))]
+        if len(chunk) == 1:
+            frames.append(_encoder.encode(chunk[0]))
+            start += 1
+            continue
+        frame = _encoder.encode(chunk)
+        if len(frame) > limit:
+            # Longer messages than the average so far: fewer per frame (the
+            # new estimate fits strictly fewer than this chunk, so it ends).
+            per = len(frame) / len(chunk)
+            continue
+        frames.append(frame)
+        start += len(chunk)
     return frames
 
 

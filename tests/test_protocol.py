@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import protocol
 from protocol import (
+    BATCH_BYTES,
     MAX_KEY_LENGTH,
     MAX_NICK_LENGTH,
     MAX_ROOM_LENGTH,
@@ -33,6 +34,7 @@ from protocol import (
     encode_broadcast,
     nick_key,
     pack,
+    pack_messages,
     room_topic,
     unpack,
     validate_key,
@@ -289,6 +291,33 @@ def test_packed_replies_unpack_to_the_same_messages_in_order(
     assert [body for frame in frames for body in unpack(frame)] == bodies
     decoded = [decode_reply([body]) for frame in frames for body in unpack(frame)]
     assert decoded == replies
+
+
+@FUZZ
+@given(replies=st.lists(ANY_REPLY, min_size=1, max_size=40), limit=st.integers(1, 3000))
+def test_messages_packed_with_one_encoding_per_frame_are_valid_batches(
+    replies: list[Any], limit: int
+) -> None:
+    # The broker's way (one encoder call per frame): the same messages in
+    # order, each frame within the limit unless it is one message alone.
+    bodies = [encode(reply) for reply in replies]
+    frames = pack_messages(replies, limit)
+    for frame in frames:
+        assert len(frame) <= limit or frame in bodies
+    assert [body for frame in frames for body in unpack(frame)] == bodies
+    if len(frames) == 1:
+        assert frames == pack(bodies, limit)  # byte for byte when all fit
+
+
+def test_messages_packed_past_the_limit_fill_frames_nearly_as_full() -> None:
+    lines = [
+        ChatMessage(room="r", nick="n", text="x" * (100 + i % 50), ts=1.0, id=f"b-{i}", seq=i)
+        for i in range(200)
+    ]
+    frames = pack_messages(lines)
+    assert [body for frame in frames for body in unpack(frame)] == [encode(m) for m in lines]
+    assert all(len(frame) <= BATCH_BYTES for frame in frames)
+    assert len(frames) <= len(pack([encode(m) for m in lines])) + 1
 
 
 def test_a_lone_message_is_not_wrapped_and_a_batch_is_an_array() -> None:
