@@ -560,6 +560,7 @@ class LoadGen:
         paced = args.rate > 0
         interval = 1.0 / args.rate if paced else 0.0
         server0 = cpu_seconds(self.pid)
+        main0 = cpu_ns(self.pid, main_only=True)
         gen0 = time.process_time()
         start = time.perf_counter()
         stop_sending = start + args.duration
@@ -602,6 +603,7 @@ class LoadGen:
             self.pump(poller, 20)
         end = time.perf_counter()
         server_cpu = cpu_seconds(self.pid) - server0
+        main_cpu = (cpu_ns(self.pid, main_only=True) - main0) / 1e9
         gen_cpu = time.process_time() - gen0
         wall = end - start
         lines_sent = sum(sent)
@@ -626,6 +628,8 @@ class LoadGen:
             "lines_per_s": accepted / wall,
             "cpu_us_per_delivery": server_cpu * 1e6 / deliveries if deliveries else None,
             "cpu_us_per_line": server_cpu * 1e6 / accepted if accepted else None,
+            # The server's main thread alone (for us: all of the broker's Python).
+            "main_cpu_us_per_line": main_cpu * 1e6 / accepted if accepted else None,
             "latency_p50_ms": _ms(percentile(lat, 0.50)),
             "latency_p99_ms": _ms(percentile(lat, 0.99)),
             "latency_max_ms": _ms(lat[-1] if lat else None),

@@ -72,6 +72,7 @@ EXTRA_TARGETS = ["forwarder-asyncio"]
 FIGURES: list[tuple[str, str, str]] = [
     ("cpu_us_per_delivery", "server CPU µs/delivery", "{:.3f}"),
     ("cpu_us_per_line", "server CPU µs/line", "{:.2f}"),
+    ("main_cpu_us_per_line", "main thread CPU µs/line", "{:.2f}"),
     ("deliveries_per_s", "deliveries/s", "{:,.0f}"),
     ("lines_per_s", "accepted lines/s", "{:,.0f}"),
     ("latency_p50_ms", "latency p50 ms", "{:.2f}"),
