@@ -150,21 +150,26 @@ def pack_messages(
     """What ``pack([encode(m) for m in messages], limit)`` returns, or frames
     as valid (in order, each within ``limit`` unless one message alone is
     longer, a lone message as it is), with one encoder call per frame instead
-    of one per message plus a Python loop over them: about 2 600 instructions
-    less per message (docs/PERFORMANCE.md). Everything fits one frame in the
-    common case; otherwise the frames hold as many messages as the sizes seen
-    so far suggest, fewer if one comes out too long."""
+    of one per message plus a Python loop over them (docs/PERFORMANCE.md).
+    Everything fits one frame in the common case; otherwise the frames hold
+    as many messages as the sizes seen so far suggest (the first message's,
+    then each chunk's), fewer if one comes out too long."""
     count = len(messages)
+    first = _encoder.encode(messages[0])
     if count == 1:
-        return [_encoder.encode(messages[0])]
-    whole = _encoder.encode(messages)
-    if len(whole) <= limit:
-        return [whole]
+        return [first]
+    per = len(first) + 1.0  # bytes per message, its comma included
+    if per * count < limit:  # likely to fit: one call for all
+        whole = _encoder.encode(messages)
+        if len(whole) <= limit:
+            return [whole]
+        per = len(whole) / count
     frames: list[bytes] = []
-    per = len(whole) / count  # bytes per message, its comma included
     start = 0
     while start < count:
-        chunk = messages[start : start + max(1, int((limit - 1) / per))]
+        # 5 % short of the estimate: messages a little longer than those
+        # measured (growing ids, counters) then rarely cost a second try.
+        chunk = messages[start : start + max(1, int(0.95 * (limit - 1) / per))]
         if len(chunk) == 1:
             frames.append(_encoder.encode(chunk[0]))
             start += 1
