@@ -503,6 +503,9 @@ class BrokerCore:
         room.members[session.token] = session
         if room.nicks is not None:
             room.nicks.append(session.nick)
+        # The room's own string, not this request's equal copy: one object
+        # per room name instead of one per member (docs/PERFORMANCE.md, memory).
+        name = room.name
         session.rooms.add(name)
         return [
             Publish(JoinNotice(room=name, nick=session.nick, ts=now)),

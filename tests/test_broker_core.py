@@ -323,6 +323,9 @@ def test_a_joined_session_keeps_no_join_state() -> None:
     _, _ = join(core, b"B", "bob")
     assert core._sessions[b"B"].early_syncs is None
     assert sys.getsizeof(core._sessions[b"B"].pending) == sys.getsizeof({})
+    # Members share their room's name string instead of holding a copy each.
+    (lobby,) = core._sessions[b"B"].rooms
+    assert lobby is next(name for name in session.rooms if name == "lobby")
 
 
 def test_too_many_rooms() -> None:
