@@ -1,9 +1,9 @@
-"""Profile the broker under one scenario (a flood by default; ``join1000``
-for clients joining one at a time).
+"""Profile the broker under one scenario of the benchmark.
 
 ``python -m bench.profile [--scenario flood10] [--top 25] [--out FILE.prof]``
-runs ``chat-broker`` (default configuration, SQLite history in a temporary
-file, ``--max-rate 0``) under ``python -m cProfile``, drives it with the load
+(a flood by default; ``join1000`` for clients joining one at a time) runs
+``chat-broker`` (default configuration, SQLite history in a temporary file,
+``--max-rate 0``) under ``python -m cProfile``, drives it with the load
 generator, stops it with SIGTERM (so cProfile writes its statistics), and
 prints the top entries by own time and by cumulative time. cProfile slows the
 broker down and measures wall time (a function preempted by ZeroMQ's I/O
