@@ -163,9 +163,10 @@ class _Session:
     #: Flood control of history, who and room-list requests.
     queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
     #: The away message ("" : here), and the tokens of those already told it
-    #: after a private line (docs/PROTOCOL.md "Away": once per away).
+    #: after a private line (docs/PROTOCOL.md "Away": once per away); the set
+    #: is made when first needed (an empty one costs 216 bytes a session).
     away: str = ""
-    away_told: set[str] = field(default_factory=set)
+    away_told: set[str] | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -177,6 +178,9 @@ class _Room:
     #: The members' nicknames in joining order, or None until asked for
     #: again after a part or a rename (see _nicks).
     nicks: list[str] | None = None
+    #: Its away members' messages by nickname, or None until asked for
+    #: again after a member went away or came back, parted or was renamed.
+    away: dict[str, str] | None = None
 
 
 class BrokerCore:
@@ -222,7 +226,7 @@ class BrokerCore:
             History: self._history,
             Bye: self._bye,
             Topic: lambda session, request, now: topic_request(self, session, request, now),
-            Away: lambda session, request, now: away_notices(session, request, now),
+            Away: self._away,
         }
 
     # --- what the loop calls ---------------------------------------------
@@ -503,6 +507,8 @@ class BrokerCore:
         room.members[session.token] = session
         if room.nicks is not None:
             room.nicks.append(session.nick)
+        if session.away:
+            room.away = None
         # The room's own string, not this request's equal copy: one object
         # per room name instead of one per member (docs/PERFORMANCE.md, memory).
         name = room.name
@@ -565,7 +571,7 @@ class BrokerCore:
     def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
         room = self._rooms[name]
         del room.members[session.token]
-        room.nicks = None
+        room.nicks = room.away = None
         session.rooms.discard(name)
         if not room.members:
             del self._rooms[name]  # its sequence number lives on in the history store
@@ -652,7 +658,8 @@ class BrokerCore:
         self._by_nick[nick_key(new)] = session
         session.nick = new
         for name in session.rooms:
-            self._rooms[name].nicks = None
+            room = self._rooms[name]
+            room.nicks = room.away = None
         log.info("%s is now %s", old, new)
         notice_id = self._next_id()
         actions: list[Action] = [
@@ -669,8 +676,9 @@ class BrokerCore:
         room = self._rooms.get(name)
         if room is None:
             return [Send(session.identity, WhoReply(room=name, members=[]))]
-        away = {s.nick: s.away for s in room.members.values() if s.away}
-        return [Send(session.identity, WhoReply(room=name, members=_nicks(room), away=away))]
+        return [
+            Send(session.identity, WhoReply(room=name, members=_nicks(room), away=_away_map(room)))
+        ]
 
     def _list_rooms(self, session: _Session, request: ListRooms, now: float) -> list[Action]:
         rooms = [
@@ -702,7 +710,15 @@ class BrokerCore:
     # --- helpers ---------------------------------------------------------
 
     def _joined(self, room: _Room) -> Joined:
-        return joined_reply(self, room, self.history.room_epoch(room.name))
+        return joined_reply(
+            self, room, self.history.room_epoch(room.name), _nicks(room), _away_map(room)
+        )
+
+    def _away(self, session: _Session, request: Away, now: float) -> list[Action]:
+        actions = away_notices(session, request, now)
+        for name in session.rooms:
+            self._rooms[name].away = None
+        return actions
 
     def _check_registered(self, nick: str, peer: str | None) -> None:
         owner = self.config.nick_keys.get(nick_key(nick))
@@ -758,6 +774,16 @@ def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
             else:
                 merged.append(Publish(JoinsNotice(room=room, nicks=chunk, ts=now)))
     return merged + others
+
+
+def _away_map(room: _Room) -> dict[str, str]:
+    """The away members' messages by nickname, for ``joined`` and ``who``:
+    kept per room like :func:`_nicks`, so a join does not walk the room. Never
+    changed in place (only dropped and made anew), so replies may share it."""
+    away = room.away
+    if away is None:
+        away = room.away = {s.nick: s.away for s in room.members.values() if s.away}
+    return away
 
 
 def _nicks(room: _Room) -> list[str]:

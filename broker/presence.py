@@ -34,13 +34,16 @@ __all__ = ["away_notices", "away_reply_once", "joined_reply", "topic_request"]
 log = logging.getLogger("broker")
 
 
-def joined_reply(core: BrokerCore, room: _Room, epoch: str) -> Joined:
-    """The ``joined`` reply for ``room``: members, numbering, topic and who is away."""
-    away = {s.nick: s.away for s in room.members.values() if s.away}
+def joined_reply(
+    core: BrokerCore, room: _Room, epoch: str, members: list[str], away: dict[str, str]
+) -> Joined:
+    """The ``joined`` reply for ``room``: members, numbering, topic and who is
+    away (``members`` and ``away`` as the core keeps them per room, so that a
+    join does not walk the room; docs/PERFORMANCE.md)."""
     return Joined(
         room=room.name,
         seq=room.seq,
-        members=[s.nick for s in room.members.values()],
+        members=members,
         epoch=epoch,
         topic=core.topics.get(room.name).text,
         away=away,
@@ -82,7 +85,7 @@ def away_notices(session: _Session, request: Away, now: float) -> list[Action]:
     text = validate_away(request.text)
     changed = text != session.away
     session.away = text
-    session.away_told.clear()  # a new away message is news to everyone again
+    session.away_told = None  # a new away message is news to everyone again
     actions: list[Action] = [Send(session.identity, AwayReply(nick=session.nick, text=text))]
     if changed:
         actions += [
@@ -97,7 +100,10 @@ def away_reply_once(sender: _Session, target: _Session) -> list[Action]:
     ``sender`` writes to it while it is away."""
     from broker.core import Send
 
-    if not target.away or sender.token in target.away_told:
+    told = target.away_told
+    if not target.away or (told is not None and sender.token in told):
         return []
-    target.away_told.add(sender.token)
+    if told is None:
+        told = target.away_told = set()
+    told.add(sender.token)
     return [Send(sender.identity, AwayReply(nick=target.nick, text=target.away))]

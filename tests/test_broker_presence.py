@@ -13,7 +13,10 @@ from protocol import (
     AwayNotice,
     AwayReply,
     ErrorCode,
+    Join,
     Joined,
+    Part,
+    Rename,
     SendPrivate,
     Topic,
     TopicNotice,
@@ -22,6 +25,7 @@ from protocol import (
     WhoReply,
     decode_reply,
     encode,
+    sync_topic,
 )
 from tests.test_broker_core import frames, join, only_error, published, sent
 
@@ -118,6 +122,45 @@ def test_away_is_announced_listed_and_answered_once_per_sender() -> None:
     actions = core.handle(b"A", frames(Away()), 5.0)
     assert published(actions) == [AwayNotice(room="lobby", nick="Alice", text="", ts=5.0)]
     assert private(b"D") == []
+
+
+def test_away_maps_follow_away_back_renames_parts_and_joins() -> None:
+    # The core keeps each room's away map instead of walking the room on
+    # every join; every change must show in the next joined and who.
+    core = make_core()
+    join(core, b"A", "Alice")
+    join(core, b"B", "Bob")
+
+    def joined_away(identity: bytes, nick: str, now: float) -> dict[str, str]:
+        _, actions = join(core, identity, nick, now)
+        (joined,) = sent(actions, identity)
+        assert isinstance(joined, Joined)
+        return joined.away
+
+    assert joined_away(b"C", "Carol", 1.0) == {}
+    core.handle(b"A", frames(Away(text="lunch")), 2.0)
+    core.handle(b"B", frames(Away(text="gone")), 2.0)
+    assert joined_away(b"D", "Dave", 2.0) == {"Alice": "lunch", "Bob": "gone"}
+    core.handle(b"A", frames(Rename(nick="Alicia")), 3.0)
+    assert joined_away(b"E", "Eve", 3.0) == {"Alicia": "lunch", "Bob": "gone"}
+    core.handle(b"B", frames(Part(room="lobby")), 4.0)
+    assert joined_away(b"J", "Jo", 4.0) == {"Alicia": "lunch"}
+    core.handle(b"A", frames(Away()), 4.0)
+    assert joined_away(b"F", "Fay", 4.0) == {}
+    core.handle(b"F", frames(Away(text="afk")), 5.0)
+    assert joined_away(b"G", "Gus", 5.0) == {"Fay": "afk"}
+    join(core, b"H", "Hal", 5.0, rooms=["dev"])  # dev's map made: nobody away
+    core.handle(b"F", frames(Join(room="dev", sync=1)), 5.0)  # Fay enters it, away
+    core.subscribed(b"\x01" + sync_topic(core._sessions[b"F"].token, 1), 5.0)
+    _, actions = join(core, b"I", "Ivy", 5.0, rooms=["dev"])
+    assert [m.away for m in sent(actions, b"I") if isinstance(m, Joined)] == [{"Fay": "afk"}]
+    assert sent(core.handle(b"G", frames(Who(room="lobby")), 6.0)) == [
+        WhoReply(
+            room="lobby",
+            members=["Alicia", "Carol", "Dave", "Eve", "Jo", "Fay", "Gus"],
+            away={"Fay": "afk"},
+        )
+    ]
 
 
 def test_new_fields_are_left_out_when_empty_so_v1_clients_see_the_old_shapes() -> None:
