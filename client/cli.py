@@ -9,20 +9,33 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
-from client.commands import execute
+from client.commands import InOrder, execute
+from client.jsonout import DEFAULT_LIMIT, EventWriter
+from client.session import State
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
 from protocol.keys import KeyFileError, load_secret, parse_public_key
 
 __all__ = ["build_parser", "curve_options", "main"]
 
-#: Exit statuses (README "JSON mode").
+#: Exit statuses (README "JSON mode", docs/CLIENT.md "Exit status").
 EXIT_OK = 0
+#: No broker answered, or the session ended for a reason other than our leaving.
 EXIT_UNREACHABLE = 1
+#: Refused: bad options, nickname taken or invalid, authentication failed.
 EXIT_REFUSED = 2
+#: Some line was not delivered (an ``error`` event for it: ``not_delivered``,
+#: or refused by us or the broker).
+EXIT_NOT_DELIVERED = 3
+#: Events were dropped because stdout was not read (``overflow`` events).
+EXIT_OVERFLOW = 4
+
+#: Requests whose errors mean a line of the user's was not delivered.
+_LINE_REQUESTS = frozenset({"say", "msg", "me"})
 
 
 def _positive_seconds(text: str) -> float:
@@ -87,6 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="line mode: one scrolling stream and a prompt, no full screen "
         "(also with TERM=dumb or when output is not a terminal; for screen readers)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="--json, at end of input: wait for unacknowledged lines as long as the "
+        "broker keeps acknowledging them (paced at its flood limit); give up after "
+        "SECONDS without progress (default 30)",
+    )
+    parser.add_argument(
+        "--output-buffer",
+        type=_count,
+        default=DEFAULT_LIMIT,
+        metavar="BYTES",
+        help="--json: events that may wait unread on stdout before further ones are "
+        f"dropped and counted in an overflow event (default {DEFAULT_LIMIT})",
     )
     parser.add_argument(
         "--no-bell", action="store_true", help="do not ring the bell when you are mentioned"
@@ -160,12 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 # --- JSON mode ------------------------------------------------------------------
 
 
-def _emit(event: ev.Event) -> None:
-    out = sys.stdout.buffer
-    out.write(ev.encode_event(event) + b"\n")
-    out.flush()
-
-
 def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes | None]) -> None:
     # A thread, because stdin may be a pipe, a file or a terminal, and only a
     # blocking read works on all of them. It uses os.read, not sys.stdin.buffer:
@@ -186,10 +210,65 @@ def _read_stdin(loop: asyncio.AbstractEventLoop, lines: asyncio.Queue[bytes | No
     put(None)
 
 
+class _Output:
+    """Every event on its way to stdout: counts what the exit status reports
+    and tells the command sequencer about answers."""
+
+    def __init__(self, writer: EventWriter, order: InOrder) -> None:
+        self.writer = writer
+        self.order = order
+        self.undelivered = 0
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Error) and (
+            event.code == "not_delivered" or (event.req in _LINE_REQUESTS and event.text)
+        ):
+            self.undelivered += 1
+        self.order.seen(event)
+        self.writer.emit(event)
+
+
+async def _drain(client: AsyncClient, stall: float) -> bool:
+    """Wait until every line is acknowledged and every join answered, for as
+    long as that makes progress: give up after ``stall`` seconds in which no
+    line was acknowledged (plus the spacing of the broker's flood limit).
+    Returns whether everything was acknowledged."""
+    session = client.session
+    limits = session.limits
+    # A paced line may not go out sooner than the broker's bucket allows.
+    spacing = 1 / limits.rate if limits is not None and limits.rate > 0 else 0.0
+    left = session.unacked
+    deadline = time.monotonic() + stall + spacing
+    while session.busy and session.state in (State.JOINED, State.RECONNECTING):
+        now = time.monotonic()
+        if session.unacked < left:
+            left = session.unacked
+            deadline = now + stall + spacing
+        if now >= deadline:
+            return False
+        await client.settle(min(0.5, deadline - now))
+    return not session.busy
+
+
 async def run_json(args: argparse.Namespace) -> int:
     """Scripting mode: one JSON object per event on stdout, commands on stdin."""
+    writer = EventWriter(sys.stdout.fileno(), getattr(args, "output_buffer", DEFAULT_LIMIT))
+    stall = getattr(args, "drain_timeout", 30.0)
+    code = EXIT_UNREACHABLE
+    try:
+        code = await _run_json(args, writer, stall)
+    finally:
+        written = writer.close(stall)
+    if not written and not writer.broken and code == EXIT_OK:
+        return EXIT_OVERFLOW  # the reader stopped reading: the last events are lost
+    return code
+
+
+async def _run_json(args: argparse.Namespace, writer: EventWriter, stall: float) -> int:
     if not args.nick:
-        _emit(ev.Error(code="nick_invalid", message="--nick is required with --json", req="hello"))
+        writer.emit(
+            ev.Error(code="nick_invalid", message="--nick is required with --json", req="hello")
+        )
         return EXIT_REFUSED
     client = AsyncClient(
         args.server,
@@ -202,11 +281,13 @@ async def run_json(args: argparse.Namespace) -> int:
     try:
         welcome = await client.connect(timeout=args.connect_timeout)
     except JoinRefused as exc:
-        _emit(ev.Error(code=exc.code, message=exc.message, req="hello"))
+        writer.emit(ev.Error(code=exc.code, message=exc.message, req="hello"))
         return EXIT_REFUSED
     except BrokerUnreachable as exc:
-        _emit(ev.Error(code="unreachable", message=str(exc), req="hello"))
+        writer.emit(ev.Error(code="unreachable", message=str(exc), req="hello"))
         return EXIT_UNREACHABLE
+    order = InOrder()
+    out = _Output(writer, order)
     loop = asyncio.get_running_loop()
     lines: asyncio.Queue[bytes | None] = asyncio.Queue()
     threading.Thread(target=_read_stdin, args=(loop, lines), daemon=True).start()
@@ -215,27 +296,33 @@ async def run_json(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signum, stop.set)
     # Only now: a script that signals us as soon as it sees the welcome gets a
     # clean leave (reason exit), not the default handler killing us silently.
-    _emit(welcome)
+    out(welcome)
 
     async def print_events() -> None:
         async for event in client:
-            _emit(event)
+            out(event)
+        order.close()  # nothing more will be answered
 
     async def read_commands() -> None:
         while True:
             raw = await lines.get()
             if raw is None:
-                return
+                break
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError:
-                _emit(ev.Error(code="bad_encoding", message="that input line is not UTF-8"))
+                out(ev.Error(code="bad_encoding", message="that input line is not UTF-8"))
                 continue
-            result = await execute(client, line)
+            # In order: a command waits for the answers to the earlier ones.
+            await order.wait(out)
+            result = await execute(client, line, order)
             if isinstance(result, str):  # EXIT
-                return
+                break
             for event in result:
-                _emit(event)
+                out(event)
+        # The end of input (or /exit): what was asked is carried out first.
+        await order.wait(out)
+        await _drain(client, stall)
 
     printer = asyncio.create_task(print_events())
     reader = asyncio.create_task(read_commands())
@@ -243,7 +330,15 @@ async def run_json(args: argparse.Namespace) -> int:
     await asyncio.wait({reader, stopper, printer}, return_when=asyncio.FIRST_COMPLETED)
     for task in (reader, stopper):
         task.cancel()
-    await client.close()
+    ended_by_broker = printer.done() and client.session.close_reason not in (None, "exit")
+    # Whatever is still unacknowledged now is reported, one not_delivered each.
+    await client.close(settle=0)
     with contextlib.suppress(asyncio.CancelledError):
         await printer
+    if out.undelivered:
+        return EXIT_NOT_DELIVERED
+    if writer.dropped:
+        return EXIT_OVERFLOW
+    if ended_by_broker:
+        return EXIT_UNREACHABLE
     return EXIT_OK

@@ -6,14 +6,23 @@ line starting with ``//`` sends the rest, starting with one ``/``, as text.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from client import events as ev
 from client.aio import AsyncClient
-from protocol import ProtocolError
+from protocol import ProtocolError, validate_room
 
-__all__ = ["COMMANDS", "EXIT", "execute", "help_event"]
+__all__ = ["COMMANDS", "EXIT", "REPLY_TIMEOUT", "InOrder", "execute", "help_event"]
+
+#: How long a command waits for the broker's answer to an earlier one before
+#: it is carried out anyway (with a ``no_answer`` error for the earlier one).
+#: Generous: a reconnect to a restarted broker takes seconds, and the session
+#: resends what it asked (issue 12, item 4).
+REPLY_TIMEOUT = 30.0
 
 #: What :func:`execute` returns when the user asked to leave.
 EXIT = "exit"
@@ -57,13 +66,120 @@ def _usage(name: str) -> ev.Error:
     return ev.Error(code="usage", message=f"usage: {COMMANDS[name].usage}", req=name)
 
 
-async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
+@dataclass(frozen=True)
+class _Asked:
+    """A request whose answer a later command may depend on."""
+
+    req: str
+    #: The room (join, part, who, history) or the old nickname (nick).
+    subject: str | None
+    since: float
+
+    def answered_by(self, event: ev.Event) -> bool:
+        if isinstance(event, ev.Error):
+            return event.req == self.req and (
+                self.req not in ("join", "part", "history") or event.room in (None, self.subject)
+            )
+        match self.req, event:
+            case "join", ev.Joined(room=room) | ev.Welcome(room=room):
+                return room == self.subject
+            case "part", ev.Parted(room=room):
+                return room == self.subject
+            case "history", ev.HistoryEnd(room=room):
+                return room == self.subject
+            case "who", ev.Who(room=room):
+                return room == self.subject
+            case "rooms", ev.Rooms():
+                return True
+            case "nick", ev.Nick(old=old):
+                return old == self.subject
+        return False
+
+
+class InOrder:
+    """Carries out commands in the order they were given (README "JSON mode").
+
+    Requests such as ``/join`` are answered later, as events. A command given
+    after them may depend on the answer (``/part ops`` after ``/join ops``,
+    ``/history`` after ``/join``, a line after ``/part``), so :meth:`wait`
+    holds the next command until every earlier request is answered. Chat lines
+    are not waited for: the session keeps their order itself, and a line for a
+    room being joined is held until the join is answered.
+
+    Feed it every event the client yields (:meth:`seen`).
+    """
+
+    def __init__(self, timeout: float = REPLY_TIMEOUT) -> None:
+        self.timeout = timeout
+        self._asked: list[_Asked] = []
+        self._changed = asyncio.Event()
+        self._closed = False
+
+    @property
+    def pending(self) -> int:
+        """Requests not answered yet."""
+        return len(self._asked)
+
+    def asked(self, req: str, subject: str | None = None) -> None:
+        """A request went out whose answer later commands wait for."""
+        if any(a.req == req and a.subject == subject for a in self._asked) and req == "join":
+            return  # the same room asked twice: the session sends one join
+        self._asked.append(_Asked(req, subject, time.monotonic()))
+
+    def seen(self, event: ev.Event) -> None:
+        """An event from the client: it may answer a request."""
+        if isinstance(event, ev.Message | ev.Private | ev.Join | ev.Leave):
+            return  # the bulk of events; none answers a request
+        for index, asked in enumerate(self._asked):
+            if asked.answered_by(event):
+                del self._asked[index]
+                self._changed.set()
+                return
+
+    def close(self) -> None:
+        """The session is over: nothing will be answered any more; stop waiting."""
+        self._closed = True
+        self._asked.clear()
+        self._changed.set()
+
+    async def wait(self, report: Callable[[ev.Event], None]) -> None:
+        """Until every earlier request is answered. One not answered within
+        :attr:`timeout` is given up with a ``no_answer`` error (to ``report``)."""
+        while self._asked and not self._closed:
+            oldest = self._asked[0]
+            left = oldest.since + self.timeout - time.monotonic()
+            if left <= 0:
+                self._asked.pop(0)
+                report(
+                    ev.Error(
+                        code="no_answer",
+                        message=f"the broker did not answer /{oldest.req} within "
+                        f"{self.timeout:g} s; carrying on with the next command",
+                        req=oldest.req,
+                        room=oldest.subject if oldest.req != "nick" else None,
+                    )
+                )
+                continue
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+
+async def execute(
+    client: AsyncClient, line: str, order: InOrder | None = None
+) -> list[ev.Event] | str:
     """Carry out one line typed by a user or a script.
 
     Returns :data:`EXIT` when the user asked to leave, otherwise the events to
     show at once (help, usage errors, refused input); answers from the broker
-    arrive later as ordinary events.
+    arrive later as ordinary events. With ``order``, the requests sent are
+    recorded there, so that the caller can make the next command wait for
+    their answers (:class:`InOrder`).
     """
+    return await _execute(client, line, order or InOrder())
+
+
+async def _execute(client: AsyncClient, line: str, order: InOrder) -> list[ev.Event] | str:
     line = line.rstrip("\r\n")
     if not line.startswith("/") or line.startswith("//"):
         text = line[1:] if line.startswith("//") else line
@@ -86,25 +202,31 @@ async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
             )
         ]
     if name == "join":
-        return (
-            await _guard(client.join(rest), name, line)
-            if rest and " " not in rest
-            else [_usage(name)]
-        )
+        if not rest or " " in rest:
+            return [_usage(name)]
+        known = set(client.rooms)
+        refused = await _guard(client.join(rest), name, line)
+        if not refused and client.room not in known:
+            order.asked("join", client.room)
+        return refused
     if name == "part":
-        return await _guard(client.part(rest or None), name, line)
+        before = client.room
+        refused = await _guard(client.part(rest or None), name, line)
+        if not refused:
+            order.asked("part", _canonical(rest) if rest else before)
+        return refused
     if name == "rooms":
-        return await _guard(client.list_rooms(), name, line)
+        return _asked(order, "rooms", None, await _guard(client.list_rooms(), name, line))
     if name == "who":
-        return await _guard(client.who(rest or None), name, line)
+        room = _canonical(rest) if rest else client.room
+        return _asked(order, "who", room, await _guard(client.who(rest or None), name, line))
     if name == "me":
         return await _guard(client.action(rest), name, rest) if rest else [_usage(name)]
     if name == "nick":
-        return (
-            await _guard(client.rename(rest), name, line)
-            if rest and " " not in rest
-            else [_usage(name)]
-        )
+        if not rest or " " in rest:
+            return [_usage(name)]
+        old = client.nick
+        return _asked(order, "nick", old, await _guard(client.rename(rest), name, line))
     if name == "topic":
         if not rest:
             return await _guard(client.topic(), name, line)
@@ -122,7 +244,24 @@ async def execute(client: AsyncClient, line: str) -> list[ev.Event] | str:
     if rest and not rest.isdigit():
         return [_usage(name)]
     count = int(rest) if rest else 50
-    return await _guard(client.history(max(1, min(count, 1000))), name, line)
+    room = client.room
+    refused = await _guard(client.history(max(1, min(count, 1000))), name, line)
+    return _asked(order, "history", room, refused)
+
+
+def _canonical(room: str) -> str | None:
+    try:
+        return validate_room(room)
+    except ProtocolError:
+        return None  # refused before anything is sent: nothing to wait for
+
+
+def _asked(
+    order: InOrder, req: str, subject: str | None, refused: list[ev.Event]
+) -> list[ev.Event]:
+    if not refused:
+        order.asked(req, subject)
+    return refused
 
 
 async def _guard(operation: Awaitable[object], name: str, text: str) -> list[ev.Event]:

@@ -5,103 +5,19 @@ broker's SIGTERM, its log, and usage errors."""
 from __future__ import annotations
 
 import json
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 import zmq
 
 from tests.conftest import SCALE, BrokerProcess, script, spawn_broker
-
-Event = dict[str, Any]
-
-
-@dataclass
-class JsonClient:
-    """``chat-client --json`` in a subprocess: lines in, JSON events out."""
-
-    proc: subprocess.Popen[bytes]
-    events: queue.Queue[Event] = field(default_factory=queue.Queue)
-    errors: list[str] = field(default_factory=list)
-    threads: list[threading.Thread] = field(default_factory=list)
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line.encode() + b"\n")
-        self.proc.stdin.flush()
-
-    def end_input(self) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-
-    def expect(
-        self, kind: str, predicate: Callable[[Event], bool] = lambda e: True, timeout: float = 5
-    ) -> Event:
-        """The next event of type ``kind`` matching ``predicate``."""
-        deadline = time.monotonic() + timeout * SCALE
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                event = self.events.get(timeout=left)
-            except queue.Empty:
-                break
-            if event.get("type") == kind and predicate(event):
-                return event
-        raise AssertionError(
-            f"no {kind!r} event within {timeout} s; stderr:\n" + "".join(self.errors)
-        )
-
-    def wait(self, timeout: float = 5) -> int:
-        return self.proc.wait(timeout * SCALE)
-
-    def stop(self) -> None:
-        """Kill if still running and release every pipe."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(5)
-        for thread in self.threads:
-            thread.join(5)
-        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if pipe is not None and not pipe.closed:
-                pipe.close()
-
-
-def start_json_client(server: str, nick: str | None, *args: str) -> JsonClient:
-    command = [script("chat-client"), "--json", "--server", server, *args]
-    if nick is not None:
-        command += ["--nick", nick]
-    proc = subprocess.Popen(
-        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    client = JsonClient(proc)
-
-    def read_stdout() -> None:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            try:
-                event = json.loads(raw)
-            except ValueError:
-                event = {"type": "not-json", "line": raw.decode("utf-8", "replace")}
-            client.events.put(event)
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            client.errors.append(raw.decode("utf-8", "replace"))
-
-    for target in (read_stdout, read_stderr):
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        client.threads.append(thread)
-    return client
+from tests.jsonclient import Event, JsonClient, start_json_client
 
 
 @pytest.fixture
@@ -444,3 +360,150 @@ def test_bad_flags_are_usage_errors(command: list[str]) -> None:
     done = run(script(command[0]), *command[1:])
     assert done.returncode == 2
     assert "usage:" in done.stderr
+
+
+# --- scripts: order, end of input, exit status, unread output (issue 12, items 5, 6, 8) ----
+
+
+def run_script(
+    server: str, nick: str, lines: str, *args: str, timeout: float = 30
+) -> tuple[int, list[Event]]:
+    """Pipe ``lines`` into ``chat-client --json`` and read every event it prints."""
+    result = subprocess.run(
+        [script("chat-client"), "--json", "--server", server, "--nick", nick, *args],
+        input=lines.encode(),
+        capture_output=True,
+        timeout=timeout * SCALE,
+        check=False,
+    )
+    assert b"Traceback" not in result.stderr, result.stderr.decode()
+    return result.returncode, [json.loads(raw) for raw in result.stdout.splitlines()]
+
+
+@pytest.mark.timeout(40)
+def test_json_commands_that_depend_on_earlier_ones_wait_for_them(
+    chat_broker: BrokerProcess,
+) -> None:
+    # Each command needs the answer to the one before: /part and /history the
+    # join, the second /join the part, /who the room it asks about.
+    status, events = run_script(
+        chat_broker.router,
+        "alice",
+        "/join ops\n/part ops\n/join #OPS\n/history 5\n/who\n/nick al\n/who\nhello\n",
+    )
+    assert status == 0, events
+    assert [e["type"] for e in events if e["type"] != "message"] == [
+        "welcome",
+        "joined",
+        "parted",
+        "joined",
+        "history_end",
+        "who",
+        "nick",
+        "who",
+    ]
+    assert [e["members"] for e in events if e["type"] == "who"] == [["alice"], ["al"]]
+    said = [e for e in events if e["type"] == "message"]
+    assert [(e["room"], e["nick"], e["text"]) for e in said] == [("ops", "al", "hello")]
+
+
+@pytest.mark.timeout(60)
+def test_json_end_of_input_sends_every_line_at_the_flood_limit(
+    clients: Callable[..., JsonClient],
+) -> None:
+    # The broker's default flood limit (5 lines/s, burst 10): 40 lines take
+    # about 6 s to be allowed through, longer than any fixed wait at the end.
+    broker = spawn_broker("--client-timeout", "3")
+    try:
+        reader = clients(broker.router, "reader")
+        reader.expect("welcome")
+        lines = "".join(f"line {n}\n" for n in range(40))
+        status, events = run_script(broker.router, "writer", lines)
+        assert status == 0, [e for e in events if e["type"] == "error"]
+        assert not [e for e in events if e["type"] == "error"]
+        texts = [reader.expect("message", timeout=10)["text"] for _ in range(40)]
+        assert texts == [f"line {n}" for n in range(40)]
+    finally:
+        broker.stop()
+
+
+@pytest.mark.timeout(40)
+def test_json_lines_not_delivered_make_the_exit_status_3(
+    clients: Callable[..., JsonClient],
+) -> None:
+    broker = spawn_broker("--client-timeout", "30")
+    try:
+        client = clients(broker.router, "alice", "--drain-timeout", "1")
+        client.expect("welcome")
+        broker.proc.send_signal(signal.SIGSTOP)  # nothing will be acknowledged
+        client.send("one")
+        client.send("two")
+        client.end_input()
+        lost = [client.expect("error", timeout=10) for _ in range(2)]
+        assert [(e["code"], e["text"]) for e in lost] == [
+            ("not_delivered", "one"),
+            ("not_delivered", "two"),
+        ]
+        assert all(e["key"] for e in lost)
+        assert client.wait(15) == 3
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+        broker.stop()
+
+
+@pytest.mark.timeout(60)
+def test_json_client_whose_stdout_is_not_read_stays_alive_and_counts_what_it_drops(
+    clients: Callable[..., JsonClient],
+) -> None:
+    broker = spawn_broker("--client-timeout", "1", "--max-rate", "0")
+    proc = subprocess.Popen(
+        [
+            script("chat-client"),
+            "--json",
+            "--server",
+            broker.router,
+            "--nick",
+            "sleepy",
+            "--output-buffer",
+            "20000",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert json.loads(proc.stdout.readline())["type"] == "welcome"
+        # Far more than the pipe (64 KiB) and our buffer (20,000 bytes) hold.
+        flood = 3000
+        writer = clients(broker.router, "writer")
+        writer.expect("welcome")
+        for n in range(flood):
+            writer.send(f"{n:05d} " + "x" * 80)
+        writer.expect("message", lambda e: e["text"].startswith(f"{flood - 1:05d}"), timeout=30)
+        # Unread, for several of the broker's client timeouts (1 s): the
+        # session must go on (heartbeats), not be dropped as `timeout`.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            assert not any("sleepy timed out" in line for line in broker.log), broker.log
+            time.sleep(0.1)
+        writer.send("/who")
+        assert "sleepy" in writer.expect("who")["members"]
+        proc.stdin.write(b"/exit\n")
+        proc.stdin.close()
+        events = [json.loads(raw) for raw in proc.stdout]
+        assert proc.wait(15 * SCALE) == 4
+        seen = [e for e in events if e["type"] == "message"]
+        dropped = sum(e["dropped"] for e in events if e["type"] == "overflow")
+        assert 0 < len(seen) < flood and dropped > 0
+        assert len(seen) + dropped >= flood
+        numbers = [int(e["text"][:5]) for e in seen]
+        assert numbers == sorted(numbers)  # what is written keeps its order
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+        broker.stop()
