@@ -10,7 +10,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 LOCK := requirements/dev.lock
 
-.PHONY: run client test test-min lint bench clean redis-server
+.PHONY: run client test test-min chaos lint bench clean redis-server
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ redis-server:
 
 test: $(STAMP) redis-server
 	$(BIN)/python -m pytest $(ARGS)
+
+# Only the fault-injection suite (docs/RELIABILITY.md), with its figures
+# printed; `make test` runs it too. More rounds: make chaos CHAOS_ROUNDS=10
+chaos: $(STAMP)
+	CHAOS_ROUNDS=$(CHAOS_ROUNDS) $(BIN)/python -m pytest -m chaos -s -p no:cacheprovider $(ARGS)
 
 test-min: $(MIN_STAMP) redis-server
 	PATH=$(CURDIR)/$(MIN_VENV)/bin:$$PATH $(MIN_VENV)/bin/python -m pytest $(ARGS)

@@ -26,6 +26,8 @@ class JsonClient:
     events: queue.Queue[Event] = field(default_factory=queue.Queue)
     errors: list[str] = field(default_factory=list)
     threads: list[threading.Thread] = field(default_factory=list)
+    #: Every event printed so far, in order (``events`` is consumed by expect()).
+    log: list[Event] = field(default_factory=list)
 
     def send(self, line: str) -> None:
         assert self.proc.stdin is not None
@@ -67,8 +69,12 @@ class JsonClient:
                 pipe.close()
 
 
-def start_json_client(server: str, nick: str | None, *args: str) -> JsonClient:
-    command = [script("chat-client"), "--json", "--server", server, *args]
+def start_json_client(
+    server: str, nick: str | None, *args: str, prefix: tuple[str, ...] = ()
+) -> JsonClient:
+    """Start the client; ``prefix`` runs it through another command
+    (``ip netns exec NAME``)."""
+    command = [*prefix, script("chat-client"), "--json", "--server", server, *args]
     if nick is not None:
         command += ["--nick", nick]
     proc = subprocess.Popen(
@@ -83,6 +89,7 @@ def start_json_client(server: str, nick: str | None, *args: str) -> JsonClient:
                 event = json.loads(raw)
             except ValueError:
                 event = {"type": "not-json", "line": raw.decode("utf-8", "replace")}
+            client.log.append(event)
             client.events.put(event)
 
     def read_stderr() -> None:

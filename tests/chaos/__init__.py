@@ -1,0 +1,1 @@
+"""The fault-injection suite (``make chaos``, marker ``chaos``): docs/RELIABILITY.md."""

@@ -1,0 +1,68 @@
+"""The chaos checker itself, on staged event logs (no processes): it must see
+every kind of failure it reports, or the suite proves nothing."""
+
+from __future__ import annotations
+
+from tests.chaos.checker import Event, check, line_text
+
+
+def message(sender: str, number: int, seq: int, **extra: object) -> Event:
+    return {
+        "type": "message",
+        "room": "r",
+        "nick": sender,
+        "text": line_text(sender, number),
+        "seq": seq,
+        **extra,
+    }
+
+
+SENT = {"a": [line_text("a", n) for n in range(3)], "b": [line_text("b", n) for n in range(2)]}
+GOOD = [
+    message("a", 0, 1),
+    message("b", 0, 2),
+    message("a", 1, 3),
+    message("b", 1, 4),
+    message("a", 2, 5),
+]
+
+
+def test_a_perfect_run_is_ok() -> None:
+    figures = check(SENT, {}, {"x": GOOD, "y": GOOD})
+    assert figures.ok, figures.problems
+    assert (figures.sent, figures.acknowledged, figures.receivers) == (5, 5, 2)
+
+
+def test_a_line_shown_twice_is_a_duplicate_and_out_of_sequence() -> None:
+    figures = check(SENT, {}, {"x": [*GOOD[:3], message("a", 1, 3), *GOOD[3:]]})
+    assert figures.duplicated == 1 and figures.out_of_order >= 1 and not figures.ok
+
+
+def test_a_line_never_shown_is_lost_and_the_receiver_stuck() -> None:
+    figures = check(SENT, {}, {"x": GOOD[:4], "y": GOOD})
+    assert (figures.lost, figures.stuck) == (1, 1)
+
+
+def test_a_hole_in_the_numbering_needs_a_missed_event() -> None:
+    hole = [*GOOD[:2], {**GOOD[2], "seq": 9}, {**GOOD[3], "seq": 10}, {**GOOD[4], "seq": 11}]
+    assert check(SENT, {}, {"x": hole}).gaps == 1
+    explained = [*hole[:2], {"type": "missed", "room": "r", "count": 6}, *hole[2:]]
+    assert check(SENT, {}, {"x": explained}).ok
+
+
+def test_a_reset_restarts_the_numbering() -> None:
+    reset = [*GOOD[:2], {"type": "missed", "room": "r", "count": 0, "reset": True}]
+    reset += [{**m, "seq": n} for n, m in enumerate(GOOD[2:], start=1)]
+    assert check(SENT, {}, {"x": reset}).ok
+
+
+def test_a_senders_lines_must_keep_their_order() -> None:
+    swapped = [GOOD[0], GOOD[1], {**GOOD[4], "seq": 3}, GOOD[3], {**GOOD[2], "seq": 5}]
+    assert check(SENT, {}, {"x": swapped}).out_of_order == 1
+
+
+def test_lines_reported_undelivered_are_excused_unless_shown() -> None:
+    report = {"type": "error", "code": "not_delivered", "text": line_text("a", 2), "key": "k"}
+    figures = check(SENT, {"a": [report]}, {"x": GOOD[:4]})
+    assert figures.ok and (figures.acknowledged, figures.undelivered) == (4, 1)
+    assert check(SENT, {"a": [report]}, {"x": GOOD}).false_undelivered == 1
