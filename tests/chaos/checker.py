@@ -49,6 +49,8 @@ class Figures:
     out_of_order: int = 0
     gaps: int = 0
     stuck: int = 0
+    #: Senders whose exit status did not match what they reported (set by the harness).
+    bad_exits: int = 0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -61,6 +63,7 @@ class Figures:
             or self.out_of_order
             or self.gaps
             or self.stuck
+            or self.bad_exits
         )
 
     def add(self, other: Figures) -> None:
@@ -76,6 +79,7 @@ class Figures:
             "out_of_order",
             "gaps",
             "stuck",
+            "bad_exits",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.problems += other.problems
@@ -86,7 +90,8 @@ class Figures:
             f"sent {self.sent}, acknowledged {self.acknowledged}, undelivered "
             f"{self.undelivered}, receivers {self.receivers}: lost {self.lost}, "
             f"duplicated {self.duplicated}, false undelivered {self.false_undelivered}, "
-            f"out of order {self.out_of_order}, gaps {self.gaps}, stuck {self.stuck}"
+            f"out of order {self.out_of_order}, gaps {self.gaps}, stuck {self.stuck}, "
+            f"bad exit statuses {self.bad_exits}"
         )
 
 

@@ -23,12 +23,6 @@ LINES = 2000  # per sender and round
 RATE = 500.0  # lines per second and sender: a flood, over about 4 s
 
 
-def shown(run: Run) -> int:
-    """Lines the first receiver has shown so far (to time the faults)."""
-    client = next(iter(run.receivers.values()))
-    return sum(1 for e in list(client.log) if e.get("type") == "message")
-
-
 def reconnects(run: Run) -> list[int]:
     """How often each client has said it lost the broker."""
     return [
@@ -50,8 +44,7 @@ def noticed(run: Run, before: list[int]) -> None:
 
 def at_progress(run: Run, fraction: float) -> None:
     """Wait until the flood is ``fraction`` through (as the first receiver sees it)."""
-    target = int(sum(map(len, run.sent.values())) * fraction)
-    eventually(lambda: shown(run) >= target or not run.feeding(), 30, f"{target} lines shown")
+    run.wait_shown(int(sum(map(len, run.sent.values())) * fraction))
 
 
 def chaos_rounds(
