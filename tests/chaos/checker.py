@@ -13,7 +13,10 @@ docs/RELIABILITY.md reports. The rules it applies:
 - Per receiver and room the ``seq`` of lines shown is strictly increasing
   (``out_of_order``) and contiguous, except where a ``missed`` event says
   how many are gone (``gaps`` counts unexplained holes).
-- Each sender's lines reach each receiver in the order they were sent.
+- Each sender's lines should reach each receiver in the order they were
+  sent: ``reordered`` counts (sender, receiver) pairs where they did not.
+  It is reported, not (yet) required: a line whose send failed and was
+  resent by the timer can be stored after its successors (docs/RELIABILITY.md).
 - A receiver that did not get everything within the test's deadline is
   ``stuck`` (its room stopped delivering, or it died).
 """
@@ -48,6 +51,7 @@ class Figures:
     false_undelivered: int = 0
     out_of_order: int = 0
     gaps: int = 0
+    reordered: int = 0
     stuck: int = 0
     #: Senders whose exit status did not match what they reported (set by the harness).
     bad_exits: int = 0
@@ -78,6 +82,7 @@ class Figures:
             "false_undelivered",
             "out_of_order",
             "gaps",
+            "reordered",
             "stuck",
             "bad_exits",
         ):
@@ -91,6 +96,7 @@ class Figures:
             f"{self.undelivered}, receivers {self.receivers}: lost {self.lost}, "
             f"duplicated {self.duplicated}, false undelivered {self.false_undelivered}, "
             f"out of order {self.out_of_order}, gaps {self.gaps}, stuck {self.stuck}, "
+            f"senders' lines reordered {self.reordered}, "
             f"bad exit statuses {self.bad_exits}"
         )
 
@@ -162,8 +168,8 @@ def _check_receiver(
         mine = set(lines)
         order = [e["text"] for e in messages if e["text"] in mine]
         if list(dict.fromkeys(order)) != [text for text in lines if counts[text]]:
-            figures.out_of_order += 1
-            figures.problems.append(f"{name}: {nick}'s lines out of order")
+            figures.reordered += 1
+            figures.problems.append(f"{name}: {nick}'s lines not in the order sent")
     if lost_here:
         figures.lost += lost_here
         figures.stuck += 1
