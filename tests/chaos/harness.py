@@ -16,6 +16,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,6 +238,10 @@ class Run:
             receivers[nick] = list(client.log)
         figures = check(self.sent, senders, receivers)
         for nick, status in statuses.items():
+            errors = [e for e in senders[nick] if e.get("type") == "error"]
+            if errors:  # why, for the report
+                codes = Counter(f"{e.get('req')}:{e.get('code')}" for e in errors)
+                figures.problems.append(f"{nick}: errors {dict(codes)}; first {errors[0]}")
             # 3 exactly when the sender reported a line undelivered (README).
             if status != (3 if _reported(senders[nick]) else 0):
                 figures.bad_exits += 1

@@ -71,6 +71,7 @@ def chaos_rounds(
     finally:
         broker.stop()
     print(f"\n{count} rounds, {broker.starts} broker starts: {total.summary()}")
+    print("\n".join(total.problems[:10]))
     return total
 
 

@@ -153,5 +153,6 @@ def test_a_slow_lossy_link_cut_during_a_flood(link: Link, tmp_path: Path) -> Non
     finally:
         broker.stop()
     print(f"\n{ROUNDS} rounds over a cut 4 Mbit/s link: {total.summary()}")
+    print("\n".join(total.problems[:10]))
     assert total.acknowledged > 0
     assert total.ok, total.summary() + "\n" + "\n".join(total.problems[:20])
