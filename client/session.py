@@ -618,7 +618,7 @@ class ClientSession:
         ]
 
     def _on_ack(self, reply: Ack, now: float) -> list[ev.Event]:
-        self.outbox.ack(reply.key)
+        self.outbox.ack(reply.key, now)
         return []
 
     def _on_pong(self, reply: Pong, now: float) -> list[ev.Event]:

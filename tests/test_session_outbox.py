@@ -44,8 +44,43 @@ def test_a_sent_line_is_resent_with_its_key_backing_off_until_acked() -> None:
     outbox.send_due(0.0)
     times = [t / 10 for t in range(1, 80) if _keys(outbox.send_due(t / 10))]
     assert times == [1.0, 3.0, 7.0]  # 1, 2, 4 s apart
-    assert outbox.ack(key) and len(outbox) == 0
+    assert outbox.ack(key, 8.0) and len(outbox) == 0
     assert outbox.send_due(100.0) == []
+
+
+def test_an_ack_for_a_later_line_resends_an_earlier_one_at_once() -> None:
+    # One connection's lines are answered in order: no ack for the first
+    # while the second's came means the first was lost on the way.
+    outbox = Outbox(resend_after=5.0)
+    first, second, third = (_say(outbox, text) for text in ("a", "b", "c"))
+    outbox.send_due(0.0)
+    assert outbox.ack(second, 0.1)
+    assert _keys(outbox.send_due(0.1)) == [first]
+    assert outbox.state_of(third) is LineState.SENT  # not overtaken: still waiting
+
+
+def test_timers_wait_while_acks_keep_coming() -> None:
+    # A slow link: every line is acknowledged late, but acks flow; resending
+    # would only add to the load.
+    outbox = Outbox(resend_after=1.0)
+    keys = [_say(outbox, f"line {n}") for n in range(20)]
+    outbox.send_due(0.0)
+    resent = []
+    for n, key in enumerate(keys):
+        now = 0.5 * (n + 1)
+        resent += _keys(outbox.send_due(now))
+        outbox.ack(key, now)
+    assert resent == []
+
+
+def test_a_deferred_line_goes_when_due_even_while_acks_flow() -> None:
+    outbox = Outbox(resend_after=10.0)
+    deferred, other = _say(outbox, "a"), _say(outbox, "b")
+    outbox.send_due(0.0)
+    outbox.later(deferred, 0.1, 1.0)  # unavailable: again in a second
+    outbox.ack(other, 0.2)  # not a sign that it was lost
+    assert outbox.send_due(0.5) == []
+    assert _keys(outbox.send_due(1.1)) == [deferred]
 
 
 def test_a_lost_connection_holds_everything_until_released() -> None:

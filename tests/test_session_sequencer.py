@@ -137,7 +137,7 @@ def test_under_any_losses_every_line_is_delivered_once_in_order_or_reported(
 
     def step() -> None:
         nonlocal now
-        now += rng.random()  # type: ignore[attr-defined]
+        now += 0.1 + rng.random()  # type: ignore[attr-defined]
         if in_flight and rng.random() < 0.5:  # type: ignore[attr-defined]
             asked = in_flight.pop(0)
             if rng.random() >= drop_answers:  # type: ignore[attr-defined]
