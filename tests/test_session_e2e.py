@@ -148,3 +148,21 @@ def test_a_who_sent_as_the_broker_dies_is_answered_after_the_rejoin() -> None:
         first.stop(signal.SIGKILL)
         if second is not None:
             second.stop()
+
+
+def test_requests_with_wait_return_once_answered_in_order(connect) -> None:  # type: ignore[no-untyped-def]
+    from protocol import RequestFailed
+
+    alice = connect("alice")
+    connect("bob")
+    assert alice.join("ops", wait=True) == "ops"
+    assert alice.rooms == ["lobby", "ops"]
+    assert alice.part("ops", wait=True) == "ops"  # the join was done: no not_in_room
+    assert alice.rooms == ["lobby"]
+    assert sorted(alice.who("lobby", wait=True) or []) == ["alice", "bob"]
+    alice.history(10, wait=True)
+    with pytest.raises(RequestFailed) as refused:
+        alice.rename("bob", wait=True)
+    assert refused.value.code == "nick_taken"
+    assert alice.settle(5 * SCALE)
+    assert alice.pending == 0
