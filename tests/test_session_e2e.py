@@ -8,6 +8,7 @@ import asyncio
 import gc
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -166,3 +167,53 @@ def test_requests_with_wait_return_once_answered_in_order(connect) -> None:  # t
     assert refused.value.code == "nick_taken"
     assert alice.settle(5 * SCALE)
     assert alice.pending == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_broker_back_with_another_history_is_a_reset_not_a_gap(tmp_path: Path) -> None:
+    # The history file was replaced (a restore, a lost disk): the new one
+    # numbers lobby up to 10, above the 3 lines bob saw. Only the epoch tells.
+    other = spawn_broker("--max-rate", "0", "--history", str(tmp_path / "other.sqlite3"))
+    carol = Client(other.router, "carol", backlog=0)
+    try:
+        carol.connect()
+        for n in range(10):
+            carol.say(f"elsewhere {n}")
+        assert carol.settle(10 * SCALE)
+    finally:
+        carol.close()
+        other.stop()
+    first = spawn_broker(
+        "--client-timeout", "3", "--max-rate", "0", "--history", str(tmp_path / "h.sqlite3")
+    )
+    second = None
+    alice, bob = Client(first.router, "alice", backlog=0), Client(first.router, "bob", backlog=0)
+    try:
+        alice.connect()
+        bob.connect()
+        for n in range(3):
+            alice.say(f"before {n}")
+        wait_for(bob, ev.Message, lambda e: e.text == "before 2")
+        first.stop(signal.SIGKILL)
+        second = spawn_broker(
+            "--client-timeout",
+            "3",
+            "--max-rate",
+            "0",
+            "--history",
+            str(tmp_path / "other.sqlite3"),
+            router=first.router,
+            pub=first.pub,
+        )
+        reset = wait_for(bob, ev.Missed, timeout=20)
+        assert reset.reset and reset.room == "lobby"
+        wait_for(alice, ev.Connection, lambda e: e.state == "reconnected", timeout=20)
+        alice.say("after")
+        shown = wait_for(bob, ev.Message, timeout=10)
+        assert (shown.text, shown.seq) == ("after", 11)  # nothing of the old numbering
+    finally:
+        alice.close()
+        bob.close()
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
