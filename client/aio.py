@@ -390,6 +390,7 @@ class AsyncClient:
         if self._closed.is_set():
             raise ConnectionClosed(self.session.close_reason or "exit")
         self.session.last_request = None
+        self.session.advance(time.time())
         result = operation(*args, **kwargs)
         self._flush()
         return result

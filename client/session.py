@@ -209,6 +209,11 @@ class ClientSession:
         out, self._out = self._out, Output()
         return out
 
+    def advance(self, now: float) -> None:
+        """The time is ``now``: the front-end says so before a user operation,
+        so that pacing counts from the real moment, not the last tick."""
+        self._now = max(self._now, now)
+
     def take_completions(self) -> list[tuple[int, ev.Event]]:
         """Answers to user requests (join, part, nick, who, rooms, history) as
         (the id in :attr:`last_request` after the call, the event that answered

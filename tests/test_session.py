@@ -314,6 +314,17 @@ def test_a_sender_at_exactly_the_documented_rate_never_queues(rate: float, burst
     assert session.queued == 0
 
 
+def test_pacing_counts_from_the_moment_of_the_line_not_the_last_tick() -> None:
+    # The front-end ticks ten times a second; lines come in between.
+    session = joined_session(rate=5.0, burst=1)
+    session.say("first")
+    session.tick(0.1)
+    session.take_output()
+    session.advance(0.2)
+    session.say("second")
+    assert len(_requests(session, Say)) == 1
+
+
 def test_a_burst_within_the_limit_goes_at_once_and_more_waits_its_turn() -> None:
     session = joined_session(rate=5.0, burst=10)
     for n in range(10):
