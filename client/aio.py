@@ -453,7 +453,6 @@ class AsyncClient:
         # Again: a full queue (a paused broker, a reconnecting socket);
         # anything else: a socket closed under the send. Both: send later.
         self.session.not_sent(request, time.time())
-        self._wake.set()
 
     def _resolve(self) -> None:
         """Hand the answers of requests to whoever waits for them."""

@@ -361,7 +361,7 @@ def test_reconnect_times_are_jittered() -> None:
     times = []
     for jitter in (0.0, 0.99):
         session = joined_session()
-        session._jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
+        session.retry.jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
         session.on_reply(Shutdown(reason="bye"), 0.0)
         now = 0.0
         while not _requests(session, Hello):
