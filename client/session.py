@@ -532,8 +532,8 @@ class ClientSession:
             out.append(joined)
         for message in waiting:
             out += self.on_broadcast(message, now)
-        out += self._poll_repair(name, now)
         out += self._maybe_reconnected(now)
+        out += self._poll_repair(name, now)
         if self.state is State.JOINED:
             self.outbox.release({name})
             self._flush_outbox(now)
@@ -552,7 +552,10 @@ class ClientSession:
         if away:
             self._send(Away(text=away))  # a restarted broker forgot it
         restarted, self._restarted = self._restarted, False
-        return [ev.Connection(state="reconnected", restarted=restarted)]
+        out: list[ev.Event] = [ev.Connection(state="reconnected", restarted=restarted)]
+        for name in list(self._tracks):
+            out += self._poll_repair(name, now)  # what was missed meanwhile
+        return out
 
     def _on_parted(self, reply: Parted, now: float) -> list[ev.Event]:
         self._tracks.pop(reply.room, None)

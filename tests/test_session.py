@@ -4,6 +4,8 @@ parameters, no sockets. Each test names the fault it exists for."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import events as ev
 from client.session import ClientSession, State
@@ -401,3 +403,60 @@ def test_a_pong_ahead_of_the_sub_repairs_only_if_the_lines_never_come() -> None:
     assert _requests(session, History) == [
         History(room="lobby", after=3, before=5, limit=500, forward=True)
     ]
+
+
+@st.composite
+def _restarts(draw: st.DrawFn) -> tuple[int, int, int, list[tuple[str, int]]]:
+    """Lines 1..count; the broker restarts after `seen` of them were
+    published, and its `joined` comes when `at_join` exist. The SUB brings
+    lines in order, some dropped; those published after the joined may
+    overtake it (issue 12, item 1)."""
+    count = draw(st.integers(1, 30))
+    seen = draw(st.integers(0, count))
+    at_join = draw(st.integers(seen, count))
+    before = [("live", s) for s in range(1, seen + 1) if draw(st.booleans()) or s == seen]
+    after = [("live", s) for s in range(seen + 1, count + 1) if draw(st.integers(0, 3))]
+    # The joined goes after every received line it counts, anywhere later.
+    first_free = next((i for i, (_, s) in enumerate(after) if s > at_join), len(after))
+    position = draw(st.integers(first_free, len(after)))
+    steps = [*before, ("restart", 0), *after[:position], ("joined", at_join), *after[position:]]
+    for _ in range(draw(st.integers(0, 6))):
+        where = draw(st.integers(steps.index(("joined", at_join)) + 1, len(steps)))
+        steps.insert(where, (draw(st.sampled_from(["serve", "pong"])), 0))
+    return count, seen, at_join, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(_restarts())
+def test_any_order_around_a_rejoin_yields_each_line_once_in_order(
+    case: tuple[int, int, int, list[tuple[str, int]]],
+) -> None:
+    count, _, _, steps = case
+    store = {s: _line(s) for s in range(1, count + 1)}
+    session = joined_session(epoch="e1")
+    delivered: list[int] = []
+    asked: list[History] = []
+
+    def take(events: list[ev.Event]) -> None:
+        delivered.extend(_seqs(events))
+        assert not [e for e in events if isinstance(e, ev.Missed)]
+        asked.extend(r for r in session.take_output().requests if isinstance(r, History))
+
+    for kind, seq in steps:
+        if kind == "live":
+            take(session.on_broadcast(store[seq], 1.0))
+        elif kind == "restart":
+            take(_restart(session, 2.0))
+            asked.clear()  # the old broker never answers
+            take(session.on_reply(welcome(broker="b2"), 2.0))
+        elif kind == "joined":
+            take(session.on_reply(Joined(room="lobby", seq=seq, members=["me"], epoch="e1"), 2.0))
+        elif kind == "serve" and asked:
+            take(session.on_reply(_serve(asked.pop(0), store, count), 2.0))
+        elif kind == "pong":
+            take(session.on_reply(Pong(broker="b2", seqs={"lobby": count}), 2.0))
+    for now in (3.0, 4.0):
+        take(session.on_reply(Pong(broker="b2", seqs={"lobby": count}), now))
+    while asked:
+        take(session.on_reply(_serve(asked.pop(0), store, count), 5.0))
+    assert delivered == list(range(1, count + 1))
