@@ -146,8 +146,8 @@ class Outbox:
     def send_due(self, now: float) -> list[Request]:
         """What to send now: lines whose resend time came, then the queue in
         order while the broker's bucket has tokens."""
-        # Lines deferred on purpose (sent_as 0: unavailable, a full socket
-        # queue) go when due; the others only once acks stopped coming.
+        # Lines deferred on purpose (sent_as 0: unavailable) go when due;
+        # the others only once acks stopped coming.
         stalled = now - self.progress >= self.resend_after
         self._requeue(
             [
@@ -230,10 +230,20 @@ class Outbox:
             entry.sent_as = 0  # not "lost" when a later line is acknowledged
         return True
 
-    def not_sent(self, request: Request, now: float) -> None:
-        """The socket refused ``request`` (a full send queue): try again soon."""
-        if isinstance(request, Say | SendPrivate) and request.key is not None:
-            self.later(request.key, now, NOT_SENT_RETRY)
+    def not_sent(self, requests: list[Request]) -> None:
+        """The socket did not take ``requests`` (a full send queue): their
+        lines go back to the front of the queue, in order, so a line refused
+        by the socket is not overtaken by the next one. Their tokens are
+        given back: the broker never saw them."""
+        keys = [r.key for r in requests if isinstance(r, Say | SendPrivate) and r.key]
+        for key in reversed(keys):
+            entry = self._lines.get(key)
+            if entry is None or entry.state is not LineState.SENT:
+                continue
+            entry.move("resend")
+            entry.sends -= 1  # not a send: no longer wait before the next
+            self._queue.appendleft(key)
+            self.bucket.refund()
 
     def fail(self, key: str) -> Line | None:
         """Stop trying to deliver ``key``; returns the line if it was ours."""

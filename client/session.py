@@ -208,12 +208,14 @@ class ClientSession:
         it: its reply's event or an ``error``), each once."""
         return self.requests.take_completions()
 
-    def not_sent(self, request: Request, now: float) -> None:
-        """The socket could not take ``request`` (a full send queue): it is
-        sent again later, lines with their key."""
-        self.outbox.not_sent(request, now)
-        if isinstance(request, Join | Part | Rename | Who | ListRooms | History):
-            self.requests.not_sent(request, now + NOT_SENT_RETRY)
+    def not_sent(self, requests: list[Request], now: float) -> None:
+        """The socket could not take ``requests`` (a full send queue; the
+        first refused and the ones after it, in order): lines go again first,
+        in the same order, with their keys; other requests a moment later."""
+        self.outbox.not_sent(requests)
+        for request in requests:
+            if isinstance(request, Join | Part | Rename | Who | ListRooms | History):
+                self.requests.not_sent(request, now + NOT_SENT_RETRY)
 
     @property
     def rooms(self) -> list[str]:

@@ -200,9 +200,17 @@ def test_a_line_the_socket_refused_is_sent_again_soon() -> None:
     session = joined_session()
     key = session.say("hello")
     (line,) = _requests(session, Say)
-    session.not_sent(line, 0.0)
-    session.tick(0.5)
+    session.not_sent([line], 0.0)
+    session.tick(0.1)
     assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [key]
+
+
+def test_lines_the_socket_refused_are_not_overtaken_by_later_ones() -> None:
+    session = joined_session()
+    first, second = session.say("a"), session.say("b")
+    session.not_sent(_requests(session, Say), 0.0)  # the queue was full for both
+    third = session.say("c")
+    assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [first, second, third]
 
 
 def test_unavailable_is_retried_later_with_the_same_key_not_reported() -> None:
@@ -247,7 +255,7 @@ def test_a_request_the_socket_refused_is_sent_again_soon() -> None:
     session = joined_session()
     session.who()
     (who,) = _requests(session, Who)
-    session.not_sent(who, 0.0)
+    session.not_sent([who], 0.0)
     session.tick(0.5)
     assert _requests(session, Who) == [who]
 

@@ -48,10 +48,10 @@ def test_a_paused_broker_during_a_burst_loses_nothing_and_leaves_no_exception_un
         session = alice.session
         original = session.not_sent
 
-        def counting(request: Request, now: float) -> None:
+        def counting(requests: list[Request], now: float) -> None:
             nonlocal refused
             refused += 1
-            original(request, now)
+            original(requests, now)
 
         session.not_sent = counting  # type: ignore[method-assign]
         await alice.connect()
