@@ -101,11 +101,20 @@ class RequestTracker:
         self._pending: list[Pending] = []
         self._completions: list[tuple[int, ev.Event]] = []
 
-    def add(self, request: Tracked, now: float, purpose: Purpose = Purpose.USER) -> int:
-        """Track ``request`` (sent now, or queued to be); returns its id."""
-        pending = Pending(next(self._ids), request, purpose, now)
+    def add(
+        self, request: Tracked, now: float, purpose: Purpose = Purpose.USER, *, queued: bool = False
+    ) -> int:
+        """Track ``request``, sent now (or ``queued`` to be: its wait for an
+        answer starts at :meth:`sent`); returns its id."""
+        pending = Pending(next(self._ids), request, purpose, math.inf if queued else now)
         self._pending.append(pending)
         return pending.id
+
+    def sent(self, request: Request, now: float) -> None:
+        """A queued ``request`` left now: its wait for an answer starts."""
+        for pending in self._pending:
+            if pending.request is request:
+                pending.sent_at = now
 
     def answered(self, kind: str, room: str | None) -> Pending | None:
         """The oldest pending request of ``kind`` (for ``room``, when the answer
@@ -168,7 +177,7 @@ class RequestTracker:
         out: list[ev.Event] = []
         keep: list[Pending] = []
         for pending in self._pending:
-            if pending.step is Step.SENT and now - pending.sent_at > self.timeout:
+            if pending.step is Step.SENT and now > pending.sent_at + self.timeout:
                 if pending.purpose is Purpose.USER:
                     out.append(self._fail(pending, NO_ANSWER, "the broker never answered"))
                 continue

@@ -776,7 +776,7 @@ class ClientSession:
 
     def _paced(self, request: Join | Part | Rename) -> None:
         """A request the broker's flood bucket counts: in turn with the lines."""
-        self.last_request = self.requests.add(request, self._now)
+        self.last_request = self.requests.add(request, self._now, queued=True)
         self.outbox.control(request)
         self._flush_outbox(self._now)
 
@@ -790,6 +790,8 @@ class ClientSession:
     def _flush_outbox(self, now: float) -> None:
         if self.state is State.JOINED:
             for request in self.outbox.send_due(now):
+                if isinstance(request, Join | Part | Rename):
+                    self.requests.sent(request, now)
                 self._send(request)
 
     def _poll_repair(self, name: str, now: float) -> list[ev.Event]:
