@@ -3,7 +3,11 @@ reported, paced to the broker's own bucket."""
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import events as ev
 from client.outbox import RATE_LIMITED_RETRIES, LineState, Outbox
@@ -150,3 +154,53 @@ def test_wait_says_when_the_next_token_comes() -> None:
     assert bucket.take(0.2)
     bucket.penalize(0.2)
     assert not bucket.take(0.3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    count=st.integers(1, 30),
+    rng=st.randoms(use_true_random=False),
+    drop=st.floats(0, 0.6),
+)
+def test_under_any_losses_every_line_is_stored_once(count: int, rng: Random, drop: float) -> None:
+    """The outbox's guarantee: whatever is lost on the way (requests, acks),
+    refused by a full socket, refused as unavailable or cut off by a lost
+    connection, every line ends up stored by the broker, and acknowledged."""
+    outbox = Outbox(resend_after=1.0)
+    keys = [_say(outbox, f"line {n}") for n in range(count)]
+    stored: list[str] = []
+    wire: list[Say | SendPrivate] = []
+    now = 0.0
+
+    def broker(lossy: bool) -> None:
+        while wire:
+            line = wire.pop(0)
+            assert line.key is not None
+            if lossy and rng.random() < drop / 3:
+                outbox.later(line.key, now, 1.0)  # unavailable: not stored
+                continue
+            if line.key not in stored:
+                stored.append(line.key)
+            if not (lossy and rng.random() < drop):  # the ack may be lost too
+                outbox.ack(line.key, now)
+
+    for _ in range(60):
+        now += 0.1 + rng.random()
+        lossy = True
+        sent = outbox.send_due(now)
+        if sent and rng.random() < drop / 2:
+            cut = rng.randrange(len(sent))
+            outbox.not_sent(sent[cut:])  # the socket's queue was full
+            sent = sent[:cut]
+        wire += [r for r in sent if isinstance(r, Say | SendPrivate) and rng.random() >= drop]
+        if rng.random() < drop / 4:
+            outbox.hold_all()  # the connection is lost, and what was on it
+            wire.clear()
+            outbox.release(None)  # ... and back
+        broker(lossy)
+    for _ in range(40):  # the faults are over
+        now += 2.0
+        wire += [r for r in outbox.send_due(now) if isinstance(r, Say | SendPrivate)]
+        broker(False)
+    assert sorted(stored) == sorted(keys)
+    assert len(outbox) == 0
