@@ -468,3 +468,17 @@ def test_any_order_around_a_rejoin_yields_each_line_once_in_order(
     while asked:
         take(session.on_reply(_serve(asked.pop(0), store, count), 5.0))
     assert delivered == list(range(1, count + 1))
+
+
+def test_only_the_first_try_makes_new_sockets() -> None:
+    # A hello the broker got and answered late must not be left on a socket
+    # we closed, holding our nickname: later tries reuse the connection.
+    session = joined_session()
+    session.tick(100.0)  # silence
+    resets = []
+    for now in (100.0, 100.5, 101.5, 103.5, 107.5):
+        session.tick(now)
+        out = session.take_output()
+        if any(isinstance(r, Hello) for r in out.requests):
+            resets.append(out.reset)
+    assert resets[0] and not any(resets[1:]) and len(resets) >= 3
