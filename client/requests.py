@@ -27,10 +27,13 @@ from enum import Enum
 from client import events as ev
 from protocol import History, Join, ListRooms, Part, Rename, Request, Who
 
-__all__ = ["NO_ANSWER", "Pending", "Purpose", "RequestTracker"]
+__all__ = ["NO_ANSWER", "REQUEST_TIMEOUT", "Pending", "Purpose", "RequestTracker"]
 
 #: The local error code of a request the broker never answered.
 NO_ANSWER = "no_answer"
+#: Seconds a request may go unanswered while connected (at least; a join may
+#: wait for its sync up to the broker's client timeout).
+REQUEST_TIMEOUT = 30.0
 
 Tracked = Join | Part | Rename | Who | ListRooms | History
 
@@ -94,7 +97,7 @@ _KIND: dict[type, str] = {
 class RequestTracker:
     """Pending requests, matched to their answers in order."""
 
-    def __init__(self, *, timeout: float = 15.0) -> None:
+    def __init__(self, *, timeout: float = REQUEST_TIMEOUT) -> None:
         #: Seconds a request may wait for its answer while connected.
         self.timeout = timeout
         self._ids = itertools.count(1)

@@ -48,7 +48,7 @@ from client.membership import Membership
 from client.outbox import NOT_SENT_RETRY, LineState, Outbox
 from client.presence import Presence
 from client.reconnect import Retry
-from client.requests import Purpose, RequestTracker, Tracked
+from client.requests import REQUEST_TIMEOUT, Purpose, RequestTracker, Tracked
 from client.sequencer import RoomTrack, as_event
 from protocol import (
     PROTOCOL_VERSION,
@@ -469,7 +469,7 @@ class ClientSession:
         self.heartbeat = reply.heartbeat
         self.broker_timeout = reply.timeout
         self.outbox.resend_after = max(2 * self.heartbeat, 1.0)
-        self.requests.timeout = max(15.0, reply.timeout + self._dead_after)
+        self.requests.timeout = max(REQUEST_TIMEOUT, reply.timeout + self._dead_after)
         self.nick = reply.nick
         self._next_ping = now + self.heartbeat
         self._out.connect_pub = self.pub_override or _reachable(reply.pub, self.server)
