@@ -18,7 +18,8 @@ It is a composition of small state machines, each with its own module:
 * :class:`client.joins.Joins`: rooms being joined, their broadcasts held
   until their ``joined``;
 * :class:`client.reconnect.Retry`: when to say ``hello`` again;
-* :class:`client.membership.Membership`: who is in our rooms.
+* :class:`client.membership.Membership`: who is in our rooms;
+* :class:`client.presence.Presence`: room topics and who is away.
 
 The session's own states and the moves between them (``_TRANSITIONS``)::
 
