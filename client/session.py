@@ -661,7 +661,7 @@ class ClientSession:
             # they are sent again after the rejoin.
             return self._lose_broker(now) if self.state is State.JOINED else []
         if reply.req == "hello":
-            return self._hello_refused(reply)
+            return self._hello_refused(reply, now)
         if reply.key and reply.req in ("say", "msg"):
             return self._line_refused(reply, now)
         if reply.req not in ("join", "part", "nick", "who", "rooms", "history"):
@@ -690,12 +690,18 @@ class ClientSession:
             out += self._join_refused(reply)
         return out
 
-    def _hello_refused(self, reply: Error) -> list[ev.Event]:
+    def _hello_refused(self, reply: Error, now: float) -> list[ev.Event]:
         if reply.code == ErrorCode.ALREADY_JOINED and self.state in (
             State.RECONNECTING,
             State.JOINED,
         ):
             return []  # a retried hello, after the first was answered
+        if reply.code == ErrorCode.SYNC_TIMEOUT and self.state is State.RECONNECTING:
+            # Our SUB missed its sync topic (a slow or cut link): passing, not
+            # a refusal. Start the tries over, with fresh sockets; found by
+            # the chaos suite (tests/test_session_rejoin_sync.py).
+            self.retry.start(now)
+            return []
         if self.state is State.JOINING:
             self.joins.lost()
             self._move(State.IDLE)
