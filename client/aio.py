@@ -390,6 +390,7 @@ class AsyncClient:
         if self._closed.is_set():
             raise ConnectionClosed(self.session.close_reason or "exit")
         self.session.last_request = None
+        self.session.advance(time.time())
         result = operation(*args, **kwargs)
         self._flush()
         return result
@@ -428,31 +429,35 @@ class AsyncClient:
                 self._unusable_pub(out.connect_pub, exc)
         for subscribe, topic in out.subscribe:
             self._sub.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, topic)
-        for request in out.requests:
+        requests = out.requests
+        for i, request in enumerate(requests):
             try:
-                sent = self._dealer.send(encode(request), zmq.NOBLOCK)
+                sent = cast(
+                    "asyncio.Future[object]", self._dealer.send(encode(request), zmq.NOBLOCK)
+                )
             except zmq.Again:
-                self.session.not_sent(request, time.time())
-                continue
-            # zmq.asyncio reports a full queue (Again) through the future, not
-            # as an exception: look at every result, so none goes unretrieved
-            # and a request the socket did not take is sent again.
-            cast("asyncio.Future[object]", sent).add_done_callback(
-                functools.partial(self._sent, request)
-            )
+                refused = True
+            else:
+                # zmq.asyncio reports a full queue (Again) through the future,
+                # not as an exception (done at once for NOBLOCK): read every
+                # result, so none goes unretrieved and nothing is dropped.
+                if sent.done():
+                    refused = sent.cancelled() or sent.exception() is not None
+                else:
+                    sent.add_done_callback(functools.partial(self._sent, request))
+                    refused = False
+            if refused:
+                # The queue is full: this request and the ones after it wait,
+                # in order, and go again from the next turn of the pump.
+                self.session.not_sent(requests[i:], time.time())
+                break
         self._resolve()
 
     def _sent(self, request: Request, sent: asyncio.Future[object]) -> None:
-        if sent.cancelled():
-            self.session.not_sent(request, time.time())
-            return
-        error = sent.exception()
-        if error is None:
-            return
-        # Again: a full queue (a paused broker, a reconnecting socket);
-        # anything else: a socket closed under the send. Both: send later.
-        self.session.not_sent(request, time.time())
-        self._wake.set()
+        # A send that completed later: a full queue (Again) or a socket closed
+        # under it (a reset). Either way, send it again.
+        if sent.cancelled() or sent.exception() is not None:
+            self.session.not_sent([request], time.time())
 
     def _resolve(self) -> None:
         """Hand the answers of requests to whoever waits for them."""

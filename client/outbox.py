@@ -15,8 +15,15 @@ A line's states (``_LINE_MOVES``)::
 *queued*: waiting, in order, for a token of the broker's flood bucket
 (:class:`client.pacing.BrokerBucket`); ``join``, ``part`` and ``nick`` take
 their turn in the same queue, as the broker counts them in the same bucket.
-*sent*: on the wire; resent on a timer, with the same key, until acknowledged,
-so a line lost in a full socket queue or a paused broker is never lost for good.
+*sent*: on the wire; sent again, with the same key, until acknowledged, so a
+line lost in a full socket queue or a paused broker is never lost for good:
+
+* at once when the broker acknowledges a line sent *after* it: one
+  connection's requests are handled and answered in order, so it was lost;
+* on a timer (doubling, at most ``RESEND_CAP`` apart) for lines at the end,
+  but only while no acknowledgement at all has come for ``resend_after``: on
+  a slow link whose acks keep coming, resending would only add to the load.
+(A wrong guess costs a repeat, which the broker drops by key, never a loss.)
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class _Entry:
     resend_at: float = 0.0
     sends: int = 0
     throttled: int = 0
+    #: Order of the latest send among all sends (for the in-order inference).
+    sent_as: int = 0
 
     def move(self, what: str) -> None:
         self.state = _LINE_MOVES[self.state][what]
@@ -86,6 +95,12 @@ class Outbox:
         self._lines: OrderedDict[str, _Entry] = OrderedDict()
         # Keys of queued lines and paced control requests, in sending order.
         self._queue: deque[str | Request] = deque()
+        # (send number, key) of lines on the wire, oldest first; stale entries
+        # (acknowledged or sent again since) are skipped when reached.
+        self._wire: deque[tuple[int, str]] = deque()
+        self._sends = 0
+        #: When the broker last acknowledged a line (progress of the link).
+        self.progress = 0.0
 
     # --- what the session asks ---------------------------------------------
 
@@ -123,6 +138,7 @@ class Outbox:
         paced control requests that never went out (the caller decides)."""
         for entry in self._lines.values():
             entry.move("hold")
+        self._wire.clear()
         controls = [item for item in self._queue if not isinstance(item, str)]
         self._queue.clear()
         return controls
@@ -130,14 +146,18 @@ class Outbox:
     def send_due(self, now: float) -> list[Request]:
         """What to send now: lines whose resend time came, then the queue in
         order while the broker's bucket has tokens."""
-        overdue = [
-            key
-            for key, entry in self._lines.items()
-            if entry.state is LineState.SENT and entry.resend_at <= now
-        ]
-        for key in reversed(overdue):  # oldest first, ahead of newer lines
-            self._lines[key].move("resend")
-            self._queue.appendleft(key)
+        # Lines deferred on purpose (sent_as 0: unavailable) go when due;
+        # the others only once acks stopped coming.
+        stalled = now - self.progress >= self.resend_after
+        self._requeue(
+            [
+                key
+                for key, entry in self._lines.items()
+                if entry.state is LineState.SENT
+                and entry.resend_at <= now
+                and (stalled or entry.sent_as == 0)
+            ]
+        )
         out: list[Request] = []
         while self._queue and self.bucket.take(now):
             item = self._queue.popleft()
@@ -150,21 +170,36 @@ class Outbox:
             entry.move("token")
             entry.sends += 1
             entry.resend_at = now + min(RESEND_CAP, self.resend_after * 2 ** (entry.sends - 1))
+            self._sends += 1
+            entry.sent_as = self._sends
+            self._wire.append((self._sends, item))
             out.append(entry.line)
         return out
 
-    def next_due(self, now: float) -> float | None:
-        """When :meth:`send_due` will have something (None: nothing waits)."""
-        times = [e.resend_at for e in self._lines.values() if e.state is LineState.SENT]
-        if self._queue:
-            times.append(now + self.bucket.wait(now))
-        return min(times) if times else None
+    def _requeue(self, keys: list[str]) -> None:
+        """Send ``keys`` (sent lines, oldest first) again, ahead of newer lines."""
+        for key in reversed(keys):
+            self._lines[key].move("resend")
+            self._queue.appendleft(key)
 
     # --- what the broker answers -------------------------------------------
 
-    def ack(self, key: str) -> bool:
-        """The broker stored the line; returns whether it was ours."""
-        return self._lines.pop(key, None) is not None
+    def ack(self, key: str, now: float) -> bool:
+        """The broker stored the line; returns whether it was ours. Lines sent
+        before it on this connection and not acknowledged were lost: they go
+        again at once."""
+        entry = self._lines.pop(key, None)
+        if entry is None:
+            return False
+        self.progress = now
+        lost: list[str] = []
+        while self._wire and self._wire[0][0] <= entry.sent_as:
+            sent_as, earlier = self._wire.popleft()
+            other = self._lines.get(earlier)
+            if other is not None and other.state is LineState.SENT and other.sent_as == sent_as:
+                lost.append(earlier)
+        self._requeue(lost)
+        return True
 
     def throttled(self, key: str, now: float) -> bool:
         """The broker refused the line as ``rate_limited``: our mirror of its
@@ -192,20 +227,23 @@ class Outbox:
         if entry.state is LineState.SENT:
             entry.move("later")
             entry.resend_at = now + delay
+            entry.sent_as = 0  # not "lost" when a later line is acknowledged
         return True
 
-    def hold(self, key: str) -> bool:
-        """Hold the line until :meth:`release` (e.g. ``syncing``: after joined)."""
-        entry = self._lines.get(key)
-        if entry is None:
-            return False
-        entry.move("hold")
-        return True
-
-    def not_sent(self, request: Request, now: float) -> None:
-        """The socket refused ``request`` (a full send queue): try again soon."""
-        if isinstance(request, Say | SendPrivate) and request.key is not None:
-            self.later(request.key, now, NOT_SENT_RETRY)
+    def not_sent(self, requests: list[Request]) -> None:
+        """The socket did not take ``requests`` (a full send queue): their
+        lines go back to the front of the queue, in order, so a line refused
+        by the socket is not overtaken by the next one. Their tokens are
+        given back: the broker never saw them."""
+        keys = [r.key for r in requests if isinstance(r, Say | SendPrivate) and r.key]
+        for key in reversed(keys):
+            entry = self._lines.get(key)
+            if entry is None or entry.state is not LineState.SENT:
+                continue
+            entry.move("resend")
+            entry.sends -= 1  # not a send: no longer wait before the next
+            self._queue.appendleft(key)
+            self.bucket.refund()
 
     def fail(self, key: str) -> Line | None:
         """Stop trying to deliver ``key``; returns the line if it was ours."""

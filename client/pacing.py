@@ -116,6 +116,11 @@ class BrokerBucket:
         self._refill(now)
         return max(0.0, (1.0 - _EPSILON - self.tokens) / self.rate)
 
+    def refund(self) -> None:
+        """A token taken for a request that never left: give it back."""
+        if self.rate > 0:
+            self.tokens = min(self.burst, self.tokens + 1.0)
+
     def penalize(self, now: float) -> None:
         """The broker refused a request for flooding: its bucket is empty."""
         self._refill(now)

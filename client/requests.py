@@ -27,10 +27,13 @@ from enum import Enum
 from client import events as ev
 from protocol import History, Join, ListRooms, Part, Rename, Request, Who
 
-__all__ = ["NO_ANSWER", "Pending", "Purpose", "RequestTracker"]
+__all__ = ["NO_ANSWER", "REQUEST_TIMEOUT", "Pending", "Purpose", "RequestTracker"]
 
 #: The local error code of a request the broker never answered.
 NO_ANSWER = "no_answer"
+#: Seconds a request may go unanswered while connected (at least; a join may
+#: wait for its sync up to the broker's client timeout).
+REQUEST_TIMEOUT = 30.0
 
 Tracked = Join | Part | Rename | Who | ListRooms | History
 
@@ -94,18 +97,27 @@ _KIND: dict[type, str] = {
 class RequestTracker:
     """Pending requests, matched to their answers in order."""
 
-    def __init__(self, *, timeout: float = 15.0) -> None:
+    def __init__(self, *, timeout: float = REQUEST_TIMEOUT) -> None:
         #: Seconds a request may wait for its answer while connected.
         self.timeout = timeout
         self._ids = itertools.count(1)
         self._pending: list[Pending] = []
         self._completions: list[tuple[int, ev.Event]] = []
 
-    def add(self, request: Tracked, now: float, purpose: Purpose = Purpose.USER) -> int:
-        """Track ``request`` (sent now, or queued to be); returns its id."""
-        pending = Pending(next(self._ids), request, purpose, now)
+    def add(
+        self, request: Tracked, now: float, purpose: Purpose = Purpose.USER, *, queued: bool = False
+    ) -> int:
+        """Track ``request``, sent now (or ``queued`` to be: its wait for an
+        answer starts at :meth:`sent`); returns its id."""
+        pending = Pending(next(self._ids), request, purpose, math.inf if queued else now)
         self._pending.append(pending)
         return pending.id
+
+    def sent(self, request: Request, now: float) -> None:
+        """A queued ``request`` left now: its wait for an answer starts."""
+        for pending in self._pending:
+            if pending.request is request:
+                pending.sent_at = now
 
     def answered(self, kind: str, room: str | None) -> Pending | None:
         """The oldest pending request of ``kind`` (for ``room``, when the answer
@@ -168,7 +180,7 @@ class RequestTracker:
         out: list[ev.Event] = []
         keep: list[Pending] = []
         for pending in self._pending:
-            if pending.step is Step.SENT and now - pending.sent_at > self.timeout:
+            if pending.step is Step.SENT and now > pending.sent_at + self.timeout:
                 if pending.purpose is Purpose.USER:
                     out.append(self._fail(pending, NO_ANSWER, "the broker never answered"))
                 continue

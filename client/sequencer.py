@@ -127,6 +127,7 @@ class RoomTrack:
             self.repair is not RepairState.ASKING
             or request is None
             or (request.after, request.before) != self.asked
+            or not _answers(reply, *self.asked)
         ):
             # A late answer to a request given up or retried: its lines are
             # still good, but it says nothing about the range asked now.
@@ -240,6 +241,16 @@ class RoomTrack:
         for seq in [s for s in self.buffered if s <= self.last]:
             del self.buffered[seq]
         return out
+
+
+def _answers(reply: HistoryReply, after: int, before: int) -> bool:
+    """Whether ``reply`` can be the answer for the range ``(after, before)``:
+    its lines lie in it, and it says something (lines, or some missed). A
+    reply matched to the wrong request (one lost on the way shifts the
+    order) must not make us skip lines as gone."""
+    if not reply.messages:
+        return reply.missed > 0
+    return all(after < line.seq < before for line in reply.messages)
 
 
 def as_event(line: ChatMessage, *, history: bool) -> ev.Message:

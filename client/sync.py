@@ -173,6 +173,11 @@ class Client:
         """Lines not acknowledged yet (see AsyncClient.pending)."""
         return self._async.pending
 
+    @property
+    def queued(self) -> int:
+        """Of :attr:`pending`, the lines not on the wire yet."""
+        return self._async.queued
+
     def next_event(self, timeout: float | None = None) -> ev.Event:
         """The next event; TimeoutError after ``timeout`` s, ConnectionClosed at the end."""
         return self._call(self._async.next_event(timeout))

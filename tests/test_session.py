@@ -4,6 +4,8 @@ parameters, no sockets. Each test names the fault it exists for."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import events as ev
 from client.session import ClientSession, State
@@ -198,9 +200,17 @@ def test_a_line_the_socket_refused_is_sent_again_soon() -> None:
     session = joined_session()
     key = session.say("hello")
     (line,) = _requests(session, Say)
-    session.not_sent(line, 0.0)
-    session.tick(0.5)
+    session.not_sent([line], 0.0)
+    session.tick(0.1)
     assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [key]
+
+
+def test_lines_the_socket_refused_are_not_overtaken_by_later_ones() -> None:
+    session = joined_session()
+    first, second = session.say("a"), session.say("b")
+    session.not_sent(_requests(session, Say), 0.0)  # the queue was full for both
+    third = session.say("c")
+    assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [first, second, third]
 
 
 def test_unavailable_is_retried_later_with_the_same_key_not_reported() -> None:
@@ -245,7 +255,7 @@ def test_a_request_the_socket_refused_is_sent_again_soon() -> None:
     session = joined_session()
     session.who()
     (who,) = _requests(session, Who)
-    session.not_sent(who, 0.0)
+    session.not_sent([who], 0.0)
     session.tick(0.5)
     assert _requests(session, Who) == [who]
 
@@ -314,6 +324,17 @@ def test_a_sender_at_exactly_the_documented_rate_never_queues(rate: float, burst
     assert session.queued == 0
 
 
+def test_pacing_counts_from_the_moment_of_the_line_not_the_last_tick() -> None:
+    # The front-end ticks ten times a second; lines come in between.
+    session = joined_session(rate=5.0, burst=1)
+    session.say("first")
+    session.tick(0.1)
+    session.take_output()
+    session.advance(0.2)
+    session.say("second")
+    assert len(_requests(session, Say)) == 1
+
+
 def test_a_burst_within_the_limit_goes_at_once_and_more_waits_its_turn() -> None:
     session = joined_session(rate=5.0, burst=10)
     for n in range(10):
@@ -350,7 +371,7 @@ def test_reconnect_times_are_jittered() -> None:
     times = []
     for jitter in (0.0, 0.99):
         session = joined_session()
-        session._jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
+        session.retry.jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
         session.on_reply(Shutdown(reason="bye"), 0.0)
         now = 0.0
         while not _requests(session, Hello):
@@ -390,3 +411,74 @@ def test_a_pong_ahead_of_the_sub_repairs_only_if_the_lines_never_come() -> None:
     assert _requests(session, History) == [
         History(room="lobby", after=3, before=5, limit=500, forward=True)
     ]
+
+
+@st.composite
+def _restarts(draw: st.DrawFn) -> tuple[int, int, int, list[tuple[str, int]]]:
+    """Lines 1..count; the broker restarts after `seen` of them were
+    published, and its `joined` comes when `at_join` exist. The SUB brings
+    lines in order, some dropped; those published after the joined may
+    overtake it (issue 12, item 1)."""
+    count = draw(st.integers(1, 30))
+    seen = draw(st.integers(0, count))
+    at_join = draw(st.integers(seen, count))
+    before = [("live", s) for s in range(1, seen + 1) if draw(st.booleans()) or s == seen]
+    after = [("live", s) for s in range(seen + 1, count + 1) if draw(st.integers(0, 3))]
+    # The joined goes after every received line it counts, anywhere later.
+    first_free = next((i for i, (_, s) in enumerate(after) if s > at_join), len(after))
+    position = draw(st.integers(first_free, len(after)))
+    steps = [*before, ("restart", 0), *after[:position], ("joined", at_join), *after[position:]]
+    for _ in range(draw(st.integers(0, 6))):
+        where = draw(st.integers(steps.index(("joined", at_join)) + 1, len(steps)))
+        steps.insert(where, (draw(st.sampled_from(["serve", "pong"])), 0))
+    return count, seen, at_join, steps
+
+
+@settings(max_examples=300, deadline=None)
+@given(_restarts())
+def test_any_order_around_a_rejoin_yields_each_line_once_in_order(
+    case: tuple[int, int, int, list[tuple[str, int]]],
+) -> None:
+    count, _, _, steps = case
+    store = {s: _line(s) for s in range(1, count + 1)}
+    session = joined_session(epoch="e1")
+    delivered: list[int] = []
+    asked: list[History] = []
+
+    def take(events: list[ev.Event]) -> None:
+        delivered.extend(_seqs(events))
+        assert not [e for e in events if isinstance(e, ev.Missed)]
+        asked.extend(r for r in session.take_output().requests if isinstance(r, History))
+
+    for kind, seq in steps:
+        if kind == "live":
+            take(session.on_broadcast(store[seq], 1.0))
+        elif kind == "restart":
+            take(_restart(session, 2.0))
+            asked.clear()  # the old broker never answers
+            take(session.on_reply(welcome(broker="b2"), 2.0))
+        elif kind == "joined":
+            take(session.on_reply(Joined(room="lobby", seq=seq, members=["me"], epoch="e1"), 2.0))
+        elif kind == "serve" and asked:
+            take(session.on_reply(_serve(asked.pop(0), store, count), 2.0))
+        elif kind == "pong":
+            take(session.on_reply(Pong(broker="b2", seqs={"lobby": count}), 2.0))
+    for now in (3.0, 4.0):
+        take(session.on_reply(Pong(broker="b2", seqs={"lobby": count}), now))
+    while asked:
+        take(session.on_reply(_serve(asked.pop(0), store, count), 5.0))
+    assert delivered == list(range(1, count + 1))
+
+
+def test_only_the_first_try_makes_new_sockets() -> None:
+    # A hello the broker got and answered late must not be left on a socket
+    # we closed, holding our nickname: later tries reuse the connection.
+    session = joined_session()
+    session.tick(100.0)  # silence
+    resets = []
+    for now in (100.0, 100.5, 101.5, 103.5, 107.5):
+        session.tick(now)
+        out = session.take_output()
+        if any(isinstance(r, Hello) for r in out.requests):
+            resets.append(out.reset)
+    assert resets[0] and not any(resets[1:]) and len(resets) >= 3

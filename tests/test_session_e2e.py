@@ -8,6 +8,7 @@ import asyncio
 import gc
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -47,10 +48,10 @@ def test_a_paused_broker_during_a_burst_loses_nothing_and_leaves_no_exception_un
         session = alice.session
         original = session.not_sent
 
-        def counting(request: Request, now: float) -> None:
+        def counting(requests: list[Request], now: float) -> None:
             nonlocal refused
             refused += 1
-            original(request, now)
+            original(requests, now)
 
         session.not_sent = counting  # type: ignore[method-assign]
         await alice.connect()
@@ -145,6 +146,74 @@ def test_a_who_sent_as_the_broker_dies_is_answered_after_the_rejoin() -> None:
         assert answer.members == ["alice"]
     finally:
         alice.close()
+        first.stop(signal.SIGKILL)
+        if second is not None:
+            second.stop()
+
+
+def test_requests_with_wait_return_once_answered_in_order(connect) -> None:  # type: ignore[no-untyped-def]
+    from protocol import RequestFailed
+
+    alice = connect("alice")
+    connect("bob")
+    assert alice.join("ops", wait=True) == "ops"
+    assert alice.rooms == ["lobby", "ops"]
+    assert alice.part("ops", wait=True) == "ops"  # the join was done: no not_in_room
+    assert alice.rooms == ["lobby"]
+    assert sorted(alice.who("lobby", wait=True) or []) == ["alice", "bob"]
+    alice.history(10, wait=True)
+    with pytest.raises(RequestFailed) as refused:
+        alice.rename("bob", wait=True)
+    assert refused.value.code == "nick_taken"
+    assert alice.settle(5 * SCALE)
+    assert alice.pending == 0
+
+
+@pytest.mark.timeout(90)
+def test_a_broker_back_with_another_history_is_a_reset_not_a_gap(tmp_path: Path) -> None:
+    # The history file was replaced (a restore, a lost disk): the new one
+    # numbers lobby up to 10, above the 3 lines bob saw. Only the epoch tells.
+    other = spawn_broker("--max-rate", "0", "--history", str(tmp_path / "other.sqlite3"))
+    carol = Client(other.router, "carol", backlog=0)
+    try:
+        carol.connect()
+        for n in range(10):
+            carol.say(f"elsewhere {n}")
+        assert carol.settle(10 * SCALE)
+    finally:
+        carol.close()
+        other.stop()
+    first = spawn_broker(
+        "--client-timeout", "3", "--max-rate", "0", "--history", str(tmp_path / "h.sqlite3")
+    )
+    second = None
+    alice, bob = Client(first.router, "alice", backlog=0), Client(first.router, "bob", backlog=0)
+    try:
+        alice.connect()
+        bob.connect()
+        for n in range(3):
+            alice.say(f"before {n}")
+        wait_for(bob, ev.Message, lambda e: e.text == "before 2")
+        first.stop(signal.SIGKILL)
+        second = spawn_broker(
+            "--client-timeout",
+            "3",
+            "--max-rate",
+            "0",
+            "--history",
+            str(tmp_path / "other.sqlite3"),
+            router=first.router,
+            pub=first.pub,
+        )
+        reset = wait_for(bob, ev.Missed, timeout=20)
+        assert reset.reset and reset.room == "lobby"
+        wait_for(alice, ev.Connection, lambda e: e.state == "reconnected", timeout=20)
+        alice.say("after")
+        shown = wait_for(bob, ev.Message, timeout=10)
+        assert (shown.text, shown.seq) == ("after", 11)  # nothing of the old numbering
+    finally:
+        alice.close()
+        bob.close()
         first.stop(signal.SIGKILL)
         if second is not None:
             second.stop()

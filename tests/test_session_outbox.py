@@ -3,7 +3,11 @@ reported, paced to the broker's own bucket."""
 
 from __future__ import annotations
 
+from random import Random
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import events as ev
 from client.outbox import RATE_LIMITED_RETRIES, LineState, Outbox
@@ -44,8 +48,43 @@ def test_a_sent_line_is_resent_with_its_key_backing_off_until_acked() -> None:
     outbox.send_due(0.0)
     times = [t / 10 for t in range(1, 80) if _keys(outbox.send_due(t / 10))]
     assert times == [1.0, 3.0, 7.0]  # 1, 2, 4 s apart
-    assert outbox.ack(key) and len(outbox) == 0
+    assert outbox.ack(key, 8.0) and len(outbox) == 0
     assert outbox.send_due(100.0) == []
+
+
+def test_an_ack_for_a_later_line_resends_an_earlier_one_at_once() -> None:
+    # One connection's lines are answered in order: no ack for the first
+    # while the second's came means the first was lost on the way.
+    outbox = Outbox(resend_after=5.0)
+    first, second, third = (_say(outbox, text) for text in ("a", "b", "c"))
+    outbox.send_due(0.0)
+    assert outbox.ack(second, 0.1)
+    assert _keys(outbox.send_due(0.1)) == [first]
+    assert outbox.state_of(third) is LineState.SENT  # not overtaken: still waiting
+
+
+def test_timers_wait_while_acks_keep_coming() -> None:
+    # A slow link: every line is acknowledged late, but acks flow; resending
+    # would only add to the load.
+    outbox = Outbox(resend_after=1.0)
+    keys = [_say(outbox, f"line {n}") for n in range(20)]
+    outbox.send_due(0.0)
+    resent = []
+    for n, key in enumerate(keys):
+        now = 0.5 * (n + 1)
+        resent += _keys(outbox.send_due(now))
+        outbox.ack(key, now)
+    assert resent == []
+
+
+def test_a_deferred_line_goes_when_due_even_while_acks_flow() -> None:
+    outbox = Outbox(resend_after=10.0)
+    deferred, other = _say(outbox, "a"), _say(outbox, "b")
+    outbox.send_due(0.0)
+    outbox.later(deferred, 0.1, 1.0)  # unavailable: again in a second
+    outbox.ack(other, 0.2)  # not a sign that it was lost
+    assert outbox.send_due(0.5) == []
+    assert _keys(outbox.send_due(1.1)) == [deferred]
 
 
 def test_a_lost_connection_holds_everything_until_released() -> None:
@@ -115,3 +154,53 @@ def test_wait_says_when_the_next_token_comes() -> None:
     assert bucket.take(0.2)
     bucket.penalize(0.2)
     assert not bucket.take(0.3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    count=st.integers(1, 30),
+    rng=st.randoms(use_true_random=False),
+    drop=st.floats(0, 0.6),
+)
+def test_under_any_losses_every_line_is_stored_once(count: int, rng: Random, drop: float) -> None:
+    """The outbox's guarantee: whatever is lost on the way (requests, acks),
+    refused by a full socket, refused as unavailable or cut off by a lost
+    connection, every line ends up stored by the broker, and acknowledged."""
+    outbox = Outbox(resend_after=1.0)
+    keys = [_say(outbox, f"line {n}") for n in range(count)]
+    stored: list[str] = []
+    wire: list[Say | SendPrivate] = []
+    now = 0.0
+
+    def broker(lossy: bool) -> None:
+        while wire:
+            line = wire.pop(0)
+            assert line.key is not None
+            if lossy and rng.random() < drop / 3:
+                outbox.later(line.key, now, 1.0)  # unavailable: not stored
+                continue
+            if line.key not in stored:
+                stored.append(line.key)
+            if not (lossy and rng.random() < drop):  # the ack may be lost too
+                outbox.ack(line.key, now)
+
+    for _ in range(60):
+        now += 0.1 + rng.random()
+        lossy = True
+        sent = outbox.send_due(now)
+        if sent and rng.random() < drop / 2:
+            cut = rng.randrange(len(sent))
+            outbox.not_sent(sent[cut:])  # the socket's queue was full
+            sent = sent[:cut]
+        wire += [r for r in sent if isinstance(r, Say | SendPrivate) and rng.random() >= drop]
+        if rng.random() < drop / 4:
+            outbox.hold_all()  # the connection is lost, and what was on it
+            wire.clear()
+            outbox.release(None)  # ... and back
+        broker(lossy)
+    for _ in range(40):  # the faults are over
+        now += 2.0
+        wire += [r for r in outbox.send_due(now) if isinstance(r, Say | SendPrivate)]
+        broker(False)
+    assert sorted(stored) == sorted(keys)
+    assert len(outbox) == 0

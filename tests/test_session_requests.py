@@ -66,3 +66,14 @@ def test_giving_up_fails_every_user_request() -> None:
     (failed,) = tracker.give_up("closed")
     assert isinstance(failed, ev.Error) and failed.code == "not_delivered"
     assert not tracker.busy()
+
+
+def test_a_queued_request_waits_for_its_answer_only_once_sent() -> None:
+    tracker = RequestTracker(timeout=10.0)
+    join = Join(room="ops", sync=1)
+    tracker.add(join, 0.0, queued=True)  # behind many paced lines
+    assert tracker.expired(100.0) == []
+    tracker.sent(join, 100.0)
+    assert tracker.expired(105.0) == []
+    (failed,) = tracker.expired(111.0)
+    assert isinstance(failed, ev.Error) and failed.req == "join"
