@@ -7,6 +7,7 @@ import logging
 import math
 import signal
 import sys
+from collections.abc import Callable
 from types import FrameType
 
 import zmq
@@ -246,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "repairs them from history (default 10000)",
     )
     parser.add_argument(
+        "--engine",
+        metavar="URL",
+        help="cluster mode: share rooms, history and nicknames with every broker "
+        "given the same Redis 7 URL (redis://HOST:PORT/DB, rediss://..., unix:///PATH, "
+        "redis+sentinel://HOST:PORT,.../SERVICE); the --history options are then "
+        "unused (docs/CLUSTER.md)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -313,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     except auth.KeyFileError as exc:
         print(f"chat-broker: {exc}", file=sys.stderr)
         return 2
+    if args.engine:
+        return _serve_cluster(args, config, curve_keys, allowed, servers, lambda: stop_requested)
     history_path = args.history or default_history_path()
     try:
         # The default location is ours to create; an explicit path's directory
@@ -356,5 +367,57 @@ def main(argv: list[str] | None = None) -> int:
     servers.append(server)
     if stop_requested:
         server.stop()  # asked to stop before the loop ran: it still says goodbye
+    server.serve_forever()
+    return 0
+
+
+def _serve_cluster(
+    args: argparse.Namespace,
+    config: BrokerConfig,
+    curve_keys: tuple[bytes, bytes] | None,
+    allowed: frozenset[str] | None,
+    servers: list[BrokerServer],
+    stop_requested: Callable[[], bool],
+) -> int:
+    """Cluster mode (docs/CLUSTER.md): the engine instead of a history file."""
+    # Imported here: SQLite mode never loads redis.
+    from broker.cluster import ClusterShell
+    from broker.engine import EngineError, RedisEngine
+
+    log = logging.getLogger("broker")
+    if args.history not in (None, ":memory:"):
+        log.warning(
+            "--history %s is unused in cluster mode: history is in the engine", args.history
+        )
+    try:
+        engine = RedisEngine.connect(args.engine)
+    except ValueError as exc:  # a malformed URL
+        print(f"chat-broker: --engine: {exc}", file=sys.stderr)
+        return 2
+    except EngineError as exc:
+        print(f"chat-broker: {exc}", file=sys.stderr)
+        return 1
+    try:
+        server = BrokerServer(
+            args.router,
+            args.pub,
+            config,
+            advertised_pub=args.advertise_pub,
+            pub_hwm=args.pub_hwm,
+            curve_keys=curve_keys,
+            allowed_keys=allowed,
+            cluster=ClusterShell(engine),
+        )
+    except zmq.ZMQError as exc:
+        engine.close()
+        print(f"chat-broker: cannot bind: {exc}", file=sys.stderr)
+        return 1
+    except EngineError as exc:
+        engine.close()
+        print(f"chat-broker: {exc}", file=sys.stderr)
+        return 1
+    servers.append(server)
+    if stop_requested():
+        server.stop()
     server.serve_forever()
     return 0

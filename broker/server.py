@@ -15,14 +15,18 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import zmq
 
 from broker import auth
 from broker.core import Action, BrokerConfig, BrokerCore, Publish
-from broker.history import HistoryStore, StorageError
+from broker.history import HistoryStore
 from broker.topics import TopicStore
 from protocol import Broadcast, Reply, pack_messages, room_topic
+
+if TYPE_CHECKING:  # cluster mode imports redis; SQLite mode never does
+    from broker.cluster import ClusterShell
 
 __all__ = ["BrokerServer"]
 
@@ -54,10 +58,13 @@ class BrokerServer:
         curve_keys: tuple[bytes, bytes] | None = None,
         allowed_keys: frozenset[str] | None = None,
         topics: TopicStore | None = None,
+        cluster: ClusterShell | None = None,
     ) -> None:
         """``curve_keys`` (public, secret; Z85) make both sockets CURVE servers;
         ``allowed_keys`` (Z85 public keys) then limits who may connect
-        (docs/SECURITY.md)."""
+        (docs/SECURITY.md). ``cluster`` puts the broker in cluster mode: the
+        engine numbers, stores and shares (docs/CLUSTER.md); ``history`` is
+        then unused."""
         config = config or BrokerConfig()
         self._own_context = context is None
         self._ctx = context or zmq.Context()
@@ -99,9 +106,13 @@ class BrokerServer:
         self.router_endpoint = _endpoint(self._router)
         self.pub_endpoint = _endpoint(self._xpub)
         config.pub_endpoint = advertised_pub or self.pub_endpoint
+        self._cluster = cluster
         try:
-            self.core = BrokerCore(config, history, topics=topics)
-        except StorageError:  # the stored keys could not be read: a damaged file
+            if cluster is not None:
+                self.core: BrokerCore = cluster.make_core(config, self._ctx)
+            else:
+                self.core = BrokerCore(config, history, topics=topics)
+        except BaseException:  # the stored keys could not be read, the engine refused
             self._close_sockets()
             raise
         self._stopping = False
@@ -123,9 +134,14 @@ class BrokerServer:
     def serve_forever(self) -> None:
         """Run until :meth:`stop`; then tell clients, close sockets, flush history."""
         router, xpub, zap, core = self._router, self._xpub, self._zap, self.core
+        cluster = self._cluster
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(xpub, zmq.POLLIN)
+        bus = None
+        if cluster is not None:
+            bus = cluster.socket
+            poller.register(bus, zmq.POLLIN)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
             log.info(
@@ -160,7 +176,17 @@ class BrokerServer:
                 if time.monotonic() >= next_tick:
                     next_tick = time.monotonic() + TICK_SECONDS
                     actions += core.tick(clock())
-                if actions:
+                if cluster is not None:
+                    # The engine numbers and stores what the core proposed;
+                    # broadcasts come back on the bus, from every broker.
+                    if actions:
+                        actions = cluster.settle(actions)
+                    if bus in ready:
+                        actions += cluster.pump()
+                    actions += cluster.timers(clock())
+                    if actions:
+                        self._execute(actions)
+                elif actions:
                     refused = core.history.flush()
                     if refused:  # nothing of them goes out (broker/storage.py)
                         actions = core.unstored(refused, actions)
@@ -279,6 +305,8 @@ class BrokerServer:
         finally:
             self.core.history.close()
             self.core.topics.close()
+            if self._cluster is not None:
+                self._cluster.close()
             self._router.close(linger=SHUTDOWN_LINGER_MS)
             self._xpub.close(linger=0)
             if self._zap is not None:

@@ -273,6 +273,10 @@ class Engine(Protocol):
         """A room's members across the cluster, in joining order."""
         ...
 
+    def rooms(self) -> dict[str, int]:
+        """Every room with members across the cluster, and how many each has."""
+        ...
+
     def dead_brokers(self) -> list[str]:
         """Brokers whose lease expired and who are not reaped yet."""
         ...

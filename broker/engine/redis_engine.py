@@ -301,7 +301,22 @@ class RedisEngine:
         ordered = sorted((parse_member(n, v) for n, v in raw.items()), key=lambda pair: pair[0])
         return [member for _, member in ordered]
 
-    # -- sessions -----------------------------------------------------------------------
+    def rooms(self) -> dict[str, int]:
+        # SCAN walks the whole keyspace: fine for /rooms (rate-limited per
+        # client), not for a hot path. Hash tags keep each room's name intact.
+        pattern = f"{self.keys.p}:{{*}}:members"
+        with self._io.errors(write=False):
+            names: list[bytes] = list(self._io.r.scan_iter(match=pattern, count=1000))
+            pipe = self._io.r.pipeline(transaction=False)
+            for name in names:
+                pipe.hlen(name)
+            counts: list[Any] = pipe.execute()
+        start = len(self.keys.p) + 2
+        out: dict[str, int] = {}
+        for name, count in zip(names, counts, strict=True):
+            if int(count) > 0:
+                out[name.decode()[start : -len("}:members")]] = int(count)
+        return out
 
     # -- sessions ----------------------------------------------------------------
 
