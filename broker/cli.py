@@ -255,6 +255,15 @@ def build_parser() -> argparse.ArgumentParser:
         "unused (docs/CLUSTER.md)",
     )
     parser.add_argument(
+        "--engine-lease",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="cluster mode: a broker silent this long is dead: the others announce "
+        "its members' leaves and free their nicknames, and it may not write any "
+        "more (default 5)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -382,7 +391,7 @@ def _serve_cluster(
     """Cluster mode (docs/CLUSTER.md): the engine instead of a history file."""
     # Imported here: SQLite mode never loads redis.
     from broker.cluster import ClusterShell
-    from broker.engine import EngineError, RedisEngine
+    from broker.engine import EngineError, EngineSettings, RedisEngine
 
     log = logging.getLogger("broker")
     if args.history not in (None, ":memory:"):
@@ -390,7 +399,8 @@ def _serve_cluster(
             "--history %s is unused in cluster mode: history is in the engine", args.history
         )
     try:
-        engine = RedisEngine.connect(args.engine)
+        settings = EngineSettings(broker_ttl=round(args.engine_lease * 1000))
+        engine = RedisEngine.connect(args.engine, settings)
     except ValueError as exc:  # a malformed URL
         print(f"chat-broker: --engine: {exc}", file=sys.stderr)
         return 2

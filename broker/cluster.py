@@ -622,7 +622,8 @@ class ClusterShell:
         mono = time.monotonic()
         if mono < self._next_tick:
             return []
-        self._next_tick = mono + CLUSTER_TICK
+        # Several heartbeats per lease, so one late turn does not fence us.
+        self._next_tick = mono + min(CLUSTER_TICK, self.engine.settings.broker_ttl / 4000)
         core, follower, engine = self.core, self.follower, self.engine
         assert core is not None and follower is not None
         actions: list[Action] = []

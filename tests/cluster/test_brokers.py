@@ -16,9 +16,9 @@ import zmq
 
 from broker.engine import RedisEngine
 from tests.cluster.checker import Checker
-from tests.conformance.rawchat import WAIT, Message, RawClient
+from tests.conformance.rawchat import WAIT, Message, RawClient, joined_to
 from tests.conftest import BrokerProcess, spawn_broker
-from tests.redis_server import RedisServer
+from tests.redis_server import SCALE, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -146,3 +146,110 @@ def test_clients_on_two_brokers_share_one_room_in_one_order(
         alice.checker.verify(engine, ["lobby"])
     finally:
         engine.close()
+
+
+def _engine(server: RedisServer) -> RedisEngine:
+    return RedisEngine.connect(server.url)
+
+
+def test_racing_hellos_on_two_brokers_give_a_nickname_to_exactly_one(
+    cluster: Callable[..., BrokerProcess],
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    a, b = cluster(), cluster()
+    for round_ in range(40):
+        left, right = RawClient(ctx, a.router, a.pub), RawClient(ctx, b.router, b.pub)
+        try:
+            nick = f"racer{round_}"
+            # both hellos leave before either answer is read
+            left.send({"type": "hello", "v": 1, "nick": nick, "rooms": ["lobby"]})
+            right.send({"type": "hello", "v": 1, "nick": nick.upper(), "rooms": ["lobby"]})
+            answers = [
+                c.reply(lambda m: m.get("type") in {"welcome", "error"}) for c in (left, right)
+            ]
+            kinds = sorted(m["type"] for m in answers)
+            assert kinds == ["error", "welcome"], answers
+            loser = answers[0] if answers[0]["type"] == "error" else answers[1]
+            assert loser["code"] == "nick_taken"
+            winner = left if answers[0]["type"] == "welcome" else right
+            winner.subscribe_after_welcome(max(answers, key=lambda m: m["type"]), ["lobby"])
+            winner.reply(joined_to("lobby"))
+            winner.send({"type": "bye"})
+            winner.reply_of("goodbye")
+        finally:
+            left.close()
+            right.close()
+
+
+def test_who_rooms_history_and_private_lines_across_brokers(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+) -> None:
+    a, b = cluster(), cluster()
+    alice, bob = members(a), members(b)
+    alice.join("alice", ["lobby", "dev"])
+    bob.join("Bob", ["lobby"])
+    for n in range(5):
+        alice.say("dev", f"d{n}", key=f"d{n}")
+    alice.until(lambda: len(alice.lines) == 5)
+    # /who and /rooms see both brokers' members
+    bob.raw.send({"type": "who", "room": "lobby"})
+    assert bob.raw.reply_of("who")["members"] == ["alice", "Bob"]
+    bob.raw.send({"type": "rooms"})
+    rooms = {r["room"]: r["members"] for r in bob.raw.reply_of("rooms")["rooms"]}
+    assert rooms == {"lobby": 2, "dev": 1}
+    # history of a room written through A, read through B
+    bob.raw.join_room("dev")
+    bob.raw.send({"type": "history", "room": "dev", "after": 0, "limit": 3})
+    reply = bob.raw.reply_of("history")
+    assert [m["text"] for m in reply["messages"]] == ["d2", "d3", "d4"]
+    assert reply["seq"] == 5
+    bob.raw.send({"type": "history", "room": "dev", "after": 0, "limit": 2, "forward": True})
+    assert [m["seq"] for m in bob.raw.reply_of("history")["messages"]] == [1, 2]
+    # a private line from A's client to B's, with its ack
+    alice.raw.send({"type": "msg", "to": "bob", "text": "psst", "key": "p1"})
+    got = bob.raw.reply(lambda m: m.get("type") == "private")
+    assert (got["nick"], got["text"]) == ("alice", "psst")
+    assert alice.raw.reply(lambda m: m.get("type") == "ack")["key"] == "p1"
+    alice.raw.send({"type": "msg", "to": "nobody", "text": "?"})
+    assert alice.raw.error("no_such_nick")
+    # a rename is announced on both brokers, and the old nick is free again
+    bob.raw.send({"type": "nick", "nick": "robert"})
+    assert bob.raw.reply_of("renamed")["new"] == "robert"
+    alice.until(lambda: any(n["type"] == "nick" for n in alice.notices))
+    alice.raw.send({"type": "nick", "nick": "ROBERT"})
+    assert alice.raw.error("nick_taken")
+    alice.raw.send({"type": "nick", "nick": "bob"})
+    assert alice.raw.reply_of("renamed")["new"] == "bob"
+
+
+def test_a_broker_killed_9_is_reaped_its_members_leave_once_and_nicks_are_free(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    ctx: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")
+    alice, bob, carol = members(a), members(b), members(b)
+    alice.join("alice", ["lobby"])
+    bob.join("bob", ["lobby"])
+    carol.join("carol", ["lobby"])
+    alice.until(lambda: sum(n["type"] == "join" for n in alice.notices) == 2)
+    b.proc.kill()
+    b.proc.wait(5)
+    killed = time.monotonic()
+    alice.until(
+        lambda: {n["nick"] for n in alice.notices if n["type"] == "leave"} == {"bob", "carol"},
+        timeout=10 * SCALE,
+    )
+    assert time.monotonic() - killed < 10 * SCALE
+    leaves = [n for n in alice.notices if n["type"] == "leave"]
+    assert all(n["reason"] == "timeout" for n in leaves)
+    alice.collect(1.5)  # a second reaper round must not announce them again
+    assert len([n for n in alice.notices if n["type"] == "leave"]) == 2
+    again = RawClient(ctx, a.router, a.pub)
+    try:
+        assert again.hello("BOB", [])["type"] == "welcome"
+    finally:
+        again.close()
+    alice.raw.send({"type": "who", "room": "lobby"})
+    assert alice.raw.reply_of("who")["members"] == ["alice"]
