@@ -52,6 +52,7 @@ from broker.engine import (
     InboxLine,
     Member,
     NewLine,
+    ReapReport,
     RedisEngine,
 )
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
@@ -193,19 +194,36 @@ class ClusterCore(BrokerCore):
         """This broker's nickname leases: nick key -> session token."""
         return {nick_key(s.nick): s.token for s in self._sessions.values()}
 
-    def drop_all(self) -> list[Action]:
-        """Forget every session without telling the engine (after Fenced: the
-        reaper already announced their leaves and freed their nicknames).
-        Their clients get ``not_joined`` and say hello again."""
-        for name in list(self._rooms):
-            self.follower.unfollow(name)
-        self._sessions.clear()
-        self._by_nick.clear()
-        self._by_token.clear()
-        self._rooms.clear()
-        self._epochs.clear()
-        self._unleft.clear()
+    def rejoin(self, now: float, reaped: ReapReport | None) -> list[Action]:
+        """After Fenced, under a new broker id: take every session's nickname
+        and rooms again through the normal, fenced path (claim, join). A
+        session whose nickname somebody else took meanwhile (its client went
+        elsewhere while we were cut off or paused) is dropped: its client gets
+        ``not_joined`` and says hello again.
+
+        ``reaped`` is what we reaped of our old id ourselves (None: another
+        broker did, and announced the leaves): those members come back
+        silently, as if never gone; the others are announced as joining."""
         self.fenced = False
+        self._unleft.clear()
+        ours = set()
+        if reaped is not None:
+            ours = {(r.room, r.member.session) for r in reaped.members}
+        for session in list(self._sessions.values()):
+            if not self.engine.claim_nick(nick_key(session.nick), session.token):
+                log.info("%s lost its nickname while this broker was fenced", session.nick)
+                for name in list(session.rooms):
+                    if (name, session.token) in ours:
+                        notice = LeaveNotice(room=name, nick=session.nick, reason="timeout", ts=now)
+                        self.engine.publish(name, encode_body(notice))
+                    self._drop_member(session, name)
+                self._forget(session)
+                continue
+            for name in session.rooms:
+                join: bytes | None = None
+                if (name, session.token) not in ours:
+                    join = encode_body(JoinNotice(room=name, nick=session.nick, ts=now))
+                self.engine.join(name, self._member(session), join)
         return []
 
     # --- sessions and nicknames -------------------------------------------
@@ -313,6 +331,10 @@ class ClusterCore(BrokerCore):
             self.engine.leave(name, member, notice)
         except EngineUnavailable:
             self._unleft.append((name, member, notice))
+        self._drop_member(session, name)
+        return []
+
+    def _drop_member(self, session: _Session, name: str) -> None:
         room = self._rooms[name]
         del room.members[session.token]
         session.rooms.discard(name)
@@ -320,7 +342,6 @@ class ClusterCore(BrokerCore):
             del self._rooms[name]
             self._epochs.pop(name, None)
             self.follower.unfollow(name)
-        return []
 
     def _joined(self, room: _Room) -> Joined:
         return Joined(
@@ -470,6 +491,8 @@ class ClusterShell:
         self._next_refresh = 0.0
         self._inbox_after = "0-0"
         self._registered = False
+        self._rejoin = False
+        self._old_id = ""
 
     def make_core(self, config: BrokerConfig, ctx: zmq.Context[zmq.Socket[bytes]]) -> ClusterCore:
         """Register with the engine, start the bus reader and make the core."""
@@ -628,11 +651,7 @@ class ClusterShell:
         assert core is not None and follower is not None
         actions: list[Action] = []
         try:
-            if not self._registered:
-                engine.register()
-                self._registered = True
-                self._inbox_after = "0-0"
-                log.info("cluster: registered again as %s", engine.broker_id)
+            actions += self._recover(now)
             engine.heartbeat()
             actions += self._outputs(follower.check())
             actions += self._read_inbox()
@@ -660,16 +679,37 @@ class ClusterShell:
         return actions
 
     def _fenced(self) -> list[Action]:
-        assert self.core is not None
+        """Our lease expired (paused, or cut off from Redis): the others may
+        have reaped us. Take a new id and win everything back the fenced way."""
         log.error(
-            "cluster: this broker's lease expired (paused or cut off); its sessions "
-            "were reaped: dropping them and registering again"
+            "cluster: this broker's lease expired (paused or cut off); registering "
+            "again and claiming its sessions' nicknames and rooms anew"
         )
-        actions = self.core.drop_all()
+        assert self.core is not None
+        self.core.fenced = False
+        if not self._rejoin:  # the id whose sessions we hold
+            self._old_id = self.engine.broker_id
         self.engine.renew_id()
         self._registered = False
         self._next_tick = 0.0
-        return actions
+        self._rejoin = True
+        return []
+
+    def _recover(self, now: float) -> list[Action]:
+        assert self.core is not None
+        if not self._registered:
+            self.engine.register()
+            self._registered = True
+            self._inbox_after = "0-0"
+            log.info("cluster: registered again as %s", self.engine.broker_id)
+        if self._rejoin:
+            # Reap our old self first, so that its nickname leases are free
+            # for the new id (None: another broker is at it or was).
+            reaped = self.engine.reap(self._old_id) if self._old_id else None
+            actions = self.core.rejoin(now, reaped)
+            self._rejoin = False
+            return actions
+        return []
 
     def close(self) -> None:
         """Stop the bus reader and release the engine."""

@@ -253,3 +253,58 @@ def test_a_broker_killed_9_is_reaped_its_members_leave_once_and_nicks_are_free(
         again.close()
     alice.raw.send({"type": "who", "room": "lobby"})
     assert alice.raw.reply_of("who")["members"] == ["alice"]
+
+
+def _resend_until_acked(member: Member, room: str, text: str, key: str) -> list[str]:
+    """Send a keyed line until it is acknowledged, as a client does after
+    ``unavailable``; returns the error codes it got on the way."""
+    codes: list[str] = []
+    deadline = time.monotonic() + 20 * SCALE
+    while key not in member.checker.acks:
+        assert time.monotonic() < deadline, f"{key} never acknowledged; errors {set(codes)}"
+        member.say(room, text, key=key)
+        try:
+            error = member.raw.reply(
+                lambda m: m.get("type") == "error" and m.get("key") == key, timeout=0.3
+            )
+            codes.append(error["code"])
+        except AssertionError:
+            pass
+        member.collect()
+    return codes
+
+
+@pytest.mark.parametrize("outage", ["short", "past the lease"])
+def test_redis_down_sends_are_unavailable_clients_stay_and_catch_up(
+    outage: str,
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")
+    alice, bob = members(a), members(b)
+    alice.join("alice", ["lobby"])
+    bob.join("bob", ["lobby"])
+    _resend_until_acked(alice, "lobby", "before", "k0")
+    redis_server.kill()
+    alice.say("lobby", "during", key="k1")
+    error = alice.raw.error("unavailable")
+    assert error["key"] == "k1" and error["req"] == "say"
+    if outage != "short":
+        alice.raw.watch(3 * SCALE)  # pinging: the session stays
+    redis_server.restart()
+    _resend_until_acked(alice, "lobby", "during", "k1")
+    _resend_until_acked(bob, "lobby", "after", "k2")
+    for member in (alice, bob):
+        member.until(
+            lambda m=member: [x["text"] for x in m.lines][-3:] == ["before", "during", "after"]
+        )  # type: ignore[misc]
+    alice.raw.send({"type": "who", "room": "lobby"})
+    assert sorted(alice.raw.reply_of("who")["members"]) == ["alice", "bob"]
+    if outage != "short":  # the brokers were fenced and won their sessions back
+        a.wait_for_log("lease expired")
+    engine = _engine(redis_server)
+    try:
+        alice.checker.verify(engine, ["lobby"], repaired=False)
+    finally:
+        engine.close()
