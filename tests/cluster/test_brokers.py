@@ -264,13 +264,17 @@ def _resend_until_acked(member: Member, room: str, text: str, key: str) -> list[
         assert time.monotonic() < deadline, f"{key} never acknowledged; errors {set(codes)}"
         member.say(room, text, key=key)
         try:
-            error = member.raw.reply(
-                lambda m: m.get("type") == "error" and m.get("key") == key, timeout=0.3
+            answer = member.raw.reply(
+                lambda m: m.get("key") == key and m.get("type") in {"ack", "error"},
+                timeout=3 * SCALE,
             )
-            codes.append(error["code"])
         except AssertionError:
-            pass
-        member.collect()
+            continue  # a stalled engine: send it again
+        if answer["type"] == "ack":
+            member.checker.ack(answer)
+        else:
+            codes.append(answer["code"])
+            member.raw.watch(0.1)
     return codes
 
 
@@ -308,3 +312,170 @@ def test_redis_down_sends_are_unavailable_clients_stay_and_catch_up(
         alice.checker.verify(engine, ["lobby"], repaired=False)
     finally:
         engine.close()
+
+
+def _repair(member: Member, room: str) -> None:
+    """Fill the member's gaps from history, as a client does (§5.5)."""
+    seqs = member.checker.delivered[member.name][room]
+    start = member.checker.joined_at[member.name].get(room, 0)
+    have = set(seqs)
+    missing = [s for s in range(start + 1, max(seqs, default=start) + 1) if s not in have]
+    if missing:
+        member.raw.send(
+            {
+                "type": "history",
+                "room": room,
+                "after": missing[0] - 1,
+                "before": missing[-1] + 1,
+                "limit": 1000,
+                "forward": True,
+            }
+        )
+        member.checker.repair(member.name, member.raw.reply_of("history"))
+
+
+def _verify(redis_server: RedisServer, checker: Checker, rooms: list[str]) -> None:
+    engine = _engine(redis_server)
+    try:
+        checker.verify(engine, rooms)
+    finally:
+        engine.close()
+
+
+def test_keyed_lines_sent_to_a_killed_broker_and_resent_to_another_are_stored_once(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster(), cluster()
+    sender, watcher = members(a), members(b)
+    sender.join("sender", ["lobby"])
+    watcher.join("watcher", ["lobby"])
+    keys = [f"key{n}" for n in range(60)]
+    for n, key in enumerate(keys):
+        sender.say("lobby", f"line {n}", key=key)
+    watcher.until(lambda: len(watcher.lines) >= 1)  # some of them are stored
+    a.proc.kill()  # before the sender read a single ack
+    a.proc.wait(5)
+    sender.raw.replies.clear()
+    again = members(b)
+    again.join("sender2", ["lobby"])
+    for n, key in enumerate(keys):
+        _resend_until_acked(again, "lobby", f"line {n}", key)
+    watcher.until(lambda: len(watcher.lines) == 60)
+    history = _engine(redis_server)
+    try:
+        stored = history.fetch("lobby", 0, None, 1000, forward=True)
+        assert stored.meta.seq == 60  # each key once, whichever broker stored it
+    finally:
+        history.close()
+    _verify(redis_server, again.checker, ["lobby"])
+
+
+def test_a_broker_paused_past_its_lease_is_fenced_and_writes_no_ghost_line(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster("--engine-lease", "1.5"), cluster("--engine-lease", "1.5")
+    alice, bob = members(a), members(b)
+    alice.join("alice", ["lobby"])
+    bob.join("bob", ["lobby"])
+    _resend_until_acked(alice, "lobby", "before", "k0")
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        bob.until(
+            lambda: any(n["type"] == "leave" for n in bob.notices), timeout=10 * SCALE
+        )  # B reaped A: alice's leave (timeout)
+        alice.say("lobby", "ghost?", key="k1")  # queued in A's socket while it sleeps
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    error = alice.raw.error("unavailable")  # refused by the fence, not stored
+    assert error["key"] == "k1"
+    a.wait_for_log("lease expired")
+    _resend_until_acked(alice, "lobby", "ghost?", "k1")
+    bob.until(lambda: [x["text"] for x in bob.lines] == ["before", "ghost?"])
+    assert [n["reason"] for n in bob.notices if n["type"] == "leave"] == ["timeout"]
+    assert any(n["type"] == "join" and n["nick"] == "alice" for n in bob.notices)
+    _verify(redis_server, bob.checker, ["lobby"])
+
+
+def test_kill_9_of_a_broker_during_a_flood_loses_and_duplicates_nothing(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")
+    listener = members(a)
+    listener.join("listener", ["lobby"])
+    senders = [members(b) for _ in range(6)]
+    for n, sender in enumerate(senders):
+        sender.join(f"s{n}", ["lobby"])
+    sent: list[tuple[str, str]] = []
+    for round_ in range(40):
+        for n, sender in enumerate(senders):
+            key = f"s{n}-{round_}"
+            sender.say("lobby", key, key=key)
+            sent.append((key, key))
+        if round_ == 20:
+            b.proc.kill()
+            b.proc.wait(5)
+    # the senders' clients fail over to A and resend whatever was not acked
+    for sender in senders:
+        sender.collect()
+    again = members(a)
+    again.join("resender", ["lobby"])
+    for key, text in sent:
+        if key not in again.checker.acks:
+            _resend_until_acked(again, "lobby", text, key)
+    listener.until(lambda: {m["text"] for m in listener.lines} >= {k for k, _ in sent})
+    _repair(listener, "lobby")
+    _verify(redis_server, listener.checker, ["lobby"])
+    assert len(listener.lines) == len(sent)
+
+
+def test_pubsub_connections_killed_and_redis_stalled_brokers_catch_up(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster(), cluster()
+    sender, listener = members(a), members(b)
+    sender.join("sender", ["lobby"])
+    listener.join("listener", ["lobby"])
+    keys = [f"k{n}" for n in range(60)]
+    for n, key in enumerate(keys[:20]):
+        sender.say("lobby", key, key=key)
+        if n == 10:
+            assert redis_server.kill_pubsub() >= 2
+    for key in keys[:20]:
+        _resend_until_acked(sender, "lobby", key, key)
+    stall = redis_server.debug_sleep(2.5)
+    for key in keys[20:40]:
+        sender.say("lobby", key, key=key)
+    stall.join(10)
+    for key in keys[20:60]:
+        _resend_until_acked(sender, "lobby", key, key)
+    listener.until(lambda: len(listener.lines) >= 60, timeout=15 * SCALE)
+    assert [m["text"] for m in listener.lines] == keys
+    _verify(redis_server, listener.checker, ["lobby"])
+
+
+def test_a_slow_reader_on_one_broker_repairs_what_it_missed_while_another_floods(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster(), cluster("--pub-hwm", "20")
+    sender, slow = members(a), members(b)
+    sender.join("sender", ["lobby"])
+    slow.join("slow", ["lobby"])
+    slow.raw.sub.rcvhwm = 20
+    keys = [f"k{n}" for n in range(600)]
+    for key in keys:
+        sender.say("lobby", key + " " + "x" * 3000, key=key)
+    sender.until(lambda: len(sender.checker.acks) == 600, timeout=20 * SCALE)
+    slow.collect(1.0)  # now it reads: it lost some to the high-water marks
+    assert 0 < len(slow.lines) < 600
+    _repair(slow, "lobby")
+    _verify(redis_server, slow.checker, ["lobby"])
