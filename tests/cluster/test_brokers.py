@@ -8,6 +8,8 @@ to the one shared :class:`~tests.cluster.checker.Checker`.
 from __future__ import annotations
 
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 
@@ -17,7 +19,7 @@ import zmq
 from broker.engine import RedisEngine
 from tests.cluster.checker import Checker
 from tests.conformance.rawchat import WAIT, Message, RawClient, joined_to
-from tests.conftest import BrokerProcess, spawn_broker
+from tests.conftest import BrokerProcess, script, spawn_broker
 from tests.redis_server import SCALE, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -479,3 +481,48 @@ def test_a_slow_reader_on_one_broker_repairs_what_it_missed_while_another_floods
     assert 0 < len(slow.lines) < 600
     _repair(slow, "lobby")
     _verify(redis_server, slow.checker, ["lobby"])
+
+
+def _run_broker(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            script("chat-broker"),
+            "--router",
+            "tcp://127.0.0.1:*",
+            "--pub",
+            "tcp://127.0.0.1:*",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30 * SCALE,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+def test_start_up_refuses_an_unreachable_or_evicting_redis_in_one_line(
+    redis_server: RedisServer,
+) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"redis://:secret@127.0.0.1:{port}/0"
+    out = _run_broker("--engine", url)
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert f"127.0.0.1:{port}" in out.stderr and "secret" not in out.stderr
+    assert _run_broker("--engine", "redis://").returncode == 2
+    redis_server.client().config_set("maxmemory-policy", "allkeys-lru")
+    out = _run_broker("--engine", redis_server.url)
+    assert out.returncode == 1
+    assert "maxmemory-policy" in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_start_up_warns_without_aof(
+    redis_server: RedisServer, cluster: Callable[..., BrokerProcess]
+) -> None:
+    redis_server.client().config_set("appendonly", "no")
+    redis_server.client().config_set("save", "")
+    broker = cluster()
+    assert "AOF" in broker.wait_for_log("WARNING")
