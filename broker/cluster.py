@@ -179,7 +179,7 @@ class ClusterCore(BrokerCore):
         actions: list[Action] = []
         for entry in lines:
             token, _, body = entry.payload.partition(b"\n")
-            session = self._by_token.get(token.decode("ascii", "replace"))
+            session = self.sessions.with_token(token.decode("ascii", "replace"))
             if session is None:
                 continue  # gone meanwhile: its sender was acknowledged, as in §5
             try:
@@ -192,7 +192,7 @@ class ClusterCore(BrokerCore):
 
     def leases(self) -> dict[str, str]:
         """This broker's nickname leases: nick key -> session token."""
-        return {nick_key(s.nick): s.token for s in self._sessions.values()}
+        return {nick_key(s.nick): s.token for s in self.sessions}
 
     def rejoin(self, now: float, reaped: ReapReport | None) -> list[Action]:
         """After Fenced, under a new broker id: take every session's nickname
@@ -209,7 +209,7 @@ class ClusterCore(BrokerCore):
         ours = set()
         if reaped is not None:
             ours = {(r.room, r.member.session) for r in reaped.members}
-        for session in list(self._sessions.values()):
+        for session in self.sessions:
             if not self.engine.claim_nick(nick_key(session.nick), session.token):
                 log.info("%s lost its nickname while this broker was fenced", session.nick)
                 for name in list(session.rooms):
@@ -217,7 +217,7 @@ class ClusterCore(BrokerCore):
                         notice = LeaveNotice(room=name, nick=session.nick, reason="timeout", ts=now)
                         self.engine.publish(name, encode_body(notice))
                     self._drop_member(session, name)
-                self._forget(session)
+                self.sessions.remove(session)
                 continue
             for name in session.rooms:
                 join: bytes | None = None
@@ -237,16 +237,16 @@ class ClusterCore(BrokerCore):
         peer: str | None = None,
     ) -> list[Action]:
         actions = super()._hello(identity, session, hello, now, peer)  # type: ignore[arg-type]
-        made = self._sessions.get(identity)
+        made = self.sessions.by_identity.get(identity)
         if made is None or made.token == getattr(hello, "resume", None):
             return actions  # refused, or a resume of a session we hold
         try:
             claimed = self.engine.claim_nick(nick_key(made.nick), made.token)
         except EngineError:
-            self._forget(made)
+            self.sessions.remove(made)
             raise
         if not claimed:
-            self._forget(made)
+            self.sessions.remove(made)
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {made.nick!r} is taken")
         return actions
 
@@ -276,12 +276,6 @@ class ClusterCore(BrokerCore):
             self.engine.leave(name, old)
             self.engine.join(name, member)
         return actions  # the nick notices go out on the bus (ClusterShell.settle)
-
-    def _forget(self, session: _Session) -> None:
-        self._sessions.pop(session.identity, None)
-        self._by_token.pop(session.token, None)
-        if self._by_nick.get(nick_key(session.nick)) is session:
-            del self._by_nick[nick_key(session.nick)]
 
     def _member(self, session: _Session) -> Member:
         return Member(nick_key(session.nick), session.nick, self.engine.broker_id, session.token)

@@ -30,6 +30,7 @@ from broker import storage
 from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
 from broker.presence import away_notices, away_reply_once, joined_reply, topic_request
 from broker.ratelimit import TokenBucket
+from broker.sessions import SessionTable
 from broker.topics import MemoryTopics, TopicStore
 from protocol import (
     PROTOCOL_VERSION,
@@ -197,9 +198,10 @@ class BrokerCore:
         self.topics: TopicStore = topics if topics is not None else MemoryTopics()
         self.history: HistoryStore = history if history is not None else MemoryHistory()
         self.broker_id = broker_id or secrets.token_hex(8)
-        self._sessions: dict[bytes, _Session] = {}
-        self._by_nick: dict[str, _Session] = {}
-        self._by_token: dict[str, _Session] = {}
+        #: Sessions and nicknames (broker/sessions.py keeps the indices in step).
+        self.sessions: SessionTable[_Session] = SessionTable()
+        # The table's identity index, for the hot path's one lookup per request.
+        self._sessions = self.sessions.by_identity
         self._rooms: dict[str, _Room] = {}
         self._ids = 0
         self._keys: OrderedDict[str, Ack] = OrderedDict()
@@ -294,7 +296,7 @@ class BrokerCore:
         parts = notice[1 + len(SYNC_PREFIX) :].split(b"/")
         if len(parts) != 3 or parts[2] != b"" or not parts[1].isdigit():
             return []
-        session = self._by_token.get(parts[0].decode("ascii", "replace"))
+        session = self.sessions.with_token(parts[0].decode("ascii", "replace"))
         if session is None:
             return []
         number = int(parts[1])
@@ -327,7 +329,7 @@ class BrokerCore:
         """Expire silent clients and syncs that never came."""
         actions: list[Action] = []
         timeout = self.config.client_timeout
-        for session in list(self._sessions.values()):
+        for session in self.sessions:
             # A client still joining is silent until its SUB syncs: the loop
             # below drops it *with* a sync_timeout error saying why.
             if now - session.last_seen > timeout and (session.active or not session.pending):
@@ -371,7 +373,7 @@ class BrokerCore:
     def shutdown(self, now: float) -> list[Action]:
         """Tell every client the broker is going away."""
         notice = Shutdown(reason="the broker is shutting down")
-        return [Send(s.identity, notice) for s in self._sessions.values()]
+        return [Send(s.identity, notice) for s in self.sessions]
 
     def unstored(self, refused: Unstored, actions: list[Action]) -> list[Action]:
         """The history could not store ``refused`` (lines of this turn): take
@@ -389,7 +391,7 @@ class BrokerCore:
                     del self._keys[key]  # so that the resend is stored
 
         def sender_of(line: ChatMessage) -> bytes | None:
-            session = self._by_nick.get(nick_key(line.nick))
+            session = self.sessions.with_nick(line.nick)
             return session.identity if session is not None else None
 
         return storage.refuse_unstored(refused, actions, sender_of, Publish, Send)
@@ -401,7 +403,7 @@ class BrokerCore:
     @property
     def session_count(self) -> int:
         """Clients connected (joined or still joining)."""
-        return len(self._sessions)
+        return len(self.sessions)
 
     # --- joining ---------------------------------------------------------
 
@@ -427,25 +429,23 @@ class BrokerCore:
                 ErrorCode.TOO_MANY_ROOMS,
                 f"at most {self.config.rooms_per_client} rooms per client",
             )
-        resumed = self._by_token.get(hello.resume) if hello.resume else None
+        resumed = self.sessions.with_token(hello.resume) if hello.resume else None
         if (
             resumed is not None
             and nick_key(resumed.nick) == nick_key(nick)
             and resumed.peer == peer
         ):
             # The same client on a new connection (a new routing id): rebind.
-            del self._sessions[resumed.identity]
-            resumed.identity = identity
+            self.sessions.rebind(resumed, identity)
             resumed.last_seen = now
             resumed.pending = {0: (rooms, now)}
             resumed.early_syncs = None
-            self._sessions[identity] = resumed
             log.info("%s resumed its session", nick)
             return [Send(identity, self._welcome(resumed))]
-        if nick_key(nick) in self._by_nick:
+        if self.sessions.with_nick(nick) is not None:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is taken")
         self._check_registered(nick, peer)
-        if len(self._sessions) >= self.config.max_clients:
+        if len(self.sessions) >= self.config.max_clients:
             raise ProtocolError(
                 ErrorCode.TOO_MANY_CLIENTS,
                 f"the broker is full ({self.config.max_clients} clients)",
@@ -464,9 +464,7 @@ class BrokerCore:
                 self.config.rooms_per_client + max(1, int(self.config.max_history_rate)),
             ),
         )
-        self._sessions[identity] = session
-        self._by_nick[nick_key(nick)] = session
-        self._by_token[token] = session
+        self.sessions.add(session)
         return [Send(identity, self._welcome(session))]
 
     def _welcome(self, session: _Session) -> Welcome:
@@ -559,10 +557,7 @@ class BrokerCore:
         actions: list[Action] = []
         for name in list(session.rooms):
             actions += self._leave_room(session, name, reason, now)
-        self._sessions.pop(session.identity, None)
-        self._by_token.pop(session.token, None)
-        if self._by_nick.get(nick_key(session.nick)) is session:
-            del self._by_nick[nick_key(session.nick)]
+        self.sessions.remove(session)
         if session.active:
             log.info("%s left (%s)", session.nick, reason)
         session.active = False
@@ -627,7 +622,7 @@ class BrokerCore:
             earlier = self._keys.get(key)
             if earlier is not None:
                 return [Send(session.identity, earlier)]
-        target = self._by_nick.get(nick_key(request.to))
+        target = self.sessions.with_nick(request.to)
         if target is None or not target.active:
             raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"nobody called {request.to!r} is here")
         line = PrivateMessage(
@@ -650,13 +645,11 @@ class BrokerCore:
     def _rename(self, session: _Session, request: Rename, now: float) -> list[Action]:
         new = validate_nick(request.nick)
         old = session.nick
-        holder = self._by_nick.get(nick_key(new))
+        holder = self.sessions.with_nick(new)
         if holder is not None and holder is not session:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
         self._check_registered(new, session.peer)
-        del self._by_nick[nick_key(old)]
-        self._by_nick[nick_key(new)] = session
-        session.nick = new
+        self.sessions.rename(session, new)
         for name in session.rooms:
             room = self._rooms[name]
             room.nicks = room.away = None
