@@ -54,6 +54,7 @@ from broker.engine import (
     NewLine,
     ReapReport,
     RedisEngine,
+    SessionRecord,
 )
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
 from broker.engine.relay import Deliver, Reset
@@ -64,6 +65,7 @@ from protocol import (
     ChatMessage,
     Error,
     ErrorCode,
+    Hello,
     History,
     HistoryReply,
     Joined,
@@ -224,6 +226,7 @@ class ClusterCore(BrokerCore):
                 if (name, session.token) not in ours:
                     join = encode_body(JoinNotice(room=name, nick=session.nick, ts=now))
                 self.engine.join(name, self._member(session), join)
+            self._save(session)
         return []
 
     # --- sessions and nicknames -------------------------------------------
@@ -239,7 +242,11 @@ class ClusterCore(BrokerCore):
         actions = super()._hello(identity, session, hello, now, peer)  # type: ignore[arg-type]
         made = self.sessions.by_identity.get(identity)
         if made is None or made.token == getattr(hello, "resume", None):
-            return actions  # refused, or a resume of a session we hold
+            # refused, or a resume: of a session we held, or one we took over
+            # from another broker with its nickname lease (_new_token)
+            if made is not None:
+                self._save(made)
+            return actions
         try:
             claimed = self.engine.claim_nick(nick_key(made.nick), made.token)
         except EngineError:
@@ -248,13 +255,58 @@ class ClusterCore(BrokerCore):
         if not claimed:
             self.sessions.remove(made)
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {made.nick!r} is taken")
+        self._save(made)
         return actions
+
+    def _new_token(self, hello: Hello, nick: str, peer: str | None) -> str:
+        # A client resuming a session another broker held (that broker died,
+        # or the client moved): take it over with its nickname lease and
+        # memberships, no notices: for the others it never left.
+        if hello.resume:
+            record = self.engine.take_session(hello.resume)
+            if record is not None:
+                if record.nick_key == nick_key(nick) and record.key == (peer or ""):
+                    log.info("%s resumed its session from broker %s", nick, record.broker)
+                    return record.token
+                self.engine.drop_session(record.token)  # not this client's: start afresh
+                self.engine.release_nick(record.nick_key, record.token)
+        return super()._new_token(hello, nick, peer)
+
+    def _save(self, session: _Session) -> None:
+        """Store the session's record, so that its client can resume on any broker."""
+        record = SessionRecord(
+            token=session.token,
+            broker=self.engine.broker_id,
+            nick=session.nick,
+            nick_key=nick_key(session.nick),
+            rooms=tuple(sorted(session.rooms)),
+            key=session.peer or "",
+        )
+        self.engine.save_session(record)
+
+    def lost_sessions(self, tokens: list[str]) -> None:
+        """Sessions whose records we no longer hold: taken over by another
+        broker (their clients resumed there: forget them here without a word
+        to the engine or the rooms), or lost by Redis (save them again)."""
+        for token in tokens:
+            session = self.sessions.with_token(token)
+            if session is None:
+                continue
+            if self.engine.nick_holder(nick_key(session.nick)) == (self.engine.broker_id, token):
+                self._save(session)  # still ours: the record was lost, not taken
+                continue
+            log.info("%s moved to another broker", session.nick)
+            for name in list(session.rooms):
+                self._drop_member(session, name)
+            self.sessions.remove(session)
 
     def _remove(self, session: _Session, reason: str, now: float) -> list[Action]:
         actions = super()._remove(session, reason, now)
-        # Failing that, the lease lapses on its own: nobody renews it any more.
+        # Failing that, the lease and record lapse on their own: nobody
+        # renews them any more.
         with contextlib.suppress(EngineUnavailable):
             self.engine.release_nick(nick_key(session.nick), session.token)
+            self.engine.drop_session(session.token)
         return actions
 
     def _rename(self, session: _Session, request: Rename, now: float) -> list[Action]:
@@ -275,6 +327,7 @@ class ClusterCore(BrokerCore):
         for name in sorted(session.rooms):
             self.engine.leave(name, old)
             self.engine.join(name, member)
+        self._save(session)
         return actions  # the nick notices go out on the bus (ClusterShell.settle)
 
     def _member(self, session: _Session) -> Member:
@@ -316,6 +369,7 @@ class ClusterCore(BrokerCore):
             self.follower.follow(name)
         room.members[session.token] = session
         session.rooms.add(name)
+        self._save(session)
         return [Send(session.identity, self._joined(room))]
 
     def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
@@ -326,6 +380,9 @@ class ClusterCore(BrokerCore):
         except EngineUnavailable:
             self._unleft.append((name, member, notice))
         self._drop_member(session, name)
+        if reason == "part":  # (otherwise the whole session goes)
+            with contextlib.suppress(EngineUnavailable):
+                self._save(session)
         return []
 
     def _drop_member(self, session: _Session, name: str) -> None:
@@ -663,7 +720,8 @@ class ClusterShell:
                 self._next_refresh = mono + engine.settings.nick_lease / 3000
                 lost = engine.refresh_nicks(core.leases())
                 for key in lost:
-                    log.warning("the nickname %s is held elsewhere now", key)
+                    log.info("the nickname %s is held elsewhere now", key)
+                core.lost_sessions(engine.refresh_sessions([s.token for s in core.sessions]))
         except Fenced:
             core.fenced = True
         except EngineUnavailable as exc:

@@ -450,7 +450,7 @@ class BrokerCore:
                 ErrorCode.TOO_MANY_CLIENTS,
                 f"the broker is full ({self.config.max_clients} clients)",
             )
-        token = secrets.token_urlsafe(18)
+        token = self._new_token(hello, nick, peer)
         session = _Session(
             identity=identity,
             nick=nick,
@@ -466,6 +466,11 @@ class BrokerCore:
         )
         self.sessions.add(session)
         return [Send(identity, self._welcome(session))]
+
+    def _new_token(self, hello: Hello, nick: str, peer: str | None) -> str:
+        """The token of a session about to be made (cluster mode may adopt the
+        one a client resumes with from another broker)."""
+        return secrets.token_urlsafe(18)
 
     def _welcome(self, session: _Session) -> Welcome:
         return Welcome(

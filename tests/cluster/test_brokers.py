@@ -526,3 +526,34 @@ def test_start_up_warns_without_aof(
     redis_server.client().config_set("save", "")
     broker = cluster()
     assert "AOF" in broker.wait_for_log("WARNING")
+
+
+def test_a_client_of_a_killed_broker_resumes_on_another_with_its_nick_and_rooms(
+    cluster: Callable[..., BrokerProcess],
+    members: Callable[..., Member],
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    redis_server: RedisServer,
+) -> None:
+    a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")
+    alice, bob = members(a), members(b)
+    welcome = alice.join("alice", ["lobby"])
+    bob.join("bob", ["lobby"])
+    _resend_until_acked(alice, "lobby", "one", "k1")
+    a.proc.kill()
+    a.proc.wait(5)
+    # alice's client fails over to B with its session token (§5.3)
+    moved = members(b)
+    moved.name = "alice"
+    answer = moved.raw.hello("alice", ["lobby"], resume=welcome["session"])
+    assert answer["type"] == "welcome" and answer["session"] == welcome["session"]
+    moved.raw.subscribe_after_welcome(answer, ["lobby"])
+    joined = moved.raw.reply(joined_to("lobby"))
+    assert "alice" in joined["members"]
+    _resend_until_acked(moved, "lobby", "one", "k1")  # a duplicate: same seq
+    _resend_until_acked(moved, "lobby", "two", "k2")
+    bob.until(lambda: [m["text"] for m in bob.lines] == ["one", "two"])
+    bob.collect(2.5)  # past A's lease: the reaper finds nothing of alice's
+    assert not [n for n in bob.notices if n.get("nick") == "alice"]
+    bob.raw.send({"type": "who", "room": "lobby"})
+    assert sorted(bob.raw.reply_of("who")["members"]) == ["alice", "bob"]
+    _verify(redis_server, bob.checker, ["lobby"])
