@@ -366,7 +366,9 @@ class ClusterCore(BrokerCore):
             meta = self.engine.meta([name])[name]
             room = self._rooms[name] = _Room(name=name, seq=meta.seq)
             self._epochs[name] = meta.epoch
-            self.follower.follow(name)
+            # relay from the seq `joined` tells the client: nothing between
+            # it and the bus going live is skipped
+            self.follower.follow(name, meta)
         room.members[session.token] = session
         session.rooms.add(name)
         self._save(session)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from broker.engine.api import Engine, EngineUnavailable
+from broker.engine.api import Engine, EngineUnavailable, RoomMeta
 from broker.engine.bus import (
     Bell,
     BusDown,
@@ -38,9 +38,10 @@ class Follower:
         self.relay = Relay()
         self._page = page
 
-    def follow(self, room: str) -> None:
-        """Follow a room (its first local member joined)."""
-        self.relay.follow(room)
+    def follow(self, room: str, start: RoomMeta | None = None) -> None:
+        """Follow a room (its first local member joined), relaying every line
+        after ``start`` (see :meth:`Relay.follow`)."""
+        self.relay.follow(room, start)
         self.reader.subscribe(room)
 
     def unfollow(self, room: str) -> None:

@@ -72,9 +72,16 @@ class Relay:
     def __init__(self) -> None:
         self._rooms: dict[str, _Track] = {}
 
-    def follow(self, room: str) -> None:
-        """Start following (subscribe on the bus too); lines wait for a snapshot."""
-        self._rooms.setdefault(room, _Track())
+    def follow(self, room: str, start: RoomMeta | None = None) -> None:
+        """Start following (subscribe on the bus too); lines wait for a snapshot.
+
+        ``start``: relay every line after it (the numbering the broker told its
+        joining client), so the snapshot repairs what came before the bus was
+        live instead of skipping it.
+        """
+        track = self._rooms.setdefault(room, _Track())
+        if start is not None and track.last < 0:
+            track.epoch, track.last = start.epoch, start.seq
 
     def unfollow(self, room: str) -> None:
         """Stop following a room."""

@@ -30,6 +30,15 @@ def test_lines_before_the_snapshot_wait_for_it() -> None:
     assert relay.last("r") == RoomMeta(6, E)
 
 
+def test_a_room_followed_from_a_known_seq_relays_what_came_before_the_bus_was_live() -> None:
+    relay = Relay()
+    relay.follow("r", RoomMeta(2, E))  # the seq the joining client was told
+    assert relay.on_subscribed("r") == [NeedMeta(("r",))]
+    assert relay.on_meta("r", RoomMeta(5, E)) == [NeedRange("r", 2, 6)]  # 3..5 raced
+    got = relay.on_range("r", History(L(3, 4, 5), 0, RoomMeta(5, E)))
+    assert delivered(got) == [3, 4, 5]
+
+
 def test_a_gap_asks_for_the_range_and_releases_held_lines_in_order() -> None:
     relay = Relay()
     relay.follow("r")

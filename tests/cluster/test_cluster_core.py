@@ -1,0 +1,153 @@
+"""The cluster core and shell in-process, on a real Redis, with the time and
+the order of events in the test's hands (broker/cluster.py).
+
+No broker loop and no client sockets: the test calls what the loop calls
+(``handle``, ``subscribed``, ``settle``, ``pump``, ``timers``) and looks at
+the actions, so each fault lands at an exact point of a turn.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from broker.cluster import Append, ClusterCore, ClusterShell
+from broker.core import Action, BrokerConfig, Publish, Send
+from broker.engine import EngineSettings, RedisEngine
+from protocol import Ack, ChatMessage, Error, Welcome
+from tests.redis_server import SCALE, RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+NOW = 1_000.0
+
+
+@pytest.fixture
+def shells(
+    redis_server: RedisServer, zmq_ctx: zmq.Context[zmq.Socket[bytes]]
+) -> Iterator[Callable[[], tuple[ClusterShell, ClusterCore]]]:
+    made: list[ClusterShell] = []
+
+    def make() -> tuple[ClusterShell, ClusterCore]:
+        engine = RedisEngine.connect(redis_server.url, EngineSettings(timeout=1.0))
+        shell = ClusterShell(engine)
+        core = shell.make_core(BrokerConfig(max_rate=0), zmq_ctx)
+        made.append(shell)
+        return shell, core
+
+    yield make
+    for shell in made:
+        shell.close()
+
+
+def _frame(**message: Any) -> list[bytes]:
+    return [json.dumps(message).encode()]
+
+
+def _join(core: ClusterCore, identity: bytes, nick: str, room: str = "lobby") -> str:
+    [welcome] = core.handle(identity, _frame(type="hello", v=1, nick=nick, rooms=[room]), NOW)
+    assert isinstance(welcome, Send) and isinstance(welcome.message, Welcome), welcome
+    token = welcome.message.session
+    core.subscribed(b"\x01sync/" + token.encode() + b"/0/", NOW)
+    return token
+
+
+def _pump_until(
+    shell: ClusterShell, done: Callable[[list[Action]], bool], timeout: float = 5.0
+) -> list[Action]:
+    seen: list[Action] = []
+    deadline = time.monotonic() + timeout * SCALE
+    while not done(seen):
+        assert time.monotonic() < deadline, f"bus brought only {seen}"
+        if shell.socket.poll(50):
+            seen += shell.pump()
+    return seen
+
+
+def _lines(actions: list[Action]) -> list[ChatMessage]:
+    return [a.message for a in actions if isinstance(a, Publish) and type(a.message) is ChatMessage]
+
+
+def test_a_turns_lines_are_proposed_numbered_by_the_engine_and_acked_with_its_seqs(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+) -> None:
+    shell, core = shells()
+    _join(core, b"A", "alice")
+    proposals: list[Action] = []
+    for n in range(3):
+        proposals += core.handle(
+            b"A", _frame(type="say", room="lobby", text=f"l{n}", key=f"k{n}"), NOW
+        )
+    assert all(isinstance(p, Append) for p in proposals)  # nothing numbered in the core
+    assert [p.line.seq for p in proposals] == [0, 0, 0]  # type: ignore[attr-defined]
+    acks = shell.settle(proposals)
+    assert [a.message.seq for a in acks if isinstance(a.message, Ack)] == [1, 2, 3]  # type: ignore[union-attr]
+    # the same key again (a resend) is acked with its first seq, not stored again
+    again = shell.settle(
+        core.handle(b"A", _frame(type="say", room="lobby", text="l1", key="k1"), NOW)
+    )
+    assert [a.message for a in again] == [
+        Ack(key="k1", id=again[0].message.id, room="lobby", seq=2)
+    ]  # type: ignore[union-attr]
+    # the lines come back on the bus, in order, once
+    lines = _lines(_pump_until(shell, lambda seen: len(_lines(seen)) >= 3))
+    assert [(m.seq, m.text) for m in lines] == [(1, "l0"), (2, "l1"), (3, "l2")]
+
+
+def test_with_redis_down_a_turns_lines_are_refused_with_their_keys_and_nothing_is_published(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+    redis_server: RedisServer,
+) -> None:
+    shell, core = shells()
+    _join(core, b"A", "alice")
+    redis_server.kill()
+    proposals = core.handle(b"A", _frame(type="say", room="lobby", text="x", key="k1"), NOW)
+    proposals += core.handle(b"A", _frame(type="say", room="lobby", text="y"), NOW)
+    out = shell.settle(proposals)
+    errors = [a.message for a in out if isinstance(a.message, Error)]  # type: ignore[union-attr]
+    assert [(e.code, e.key, e.req) for e in errors] == [
+        ("unavailable", "k1", "say"),
+        ("unavailable", None, "say"),
+    ]
+    assert not [a for a in out if isinstance(a, Publish)]
+    # other requests that need the engine are refused the same way, the session stays
+    [who] = core.handle(b"A", _frame(type="who", room="lobby"), NOW)
+    assert who.message.code == "unavailable"  # type: ignore[union-attr]
+    [pong] = core.handle(b"A", _frame(type="ping"), NOW)
+    assert type(pong.message).__name__ == "Pong"
+
+
+def test_a_fenced_broker_refuses_the_turns_lines_then_wins_its_sessions_back(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+    redis_server: RedisServer,
+) -> None:
+    shell, core = shells()
+    _join(core, b"A", "alice")
+    old_id = shell.engine.broker_id
+    # as if paused past the lease: another broker reaped us meanwhile
+    other, _ = shells()
+    redis_server.client().zadd("zc:brokers", {old_id: 0})  # our lease is long gone
+    report = other.engine.reap(old_id)
+    assert report is not None and [m.member.nick for m in report.members] == ["alice"]
+    out = shell.settle(
+        core.handle(b"A", _frame(type="say", room="lobby", text="ghost", key="g"), NOW)
+    )
+    assert [(a.message.code, a.message.key) for a in out] == [("unavailable", "g")]  # type: ignore[union-attr]
+    shell.timers(NOW)  # registers again under a new id and claims everything back
+    assert shell.engine.broker_id != old_id
+    assert shell.engine.nick_holder("alice") == (
+        shell.engine.broker_id,
+        core.sessions.with_nick("alice").token,
+    )  # type: ignore[union-attr]
+    assert [m.nick for m in shell.engine.members("lobby")] == ["alice"]
+    acked = shell.settle(
+        core.handle(b"A", _frame(type="say", room="lobby", text="ghost", key="g"), NOW)
+    )
+    assert [type(a.message).__name__ for a in acked] == ["Ack"]
+    history = shell.engine.fetch("lobby", 0, None, 10)
+    assert len(history.lines) == 1  # the ghost's attempt was never stored
