@@ -59,8 +59,10 @@ from broker.engine import (
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
 from broker.engine.relay import Deliver, Reset
 from broker.history import MemoryHistory
+from broker.topics import RoomTopic, TopicsUnavailable
 from protocol import (
     Ack,
+    AwayNotice,
     Broadcast,
     ChatMessage,
     Error,
@@ -80,6 +82,7 @@ from protocol import (
     RoomList,
     Say,
     SendPrivate,
+    TopicNotice,
     Who,
     WhoReply,
     decode_broadcast,
@@ -131,6 +134,8 @@ class ClusterCore(BrokerCore):
         self._epochs: dict[str, str] = {}
         #: Leaves the engine did not take (it was down): retried by tick.
         self._unleft: list[tuple[str, Member, bytes]] = []
+        #: Away messages seen on the bus: nick key -> text (docs/PROTOCOL.md "Away").
+        self._away_seen: dict[str, str] = {}
         #: Set when the engine refused a write because our lease expired.
         self.fenced = False
 
@@ -397,17 +402,43 @@ class ClusterCore(BrokerCore):
             self.follower.unfollow(name)
 
     def _joined(self, room: _Room) -> Joined:
+        members = [m.nick for m in self.engine.members(room.name)]
         return Joined(
             room=room.name,
             seq=room.seq,
-            members=[m.nick for m in self.engine.members(room.name)],
+            members=members,
             epoch=self._epochs.get(room.name, ""),
+            topic=self.topics.get(room.name).text,
+            away=self._away_of(members),
         )
 
     def _who(self, session: _Session, request: Who, now: float) -> list[Action]:
         name = validate_room(request.room)
         members = [m.nick for m in self.engine.members(name)]
-        return [Send(session.identity, WhoReply(room=name, members=members))]
+        reply = WhoReply(room=name, members=members, away=self._away_of(members))
+        return [Send(session.identity, reply)]
+
+    def _away_of(self, nicks: list[str]) -> dict[str, str]:
+        away = self._away_seen
+        return {n: away[nick_key(n)] for n in nicks if nick_key(n) in away}
+
+    def noticed(self, notice: Broadcast) -> None:
+        """A notice from the bus: keep what replies need from it (a room's
+        topic, who is away), whichever broker it came from."""
+        kind = type(notice)
+        if kind is TopicNotice:
+            topic = RoomTopic(text=notice.text, nick=notice.nick, ts=notice.ts)  # type: ignore[union-attr]
+            try:
+                self.topics.set(notice.room, topic)
+            except TopicsUnavailable as exc:
+                log.warning("could not keep the topic of %s: %s", notice.room, exc)
+        elif kind is AwayNotice:
+            if notice.text:  # type: ignore[union-attr]
+                self._away_seen[nick_key(notice.nick)] = notice.text  # type: ignore[union-attr]
+            else:
+                self._away_seen.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
+        elif kind is LeaveNotice:
+            self._away_seen.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
 
     def _list_rooms(self, session: _Session, request: object, now: float) -> list[Action]:
         rooms = [RoomInfo(room=r, members=n) for r, n in sorted(self.engine.rooms().items())]
@@ -664,6 +695,7 @@ class ClusterShell:
             elif isinstance(output, BusNotice):
                 notice = notice_of(output.room, output.payload)
                 if notice is not None:
+                    core.noticed(notice)
                     actions.append(Publish(notice))
             elif isinstance(output, Reset):
                 log.warning(

@@ -215,6 +215,17 @@ def test_who_rooms_history_and_private_lines_across_brokers(
     assert alice.raw.reply(lambda m: m.get("type") == "ack")["key"] == "p1"
     alice.raw.send({"type": "msg", "to": "nobody", "text": "?"})
     assert alice.raw.error("no_such_nick")
+    # a topic set on A and an away message set on B are known on both
+    alice.raw.send({"type": "topic", "room": "lobby", "text": "welcome all"})
+    bob.until(lambda: any(n["type"] == "topic" for n in bob.notices))
+    bob.raw.send({"type": "topic", "room": "lobby"})
+    assert bob.raw.reply_of("topic")["text"] == "welcome all"
+    bob.raw.send({"type": "away", "text": "lunch"})
+    alice.until(lambda: any(n["type"] == "away" for n in alice.notices))
+    alice.raw.send({"type": "who", "room": "lobby"})
+    assert alice.raw.reply_of("who")["away"] == {"Bob": "lunch"}
+    bob.raw.send({"type": "away", "text": ""})
+    alice.until(lambda: sum(n["type"] == "away" for n in alice.notices) == 2)
     # a rename is announced on both brokers, and the old nick is free again
     bob.raw.send({"type": "nick", "nick": "robert"})
     assert bob.raw.reply_of("renamed")["new"] == "robert"
