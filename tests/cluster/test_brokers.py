@@ -157,8 +157,11 @@ def _engine(server: RedisServer) -> RedisEngine:
 def test_racing_hellos_on_two_brokers_give_a_nickname_to_exactly_one(
     cluster: Callable[..., BrokerProcess],
     ctx: zmq.Context[zmq.Socket[bytes]],
+    redis_server: RedisServer,
 ) -> None:
     a, b = cluster(), cluster()
+    checker = Checker()
+    engine = _engine(redis_server)
     for round_ in range(40):
         left, right = RawClient(ctx, a.router, a.pub), RawClient(ctx, b.router, b.pub)
         try:
@@ -170,7 +173,17 @@ def test_racing_hellos_on_two_brokers_give_a_nickname_to_exactly_one(
                 c.reply(lambda m: m.get("type") in {"welcome", "error"}) for c in (left, right)
             ]
             kinds = sorted(m["type"] for m in answers)
+            holders = [
+                (side, m["nick"])
+                for side, m in zip(("A", "B"), answers, strict=True)
+                if m["type"] == "welcome"
+            ]
+            checker.nicks(holders)  # never two live holders
             assert kinds == ["error", "welcome"], answers
+            holder = engine.nick_holder(nick)  # the engine agrees on the winner
+            assert (
+                holder is not None and holder[1] == max(answers, key=lambda m: m["type"])["session"]
+            )
             loser = answers[0] if answers[0]["type"] == "error" else answers[1]
             assert loser["code"] == "nick_taken"
             winner = left if answers[0]["type"] == "welcome" else right
@@ -181,6 +194,7 @@ def test_racing_hellos_on_two_brokers_give_a_nickname_to_exactly_one(
         finally:
             left.close()
             right.close()
+    engine.close()
 
 
 def test_who_rooms_history_and_private_lines_across_brokers(
