@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Final
 
 from broker import storage
 from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
+from broker.idempotency import KEY_MEMORY, KeyMemory
 from broker.presence import away_notices, away_reply_once, joined_reply, topic_request
 from broker.ratelimit import TokenBucket
 from broker.sessions import SessionTable
@@ -89,8 +89,6 @@ log = logging.getLogger("broker")
 #: Largest frame the ROUTER accepts (ZMQ_MAXMSGSIZE): a 4 KiB line even with
 #: every character JSON-escaped fits comfortably.
 MAX_FRAME_BYTES: Final = 64 * 1024
-#: How many recent idempotency keys the broker remembers.
-KEY_MEMORY: Final = 100_000
 #: Sync topics seen before their request, per session, before we forget them.
 EARLY_SYNC_LIMIT: Final = 64
 #: Most lines one history request returns.
@@ -204,9 +202,10 @@ class BrokerCore:
         self._sessions = self.sessions.by_identity
         self._rooms: dict[str, _Room] = {}
         self._ids = 0
-        self._keys: OrderedDict[str, Ack] = OrderedDict()
-        for key, line in self.history.recent_keys(KEY_MEMORY):
-            self._keys[key] = Ack(key=key, id=line.id, room=line.room, seq=line.seq)
+        #: Idempotency keys (broker/idempotency.py).
+        self.keys = KeyMemory.of(self.history)
+        # Its table, for the hot path's inline lookups.
+        self._keys = self.keys.acks
         self._limits = Limits(
             text_bytes=MAX_TEXT_BYTES,
             nick_length=MAX_NICK_LENGTH,
@@ -386,9 +385,7 @@ class BrokerCore:
             if room is not None:
                 room.seq = self.history.last_seq(line.room)
             if key is not None:
-                ack = self._keys.get(key)
-                if ack is not None and ack.id == line.id:
-                    del self._keys[key]  # so that the resend is stored
+                self.keys.forget(key, line.id)  # so that the resend is stored
 
         def sender_of(line: ChatMessage) -> bytes | None:
             session = self.sessions.with_nick(line.nick)
@@ -613,7 +610,7 @@ class BrokerCore:
         self.history.append(line, key)
         if key is None:
             return [Publish(line)]
-        keys = self._keys
+        keys = self._keys  # KeyMemory.remember, inlined: once per keyed line
         keys[key] = ack = Ack(key=key, id=line.id, room=name, seq=seq)
         if len(keys) > KEY_MEMORY:
             keys.popitem(last=False)
@@ -730,10 +727,7 @@ class BrokerCore:
         return f"{self.broker_id}-{self._ids:x}"
 
     def _remember(self, ack: Ack) -> Ack:
-        self._keys[ack.key] = ack
-        if len(self._keys) > KEY_MEMORY:
-            self._keys.popitem(last=False)
-        return ack
+        return self.keys.remember(ack)
 
 
 #: Requests that publish to a room (or reach another client): the flood bucket.
