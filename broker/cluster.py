@@ -56,6 +56,7 @@ from broker.engine import (
     RedisEngine,
     SessionRecord,
 )
+from broker.engine.breaker import Breaker
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
 from broker.engine.relay import Deliver, Reset
 from broker.history import MemoryHistory
@@ -103,6 +104,9 @@ log = logging.getLogger("broker")
 
 #: Seconds between heartbeats, stale-bus checks, reaper rounds and inbox reads.
 CLUSTER_TICK: Final = 1.0
+#: Seconds the engine is not asked again after it was unavailable
+#: (broker/engine/breaker.py): a stalled Redis costs one timeout, not one per call.
+BREAKER_COOLDOWN: Final = 1.0
 #: Most lines one history request returns (as in SQLite mode).
 MAX_HISTORY_LIMIT: Final = 1000
 
@@ -566,8 +570,10 @@ class ClusterShell:
     """The engine side of the broker's loop: settles proposals, relays the bus,
     keeps the timers. Owned and called by :class:`~broker.server.BrokerServer`."""
 
-    def __init__(self, engine: RedisEngine) -> None:
-        self.engine = engine
+    def __init__(self, engine: RedisEngine, cooldown: float = BREAKER_COOLDOWN) -> None:
+        # Every call, the core's too, through the breaker: the same methods
+        # and attributes, so it stands in for the engine (a cast, not a class).
+        self.engine = cast(RedisEngine, Breaker(engine, cooldown))
         self.reader: BusReader | None = None
         self.follower: Follower | None = None
         self.core: ClusterCore | None = None

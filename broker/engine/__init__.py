@@ -6,9 +6,11 @@
 - ``redis_engine``: :class:`RedisEngine` on Redis 7 Functions (``zchat.lua``),
   with ``redis_io`` (plumbing), ``redis_reaper`` and ``redis_sessions``.
 - ``bus``: the pub/sub reader thread; ``relay``: the pure catch-up :class:`Relay`.
-- ``follower``: the glue the broker's loop will call.
+- ``follower``: the glue the broker's loop calls; ``breaker``: fail fast
+  while the engine is out of reach.
 
-Nothing here is wired into the broker yet; SQLite mode does not import it.
+The broker uses it in cluster mode (``broker/cluster.py``); SQLite mode does
+not import it.
 """
 
 from broker.engine.api import (
@@ -29,6 +31,7 @@ from broker.engine.api import (
     SessionRecord,
     StoredLine,
 )
+from broker.engine.breaker import Breaker
 from broker.engine.bus import BusReader
 from broker.engine.follower import Follower
 from broker.engine.redis_engine import EngineSettings, RedisEngine, check_server, new_epoch
@@ -37,6 +40,7 @@ from broker.engine.url import EngineURL, parse_url
 
 __all__ = [
     "AppendResult",
+    "Breaker",
     "BusReader",
     "Duplicate",
     "Engine",

@@ -151,3 +151,34 @@ def test_a_fenced_broker_refuses_the_turns_lines_then_wins_its_sessions_back(
     assert [type(a.message).__name__ for a in acked] == ["Ack"]
     history = shell.engine.fetch("lobby", 0, None, 10)
     assert len(history.lines) == 1  # the ghost's attempt was never stored
+
+
+def test_a_stalled_redis_costs_one_timeout_then_requests_fail_fast_until_it_answers(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+    redis_server: RedisServer,
+) -> None:
+    shell, core = shells()  # engine timeout 1 s
+    _join(core, b"A", "alice")
+    stall = redis_server.debug_sleep(3 * SCALE)
+    try:
+        started = time.monotonic()
+        out = shell.settle(
+            core.handle(b"A", _frame(type="say", room="lobby", text="x", key="k"), NOW)
+        )
+        assert [a.message.code for a in out] == ["unavailable"]  # type: ignore[union-attr]
+        took = time.monotonic() - started
+        started = time.monotonic()
+        [who] = core.handle(b"A", _frame(type="who", room="lobby"), NOW)
+        assert who.message.code == "unavailable"  # type: ignore[union-attr]
+        assert time.monotonic() - started < 0.2 * SCALE < took  # no second timeout
+    finally:
+        stall.join(10 * SCALE)
+    deadline = time.monotonic() + 5 * SCALE
+    while True:  # once the cooldown is over, the next request tries Redis again
+        out = shell.settle(
+            core.handle(b"A", _frame(type="say", room="lobby", text="x", key="k"), NOW)
+        )
+        if type(out[0].message).__name__ == "Ack":
+            break
+        assert time.monotonic() < deadline, out
+        time.sleep(0.1)
