@@ -251,8 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="cluster mode: share rooms, history and nicknames with every broker "
         "given the same Redis 7 URL (redis://HOST:PORT/DB, rediss://..., unix:///PATH, "
-        "redis+sentinel://HOST:PORT,.../SERVICE); the --history options are then "
-        "unused (docs/CLUSTER.md)",
+        "redis+sentinel://HOST:PORT,.../SERVICE); Redis must have maxmemory-policy "
+        "noeviction (checked at start) and should have appendonly yes; the --history "
+        "options are then unused (docs/CLUSTER.md)",
     )
     parser.add_argument(
         "--engine-lease",
