@@ -327,13 +327,22 @@ class AsyncClient:
         self._do(self.session.list_rooms)
         await self._answer(wait)
 
-    async def topic(self, text: str | None = None, room: str | None = None) -> None:
-        """Ask for a room's topic, or set it (``""`` clears); a ``topic`` event follows."""
+    async def topic(
+        self, text: str | None = None, room: str | None = None, *, wait: bool = False
+    ) -> str | None:
+        """Ask for a room's topic, or set it (``""`` clears); a ``topic`` event
+        follows. With ``wait``, returns the topic now in force, or raises
+        RequestFailed."""
         self._do(self.session.topic, text, room)
+        answer = await self._answer(wait)
+        return answer.text if isinstance(answer, ev.Topic) else None
 
-    async def away(self, text: str = "") -> None:
-        """Mark yourself away with ``text``, or back with ""; an ``away`` event follows."""
+    async def away(self, text: str = "", *, wait: bool = False) -> None:
+        """Mark yourself away with ``text``, or back with ""; an ``away`` event
+        follows. With ``wait``, returns once the broker confirmed it, or raises
+        RequestFailed."""
         self._do(self.session.away, text)
+        await self._answer(wait)
 
     async def history(
         self, count: int = 50, room: str | None = None, *, wait: bool = False

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from client import events as ev
 from client.aio import AsyncClient
-from protocol import ProtocolError, validate_room
+from protocol import ProtocolError, nick_key, validate_room
 
 __all__ = ["COMMANDS", "EXIT", "REPLY_TIMEOUT", "InOrder", "execute", "help_event"]
 
@@ -71,14 +71,16 @@ class _Asked:
     """A request whose answer a later command may depend on."""
 
     req: str
-    #: The room (join, part, who, history) or the old nickname (nick).
+    #: The room (join, part, who, history, topic) or the nickname (nick:
+    #: the old one; away: ours).
     subject: str | None
     since: float
 
     def answered_by(self, event: ev.Event) -> bool:
         if isinstance(event, ev.Error):
             return event.req == self.req and (
-                self.req not in ("join", "part", "history") or event.room in (None, self.subject)
+                self.req not in ("join", "part", "history", "topic")
+                or event.room in (None, self.subject)
             )
         match self.req, event:
             case "join", ev.Joined(room=room) | ev.Welcome(room=room):
@@ -93,6 +95,10 @@ class _Asked:
                 return True
             case "nick", ev.Nick(old=old):
                 return old == self.subject
+            case "topic", ev.Topic(room=room):
+                return room == self.subject
+            case "away", ev.Away(nick=nick, auto=False):
+                return nick_key(nick) == nick_key(self.subject or "")
         return False
 
 
@@ -228,13 +234,13 @@ async def _execute(client: AsyncClient, line: str, order: InOrder) -> list[ev.Ev
         old = client.nick
         return _asked(order, "nick", old, await _guard(client.rename(rest), name, line))
     if name == "topic":
-        if not rest:
-            return await _guard(client.topic(), name, line)
-        return await _guard(client.topic("" if rest == "-" else rest), name, line)
-    if name == "away":
-        return await _guard(client.away(rest or "away"), name, line)
-    if name == "back":
-        return await _guard(client.away(""), name, line)
+        room = client.room
+        topic = None if not rest else "" if rest == "-" else rest
+        return _asked(order, "topic", room, await _guard(client.topic(topic), name, line))
+    if name in ("away", "back"):
+        me = client.nick
+        away = (rest or "away") if name == "away" else ""
+        return _asked(order, "away", me, await _guard(client.away(away), name, line))
     if name == "msg":
         nick, _, text = rest.partition(" ")
         if not nick or not text.strip():

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from client import events as ev
-from protocol import History, Join, ListRooms, Part, Rename, Request, Who
+from protocol import Away, History, Join, ListRooms, Part, Rename, Request, Topic, Who
 
 __all__ = ["NO_ANSWER", "REQUEST_TIMEOUT", "Pending", "Purpose", "RequestTracker"]
 
@@ -35,7 +35,7 @@ NO_ANSWER = "no_answer"
 #: wait for its sync up to the broker's client timeout).
 REQUEST_TIMEOUT = 30.0
 
-Tracked = Join | Part | Rename | Who | ListRooms | History
+Tracked = Join | Part | Rename | Who | ListRooms | History | Topic | Away
 
 
 class Purpose(Enum):
@@ -43,6 +43,9 @@ class Purpose(Enum):
 
     USER = "user"
     REPAIR = "repair"
+    #: The session's own (setting our away message again after a rejoin):
+    #: tracked only so that its answer is not taken for a user request's.
+    RESTORE = "restore"
 
 
 class Step(Enum):
@@ -91,6 +94,8 @@ _KIND: dict[type, str] = {
     Who: "who",
     ListRooms: "rooms",
     History: "history",
+    Topic: "topic",
+    Away: "away",
 }
 
 
@@ -119,13 +124,27 @@ class RequestTracker:
             if pending.request is request:
                 pending.sent_at = now
 
-    def answered(self, kind: str, room: str | None) -> Pending | None:
+    def answered(
+        self, kind: str, room: str | None, *, setting: bool | None = None
+    ) -> Pending | None:
         """The oldest pending request of ``kind`` (for ``room``, when the answer
-        names one) that the answer just received belongs to; removed."""
+        names one) that the answer just received belongs to; removed.
+
+        ``setting`` tells a topic's answers apart: asking is answered by the
+        reply ``topic``, setting by our own broadcast ``topic``, on another
+        socket, so the two may come in either order."""
         for i, pending in enumerate(self._pending):
-            if pending.kind == kind and (room is None or pending.room in (room, None)):
-                return self._pending.pop(i)
+            if pending.kind != kind or (room is not None and pending.room not in (room, None)):
+                continue
+            request = pending.request
+            if isinstance(request, Topic) and setting not in (None, request.text is not None):
+                continue
+            return self._pending.pop(i)
         return None
+
+    def waiting(self, kind: str) -> bool:
+        """Whether a user request of ``kind`` is pending."""
+        return any(p.kind == kind and p.purpose is Purpose.USER for p in self._pending)
 
     def complete(self, pending: Pending | None, event: ev.Event) -> None:
         """Record what answered a user request, for the front-end's waiters."""

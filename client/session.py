@@ -91,6 +91,7 @@ from protocol import (
     Welcome,
     Who,
     WhoReply,
+    nick_key,
     room_topic,
     sync_topic,
     validate_away,
@@ -215,7 +216,7 @@ class ClientSession:
         in the same order, with their keys; other requests a moment later."""
         self.outbox.not_sent(requests)
         for request in requests:
-            if isinstance(request, Join | Part | Rename | Who | ListRooms | History):
+            if isinstance(request, Join | Part | Rename | Who | ListRooms | History | Topic | Away):
                 self.requests.not_sent(request, now + NOT_SENT_RETRY)
 
     @property
@@ -326,7 +327,13 @@ class ClientSession:
             out = track.line(message)
             return out + self._poll_repair(room, now)
         if isinstance(message, TopicNotice | AwayNotice):
-            return self.presence.on_notice(message, self.nick)
+            events = self.presence.on_notice(message, self.nick)
+            if isinstance(message, TopicNotice) and nick_key(message.nick) == nick_key(self.nick):
+                # Setting a topic has no reply: our own broadcast answers it.
+                pending = self.requests.answered("topic", room, setting=True)
+                if pending is not None and events:
+                    self.requests.complete(pending, events[0])
+            return events
         if isinstance(message, NickNotice):
             self.presence.renamed(message.old, message.new)
         return self.membership.notice(message, self.nick)
@@ -434,13 +441,13 @@ class ClientSession:
             if name not in self._tracks:
                 raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
         self._require_joined()
-        self._send(Topic(room=name, text=text))
+        self._tracked(Topic(room=name, text=text))
 
     def away(self, text: str = "") -> None:
         """Mark us away with ``text`` as the reason, or back with ""."""
         text = validate_away(text)
         self._require_joined()
-        self._send(Away(text=text))
+        self._tracked(Away(text=text))
 
     def leave(self) -> None:
         """Say goodbye; the session closes when the broker answers."""
@@ -551,9 +558,13 @@ class ClientSession:
         self.outbox.release(set(self._tracks))
         self._resend_requests(now)
         self._flush_outbox(now)
-        away = self.presence.restore()
+        # A restarted broker forgot our away message: set it again, unless
+        # the user's own /away or /back is being resent anyway.
+        away = "" if self.requests.waiting("away") else self.presence.restore()
         if away:
-            self._send(Away(text=away))  # a restarted broker forgot it
+            request = Away(text=away)
+            self.requests.add(request, now, Purpose.RESTORE)
+            self._send(request)
         restarted, self._restarted = self._restarted, False
         out: list[ev.Event] = [ev.Connection(state="reconnected", restarted=restarted)]
         for name in list(self._tracks):
@@ -589,6 +600,22 @@ class ClientSession:
         event = ev.Rooms(rooms=[ev.RoomCount(room=r.room, members=r.members) for r in reply.rooms])
         self.requests.complete(self.requests.answered("rooms", None), event)
         return [event]
+
+    def _on_topic(self, reply: TopicReply, now: float) -> list[ev.Event]:
+        events = self.presence.on_topic_reply(reply)
+        self.requests.complete(
+            self.requests.answered("topic", reply.room, setting=False), events[0]
+        )
+        return events
+
+    def _on_away(self, reply: AwayReply, now: float) -> list[ev.Event]:
+        own = nick_key(reply.nick) == nick_key(self.nick)
+        events = self.presence.on_away_reply(reply, self.nick)
+        if own:  # else: someone we wrote to is away, no answer of ours
+            pending = self.requests.answered("away", None)
+            answer = events[0] if events else ev.Away(nick=reply.nick, text=reply.text)
+            self.requests.complete(pending, answer)
+        return events
 
     def _on_private(self, reply: PrivateMessage, now: float) -> list[ev.Event]:
         return [
@@ -664,7 +691,7 @@ class ClientSession:
             return self._hello_refused(reply, now)
         if reply.key and reply.req in ("say", "msg"):
             return self._line_refused(reply, now)
-        if reply.req not in ("join", "part", "nick", "who", "rooms", "history"):
+        if reply.req not in _TRACKED_KINDS:
             return [_error_event(reply)]
         pending = self.requests.answered(reply.req, reply.room)
         if code == ErrorCode.SYNCING and pending is not None:
@@ -855,6 +882,10 @@ class ClientSession:
         return [ev.Connection(state="reconnecting")]
 
 
+#: Requests whose answers (or errors) the request tracker matches.
+_TRACKED_KINDS = frozenset({"join", "part", "nick", "who", "rooms", "history", "topic", "away"})
+
+
 def _error_event(reply: Error, *, text: str | None = None, key: str | None = None) -> ev.Error:
     return ev.Error(
         code=reply.code,
@@ -896,6 +927,6 @@ _REPLY_HANDLERS = {
     Error: ClientSession._on_error,
     Shutdown: ClientSession._on_shutdown,
     Goodbye: ClientSession._on_goodbye,
-    TopicReply: lambda session, reply, now: session.presence.on_topic_reply(reply),
-    AwayReply: lambda session, reply, now: session.presence.on_away_reply(reply, session.nick),
+    TopicReply: ClientSession._on_topic,
+    AwayReply: ClientSession._on_away,
 }

@@ -151,13 +151,17 @@ class Client:
         """Ask for the room list (with ``wait``: returns once it came)."""
         self._call(self._async.list_rooms(wait=wait))
 
-    def topic(self, text: str | None = None, room: str | None = None) -> None:
-        """Ask for a room's topic, or set it ("" clears it)."""
-        self._call(self._async.topic(text, room))
+    def topic(
+        self, text: str | None = None, room: str | None = None, *, wait: bool = False
+    ) -> str | None:
+        """Ask for a room's topic, or set it ("" clears it); with ``wait``:
+        returns the topic now in force."""
+        return self._call(self._async.topic(text, room, wait=wait))
 
-    def away(self, text: str = "") -> None:
-        """Mark yourself away with ``text``, or back with ""."""
-        self._call(self._async.away(text))
+    def away(self, text: str = "", *, wait: bool = False) -> None:
+        """Mark yourself away with ``text``, or back with "" (with ``wait``:
+        returns once confirmed)."""
+        self._call(self._async.away(text, wait=wait))
 
     def history(self, count: int = 50, room: str | None = None, *, wait: bool = False) -> None:
         """Fetch older lines of a room (with ``wait``: returns once they came)."""

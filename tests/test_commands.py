@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from client import events as ev
-from client.commands import InOrder
+from client.commands import InOrder, execute
 
 
 def run(coroutine: object) -> None:
@@ -92,3 +92,54 @@ def test_the_same_room_joined_twice_waits_for_one_answer() -> None:
     order.asked("join", "ops")
     order.seen(ev.Joined(room="ops", members=[]))
     assert order.pending == 0
+
+
+def test_topic_and_away_are_answered_by_their_own_events_only() -> None:
+    order = InOrder()
+    order.asked("topic", "ops")
+    order.asked("away", "me")
+    for unrelated in (
+        ev.Topic(room="lobby", text="x"),
+        ev.Away(nick="bob", text="lunch"),
+        ev.Away(nick="me", text="lunch", auto=True),
+        ev.Error(code="not_in_room", message="", req="topic", room="dev"),
+    ):
+        order.seen(unrelated)
+    assert order.pending == 2
+    order.seen(ev.Topic(room="ops", text="plans", nick="me", changed=True))
+    order.seen(ev.Away(nick="Me", text="lunch"))
+    assert order.pending == 0
+
+
+class _Client:
+    """What ``execute`` uses of an AsyncClient for /topic, /away and /back."""
+
+    room = "ops"
+    nick = "me"
+
+    async def topic(self, text: str | None = None, room: str | None = None) -> None:
+        pass
+
+    async def away(self, text: str = "") -> None:
+        pass
+
+
+def test_a_command_after_topic_away_or_back_waits_for_their_answers() -> None:
+    async def scenario() -> None:
+        order = InOrder()
+        for line in ("/topic plans", "/topic", "/away lunch", "/back"):
+            assert await execute(_Client(), line, order) == []  # type: ignore[arg-type]
+        assert order.pending == 4
+        waiting = asyncio.create_task(order.wait(lambda event: None))
+        for answer in (
+            ev.Topic(room="ops", text="plans", nick="me", changed=True),
+            ev.Topic(room="ops", text="plans", nick="me"),
+            ev.Away(nick="me", text="lunch"),
+        ):
+            order.seen(answer)
+            await asyncio.sleep(0)
+            assert not waiting.done()
+        order.seen(ev.Away(nick="me", text=""))
+        await waiting
+
+    run(scenario())

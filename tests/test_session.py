@@ -3,6 +3,8 @@ parameters, no sockets. Each test names the fault it exists for."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,6 +13,8 @@ from client import events as ev
 from client.session import ClientSession, State
 from protocol import (
     Ack,
+    Away,
+    AwayReply,
     ChatMessage,
     Error,
     Hello,
@@ -18,9 +22,13 @@ from protocol import (
     HistoryReply,
     Joined,
     Pong,
+    Reply,
     Request,
     Say,
     Shutdown,
+    Topic,
+    TopicNotice,
+    TopicReply,
     Who,
     WhoReply,
 )
@@ -305,6 +313,88 @@ def test_requests_pending_when_the_session_ends_are_reported() -> None:
         ("not_delivered", "who"),
         ("not_delivered", "say"),
     }
+
+
+@pytest.mark.parametrize(
+    ("operation", "request_", "answer", "event"),
+    [
+        (
+            lambda s: s.topic(),
+            Topic(room="lobby"),
+            TopicReply(room="lobby", text="ship it", nick="bob", ts=1.0),
+            ev.Topic(room="lobby", text="ship it", nick="bob", ts=1.0),
+        ),
+        (
+            lambda s: s.away("lunch"),
+            Away(text="lunch"),
+            AwayReply(nick="me", text="lunch"),
+            ev.Away(nick="me", text="lunch"),
+        ),
+    ],
+)
+def test_topic_and_away_sent_before_the_broker_died_are_resent_and_answered(
+    operation: Callable[[ClientSession], None],
+    request_: Request,
+    answer: Reply,
+    event: ev.Event,
+) -> None:
+    session = joined_session()
+    operation(session)
+    asked = session.last_request
+    assert asked is not None
+    assert _requests(session, type(request_)) == [request_]
+    session.tick(100.0)  # silence: the broker is gone
+    assert session.state is State.RECONNECTING and session.busy
+    session.tick(100.0)
+    session.on_reply(welcome(broker="b2"), 100.1)
+    session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 100.2)
+    assert _requests(session, type(request_)) == [request_]  # once, not twice
+    assert session.on_reply(answer, 100.3) == [event]
+    assert session.take_completions() == [(asked, event)]
+    assert not session.busy
+
+
+def test_setting_the_topic_is_answered_by_our_own_broadcast() -> None:
+    session = joined_session()
+    session.topic()  # asking...
+    ask = session.last_request
+    session.topic("release friday")  # ...then setting: answered on another socket
+    setting = session.last_request
+    session.take_output()
+    changed = TopicNotice(room="lobby", text="release friday", nick="me", ts=2.0)
+    someone = TopicNotice(room="lobby", text="no", nick="bob", ts=1.0)
+    session.on_broadcast(someone, 0.1)  # not ours: answers nothing
+    assert session.take_completions() == []
+    (notice,) = session.on_broadcast(changed, 0.2)
+    reply = TopicReply(room="lobby", text="release friday", nick="me", ts=2.0)
+    (asked,) = session.on_reply(reply, 0.3)
+    assert session.take_completions() == [(setting, notice), (ask, asked)]
+    assert not session.busy
+
+
+@pytest.mark.parametrize("req", ["topic", "away"])
+def test_a_refused_topic_or_away_completes_with_the_error(req: str) -> None:
+    session = joined_session()
+    session.topic("x" * 10) if req == "topic" else session.away("x")
+    asked = session.last_request
+    refusal = Error(code="rate_limited", message="slow down", req=req, room=None)
+    (event,) = session.on_reply(refusal, 0.1)
+    assert session.take_completions() == [(asked, event)]
+    assert not session.busy
+
+
+def test_an_unanswered_away_fails_with_an_error() -> None:
+    session = joined_session()
+    session.away("lunch")
+    session.take_output()
+    failed: list[ev.Event] = []
+    now = 0.0
+    while not failed:
+        now += 1.0
+        assert now < 120, "the away was never answered nor failed"
+        session.on_reply(Pong(broker="b", seqs={}), now)
+        failed += [e for e in session.tick(now) if isinstance(e, ev.Error)]
+    assert [(e.code, e.req) for e in failed if isinstance(e, ev.Error)] == [("no_answer", "away")]
 
 
 # --- 7. pacing to the broker's own bucket ---------------------------------------------
