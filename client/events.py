@@ -167,14 +167,19 @@ class Error(_Event, tag="error", frozen=True):
 
 
 class Connection(_Event, tag="connection", frozen=True):
-    """The link to the broker changed: ``reconnecting`` or ``reconnected``.
+    """The link to the broker changed: ``reconnecting``, ``waiting_for_nick``
+    or ``reconnected``.
 
     ``reconnected`` comes every time the session was re-established, however
     quickly; ``restarted`` says whether it is a new broker (its id changed:
-    sessions and memberships were rebuilt) rather than our own connection."""
+    sessions and memberships were rebuilt) rather than our own connection.
+    ``waiting_for_nick``: the rejoin was refused because our old session still
+    holds the nickname; the client keeps trying for up to ``wait`` seconds,
+    until that session must have timed out, and only then gives up."""
 
     state: str
     restarted: bool = False
+    wait: float = 0.0
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):

@@ -392,6 +392,12 @@ class Renderer:
         if event.state == "reconnected":
             said = "reconnected (the broker restarted)" if event.restarted else "reconnected"
             return self.notice(said, _GOOD)
+        if event.state == "waiting_for_nick":
+            return self.notice(
+                "your old session still holds your nickname; waiting for it to time out"
+                f" (trying for up to {event.wait:g} s)...",
+                _ERROR,
+            )
         return self.notice(escape_terminal(event.state), _NOTICE)
 
     def _on_shutdown(self, event: ev.Shutdown) -> Rendered:

@@ -191,6 +191,11 @@ class ClientSession:
         self._welcomed = False
         self._restarted = False
         self._now = 0.0
+        # When the sockets were last made anew while reconnecting: a session
+        # holding our nickname on the old ones expires within the broker's
+        # timeout from then on.
+        self._reset_at = 0.0
+        self._told_nick_wait = False
 
     # --- the front-end's side --------------------------------------------
 
@@ -295,6 +300,7 @@ class ClientSession:
                 # reuse them: a hello the broker got and answered late must
                 # not leave a session holding our nickname.
                 self._out = Output(reset=True)
+                self._reset_at = now
             self._send(
                 Hello(
                     v=PROTOCOL_VERSION,
@@ -729,6 +735,10 @@ class ClientSession:
             # the chaos suite (tests/test_session_rejoin_sync.py).
             self.retry.start(now)
             return []
+        if reply.code == ErrorCode.NICK_TAKEN and self.state is State.RECONNECTING:
+            waiting = self._wait_for_nick(now)
+            if waiting is not None:
+                return waiting
         if self.state is State.JOINING:
             self.joins.lost()
             self._move(State.IDLE)
@@ -736,6 +746,20 @@ class ClientSession:
             self.close_reason = reply.code
             self._move(State.CLOSED)
         return [_error_event(reply)]
+
+    def _wait_for_nick(self, now: float) -> list[ev.Event] | None:
+        """A rejoin refused as ``nick_taken``: our old session (or one an
+        earlier try made on sockets we closed) still holds the nickname and
+        times out by itself. Keep trying on the backoff until it must have
+        (the broker's timeout and three heartbeats after the sockets were
+        made anew; docs/PROTOCOL.md §5.3, step 4); None once past that."""
+        until = self._reset_at + self.broker_timeout + self._dead_after
+        if now >= until:
+            return None
+        if self._told_nick_wait:
+            return []
+        self._told_nick_wait = True
+        return [ev.Connection(state="waiting_for_nick", wait=round(until - now, 1))]
 
     def _line_refused(self, reply: Error, now: float) -> list[ev.Event]:
         key = reply.key
@@ -874,6 +898,7 @@ class ClientSession:
     def _lose_broker(self, now: float, *, shutdown: bool = False) -> list[ev.Event]:
         self._move(State.RECONNECTING)
         self.retry.start(now, shutdown=shutdown)
+        self._told_nick_wait = False
         for track in self._tracks.values():
             track.lost()
         self.joins.lost()

@@ -268,6 +268,69 @@ def test_a_request_the_socket_refused_is_sent_again_soon() -> None:
     assert _requests(session, Who) == [who]
 
 
+# --- a rejoin refused as nick_taken waits for the old session to time out --------------
+
+
+def _refused_rejoins(session: ClientSession, start: float, until: float) -> list[ev.Event]:
+    """Tick from ``start`` to ``until``; the broker refuses every hello as ``nick_taken``."""
+    events: list[ev.Event] = []
+    now = start
+    while now < until and session.state is State.RECONNECTING:
+        events += session.tick(now)
+        for _ in _requests(session, Hello):
+            refusal = Error(code="nick_taken", message="taken", req="hello")
+            events += session.on_reply(refusal, now + 0.01)
+        now += 0.05
+    return events
+
+
+def test_a_rejoin_refused_as_nick_taken_keeps_trying_until_the_old_session_expired() -> None:
+    # Found by the chaos suite over a cut link: the first refusal closed the
+    # session and reported every unacknowledged line not_delivered.
+    session = joined_session()  # the welcome's timeout is 5 s, heartbeat 1 s
+    key = session.say("typed while the link was cut")
+    session.take_output()
+    session.tick(100.0)  # silence: the broker is gone
+    assert session.state is State.RECONNECTING
+    events = _refused_rejoins(session, 100.0, 104.0)
+    assert session.state is State.RECONNECTING  # still trying, not given up
+    waits = [e for e in events if isinstance(e, ev.Connection)]
+    assert [w.state for w in waits] == ["waiting_for_nick"]  # told once
+    assert 5.0 <= waits[0].wait <= 9.0
+    assert not [e for e in events if isinstance(e, ev.Error)]
+    # The old session timed out: the next try is welcomed, the line goes again.
+    now = 104.0
+    while not _requests(session, Hello):
+        now += 0.05
+        session.tick(now)
+    session.on_reply(welcome(), now)
+    events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), now)
+    assert [e.state for e in events if isinstance(e, ev.Connection)] == ["reconnected"]
+    assert [r.key for r in _requests(session, Say) if isinstance(r, Say)] == [key]
+
+
+def test_a_nickname_still_taken_after_the_old_session_must_have_expired_gives_up() -> None:
+    session = joined_session()
+    session.say("hello")
+    session.tick(100.0)
+    # Not before the broker's timeout (5 s) plus three heartbeats from the reset.
+    events = _refused_rejoins(session, 100.0, 107.9)
+    assert session.state is State.RECONNECTING
+    events += _refused_rejoins(session, 107.9, 130.0)
+    assert session.state is State.CLOSED and session.close_reason == "nick_taken"
+    errors = [e for e in events if isinstance(e, ev.Error)]
+    assert [e.code for e in errors] == ["nick_taken"]
+    assert session.undelivered("closed")  # the front-end reports the line
+
+
+def test_a_first_hello_refused_as_nick_taken_is_refused_at_once() -> None:
+    session = ClientSession("me", ["lobby"])
+    session.hello(0.0)
+    events = session.on_reply(Error(code="nick_taken", message="taken", req="hello"), 0.1)
+    assert [e.code for e in events if isinstance(e, ev.Error)] == ["nick_taken"]
+    assert session.state is State.IDLE
+
+
 # --- 4. every request answered or failed ----------------------------------------------
 
 
