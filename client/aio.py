@@ -415,6 +415,7 @@ class AsyncClient:
             # How many broadcasts may wait unread; past it ZeroMQ drops and the
             # session repairs from history.
             sub.rcvhwm = self._sub_hwm
+        dealer.ipv6 = _ipv6(self.server)
         dealer.connect(self.server)
         self._dealer, self._sub = dealer, sub
 
@@ -433,6 +434,7 @@ class AsyncClient:
         assert self._dealer is not None and self._sub is not None
         if out.connect_pub is not None:
             try:
+                self._sub.ipv6 = _ipv6(out.connect_pub)
                 self._sub.connect(check_endpoint(out.connect_pub, bind=False))
             except (ProtocolError, zmq.ZMQError) as exc:
                 self._unusable_pub(out.connect_pub, exc)
@@ -592,6 +594,14 @@ class AsyncClient:
         self._closed.set()
         self._close_sockets()
         self._ctx.term()
+
+
+def _ipv6(endpoint: str) -> bool:
+    """Whether ``endpoint`` names an IPv6 address ("tcp://[::1]:5555",
+    docs/PROTOCOL.md §1): libzmq connects to one only with ZMQ_IPV6 set, and
+    it is left off otherwise so that a host name keeps resolving to IPv4 as
+    the broker's default endpoints expect."""
+    return "://[" in endpoint
 
 
 def _handshake_message(event: int, value: int, server: str) -> str:

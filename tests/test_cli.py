@@ -507,3 +507,36 @@ def test_json_client_whose_stdout_is_not_read_stays_alive_and_counts_what_it_dro
             if pipe is not None and not pipe.closed:
                 pipe.close()
         broker.stop()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.timeout(40)
+@pytest.mark.skipif(not _has_ipv6(), reason="this host has no IPv6 at all (cannot bind ::1)")
+@pytest.mark.parametrize("pub", ["tcp://[::1]:*", "tcp://[::]:*"], ids=["loopback", "wildcard"])
+def test_the_client_talks_to_a_broker_on_ipv6(clients: Callable[..., JsonClient], pub: str) -> None:
+    # docs/PROTOCOL.md §1: a bracketed IPv6 endpoint needs ZMQ_IPV6 on the
+    # client's sockets too (before: `--server tcp://[::1]:...` never
+    # connected). A wildcard pub ("tcp://[::]:port" in the welcome) is
+    # reached on the router's host, in brackets.
+    broker = spawn_broker(router="tcp://[::1]:*", pub=pub)
+    try:
+        assert broker.router.startswith("tcp://[::1]:")
+        alice = clients(broker.router, "alice6")
+        bob = clients(broker.router, "bob6")
+        alice.expect("welcome", timeout=10)
+        bob.expect("welcome", timeout=10)
+        alice.send("over six")
+        shown = bob.expect("message", lambda e: e.get("text") == "over six", timeout=10)
+        assert shown["nick"] == "alice6"
+        alice.end_input()
+        assert alice.wait(10) == 0
+    finally:
+        broker.stop()
