@@ -247,6 +247,28 @@ class AsyncClient:
         """Of :attr:`pending`, the lines not on the wire yet."""
         return self.session.queued
 
+    async def drain(self, stall: float) -> bool:
+        """Wait until every line is acknowledged and every request answered,
+        for as long as that makes progress: give up after ``stall`` seconds in
+        which no line was acknowledged (plus the spacing of the broker's flood
+        limit, so a paced queue of any length drains). Returns whether
+        everything was acknowledged."""
+        session = self.session
+        limits = session.limits
+        # A paced line may not go out sooner than the broker's bucket allows.
+        spacing = 1 / limits.rate if limits is not None and limits.rate > 0 else 0.0
+        left = session.unacked
+        deadline = time.monotonic() + stall + spacing
+        while session.busy and session.state in (State.JOINED, State.RECONNECTING):
+            now = time.monotonic()
+            if session.unacked < left:
+                left = session.unacked
+                deadline = now + stall + spacing
+            if now >= deadline:
+                return False
+            await self.settle(min(0.5, deadline - now))
+        return not session.busy
+
     async def close(self, timeout: float = 2.0, *, settle: float = 5.0) -> None:
         """Leave (others see ``exit``) and release the sockets.
 

@@ -9,14 +9,12 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Any
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import InOrder, execute
 from client.jsonout import DEFAULT_LIMIT, EventWriter
-from client.session import State
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
 from protocol.keys import KeyFileError, load_secret, parse_public_key
 
@@ -228,28 +226,6 @@ class _Output:
         self.writer.emit(event)
 
 
-async def _drain(client: AsyncClient, stall: float) -> bool:
-    """Wait until every line is acknowledged and every join answered, for as
-    long as that makes progress: give up after ``stall`` seconds in which no
-    line was acknowledged (plus the spacing of the broker's flood limit).
-    Returns whether everything was acknowledged."""
-    session = client.session
-    limits = session.limits
-    # A paced line may not go out sooner than the broker's bucket allows.
-    spacing = 1 / limits.rate if limits is not None and limits.rate > 0 else 0.0
-    left = session.unacked
-    deadline = time.monotonic() + stall + spacing
-    while session.busy and session.state in (State.JOINED, State.RECONNECTING):
-        now = time.monotonic()
-        if session.unacked < left:
-            left = session.unacked
-            deadline = now + stall + spacing
-        if now >= deadline:
-            return False
-        await client.settle(min(0.5, deadline - now))
-    return not session.busy
-
-
 async def run_json(args: argparse.Namespace) -> int:
     """Scripting mode: one JSON object per event on stdout, commands on stdin."""
     writer = EventWriter(sys.stdout.fileno(), getattr(args, "output_buffer", DEFAULT_LIMIT))
@@ -322,7 +298,7 @@ async def _run_json(args: argparse.Namespace, writer: EventWriter, stall: float)
                 out(event)
         # The end of input (or /exit): what was asked is carried out first.
         await order.wait(out)
-        await _drain(client, stall)
+        await client.drain(stall)
 
     printer = asyncio.create_task(print_events())
     reader = asyncio.create_task(read_commands())

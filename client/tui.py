@@ -56,6 +56,9 @@ NAME_PROMPT = "What is your name? "
 
 #: Signals that make us leave cleanly (others see a leave notice).
 _LEAVE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: Leaving: how long to wait for the unacknowledged lines while none is
+#: acknowledged (they are waited for as long as they are, at any length).
+LEAVE_STALL = 5.0
 
 
 def colour_wanted(stream: object = None, environ: dict[str, str] | None = None) -> bool:
@@ -436,6 +439,11 @@ class _Chat:
             self.screen.interrupt()
         await reader
         ended_by_broker = printer.done()
+        if not ended_by_broker:
+            # A long paste is paced at the broker's rate: wait while lines are
+            # being acknowledged, not a fixed time (docs/CLIENT.md).
+            with contextlib.suppress(ChatError):
+                await self.client.drain(LEAVE_STALL)
         await self._close_client()
         with contextlib.suppress(asyncio.CancelledError):
             await printer  # prints what came before the goodbye

@@ -427,6 +427,32 @@ def test_json_end_of_input_sends_every_line_at_the_flood_limit(
         broker.stop()
 
 
+@pytest.mark.timeout(60)
+def test_a_pipe_into_line_mode_sends_every_line_at_the_flood_limit(
+    clients: Callable[..., JsonClient],
+) -> None:
+    # As above without --json: leaving waited a fixed 5 s, so the last of
+    # 40 lines paced at 5 lines/s after a burst of 10 were reported not sent.
+    broker = spawn_broker("--client-timeout", "3")
+    try:
+        reader = clients(broker.router, "reader")
+        reader.expect("welcome")
+        lines = "".join(f"line {n}\n" for n in range(40))
+        done = subprocess.run(
+            [script("chat-client"), "--server", broker.router, "--nick", "writer"],
+            input=lines.encode(),
+            capture_output=True,
+            timeout=30 * SCALE,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        assert b"not delivered" not in done.stdout, done.stdout.decode()
+        texts = [reader.expect("message", timeout=10)["text"] for _ in range(40)]
+        assert texts == [f"line {n}" for n in range(40)]
+    finally:
+        broker.stop()
+
+
 @pytest.mark.timeout(40)
 def test_json_lines_not_delivered_make_the_exit_status_3(
     clients: Callable[..., JsonClient],
