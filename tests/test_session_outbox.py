@@ -204,3 +204,52 @@ def test_under_any_losses_every_line_is_stored_once(count: int, rng: Random, dro
         broker(False)
     assert sorted(stored) == sorted(keys)
     assert len(outbox) == 0
+
+
+@given(
+    count=st.integers(1, 30),
+    rng=st.randoms(use_true_random=False),
+    fault=st.floats(0, 0.6),
+)
+def test_without_refusals_lines_are_stored_in_the_order_typed(
+    count: int, rng: Random, fault: float
+) -> None:
+    """docs/RELIABILITY.md, "reordered": what the transport can do to one
+    connection (a full socket refuses a suffix of a send, a paused broker
+    lets the resend timer fire, acks go missing, a lost connection loses
+    what was on it) never stores a line after one typed later. Only a
+    refusal by the broker (``unavailable``, ``rate_limited``) can: the lines
+    after it are already on their way."""
+    outbox = Outbox(resend_after=1.0)
+    keys = [_say(outbox, f"line {n}") for n in range(count)]
+    stored: list[str] = []
+    wire: list[Say | SendPrivate] = []
+    now = 0.0
+
+    def broker(paused: bool) -> None:
+        while wire and not paused:
+            line = wire.pop(0)
+            assert line.key is not None
+            if line.key not in stored:
+                stored.append(line.key)
+            if rng.random() >= fault:  # the ack may be lost
+                outbox.ack(line.key, now)
+
+    for _ in range(60):
+        now += 0.1 + rng.random()
+        sent = outbox.send_due(now)
+        if sent and rng.random() < fault / 2:
+            cut = rng.randrange(len(sent))
+            outbox.not_sent(sent[cut:])  # the socket's queue was full
+            sent = sent[:cut]
+        wire += [r for r in sent if isinstance(r, Say | SendPrivate)]
+        if rng.random() < fault / 4:
+            del wire[rng.randrange(len(wire) + 1) :]  # the connection is lost...
+            outbox.hold_all()
+            outbox.release(None)  # ... and made again
+        broker(paused=rng.random() < fault)
+    for _ in range(40):  # the faults are over
+        now += 2.0
+        wire += [r for r in outbox.send_due(now) if isinstance(r, Say | SendPrivate)]
+        broker(paused=False)
+    assert stored == keys

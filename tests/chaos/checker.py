@@ -15,8 +15,9 @@ docs/RELIABILITY.md reports. The rules it applies:
   how many are gone (``gaps`` counts unexplained holes).
 - Each sender's lines should reach each receiver in the order they were
   sent: ``reordered`` counts (sender, receiver) pairs where they did not.
-  It is reported, not (yet) required: a line whose send failed and was
-  resent by the timer can be stored after its successors (docs/RELIABILITY.md).
+  It is reported, not required: a line the broker refused with a retryable
+  code (``unavailable``, ``rate_limited``) is resent after its successors
+  went (docs/RELIABILITY.md, "Findings").
 - A receiver that did not get everything within the test's deadline is
   ``stuck`` (its room stopped delivering, or it died).
 """
