@@ -165,6 +165,10 @@ def test_requests_with_wait_return_once_answered_in_order(connect) -> None:  # t
     with pytest.raises(RequestFailed) as refused:
         alice.rename("bob", wait=True)
     assert refused.value.code == "nick_taken"
+    assert alice.topic("release friday", wait=True) == "release friday"  # our broadcast
+    assert alice.topic(wait=True) == "release friday"  # the reply
+    alice.away("lunch", wait=True)
+    alice.away(wait=True)
     assert alice.settle(5 * SCALE)
     assert alice.pending == 0
 
