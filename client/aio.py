@@ -140,8 +140,6 @@ class AsyncClient:
 
         May be called again after a :class:`JoinRefused`, with another nickname.
         """
-        if self._dealer is None:
-            self._open_sockets()
         if nick is not None:
             self.session.nick = nick
         loop = asyncio.get_running_loop()
@@ -150,8 +148,18 @@ class AsyncClient:
             self.session.hello(time.time(), nick)
         except ProtocolError as exc:
             raise JoinRefused(exc.code, exc.message) from None
+        fresh = self._dealer is None
+        if fresh:
+            self._open_sockets(connect=False)
         watcher = self._watch_handshake(self._join_waiter)
         self._stop_watching = watcher
+        if fresh:
+            # Only now: libzmq reports a refused key or a CURVE/plain mismatch
+            # once and does not retry, so a handshake that fails before the
+            # watcher listens (a loaded machine) would leave us waiting for
+            # the connect timeout instead of saying auth_failed.
+            assert self._dealer is not None
+            self._dealer.connect(self.server)
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
@@ -426,7 +434,7 @@ class AsyncClient:
         self._flush()
         return result
 
-    def _open_sockets(self) -> None:
+    def _open_sockets(self, *, connect: bool = True) -> None:
         dealer = self._ctx.socket(zmq.DEALER)
         sub = self._ctx.socket(zmq.SUB)
         for sock in (dealer, sub):
@@ -438,7 +446,8 @@ class AsyncClient:
             # session repairs from history.
             sub.rcvhwm = self._sub_hwm
         dealer.ipv6 = _ipv6(self.server)
-        dealer.connect(self.server)
+        if connect:
+            dealer.connect(self.server)
         self._dealer, self._sub = dealer, sub
 
     def _close_sockets(self) -> None:
