@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broker import BrokerConfig, MemoryHistory
+from broker import BrokerConfig, BrokerServer, MemoryHistory
 from client import Client
 from client import events as ev
 from client.outbox import LineState
 from client.session import ClientSession
+from client.testing import serve_in_thread
 from protocol import (
     ChatMessage,
     History,
@@ -27,7 +29,15 @@ from protocol import (
     Joined,
     Pong,
 )
-from tests.conftest import SCALE, script, spawn_broker, start_broker, wait_for, welcome
+from tests.conftest import (
+    ANY_PORT,
+    SCALE,
+    InProcessBroker,
+    script,
+    spawn_broker,
+    wait_for,
+    welcome,
+)
 
 # --- the session core's sequence tracking, as a property -----------------------
 
@@ -136,12 +146,28 @@ def _texts(client: Client, last: str, timeout: float = 20.0) -> list[str]:
 
 @pytest.mark.timeout(120)
 def test_a_paused_reader_past_the_high_water_mark_gets_every_line_once_in_order() -> None:
-    broker = start_broker(
-        BrokerConfig(client_timeout=30.0, heartbeat=0.5, max_rate=0), MemoryHistory(20_000)
+    # Small, fixed queues at both ends, so a modest flood overflows them on
+    # any kernel and any day. Socket options count only when set before the
+    # bind or connect (the old sndhwm set after the bind did nothing, and the
+    # test needed more than 10 000 queued frames to drop a line, which a
+    # loaded broker packing two lines a frame did not always reach); a set
+    # SO_SNDBUF/SO_RCVBUF is never autotuned (net.ipv4.tcp_rmem lets a
+    # receive window grow to 32 MiB here).
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    context.sndbuf = 64 * 1024  # a default for every socket the broker makes
+    server = BrokerServer(
+        ANY_PORT,
+        ANY_PORT,
+        BrokerConfig(client_timeout=30.0, heartbeat=0.5, max_rate=0),
+        MemoryHistory(20_000),
+        context=context,
+        pub_hwm=10,
     )
-    broker.server._xpub.sndhwm = 10  # type: ignore[attr-defined]  # before anyone connects
+    running = serve_in_thread(server)
+    broker = InProcessBroker(running.server, running.thread)
     sender = Client(broker.router, "sender")
     reader = Client(broker.router, "reader", sub_hwm=10)
+    reader._async._ctx.rcvbuf = 64 * 1024  # a default for the sockets it makes
     try:
         sender.connect()
         reader.connect()
@@ -150,12 +176,11 @@ def test_a_paused_reader_past_the_high_water_mark_gets_every_line_once_in_order(
         paused = threading.Event()
         resume = threading.Event()
         reader._loop.call_soon_threadsafe(lambda: (paused.set(), resume.wait()))
-        assert paused.wait(5)
-        # More than the socket buffers can hold even when the kernel grows the
-        # receive window to its largest (net.ipv4.tcp_rmem: 32 MiB here), so
-        # lines really are dropped.
+        assert paused.wait(5 * SCALE)
+        # About 3.9 MB: over ten times what the queues above hold, so lines
+        # really are dropped.
         padding = "x" * 3900
-        total = 12_000
+        total = 1000
         for number in range(total):
             sender.say(f"{number} {padding}")
         _texts(sender, f"{total - 1} {padding}", timeout=60)  # all published
@@ -169,6 +194,7 @@ def test_a_paused_reader_past_the_high_water_mark_gets_every_line_once_in_order(
         sender.close()
         reader.close()
         broker.stop()
+        context.term()
 
 
 @pytest.fixture
