@@ -16,7 +16,7 @@ from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import InOrder, execute
 from client.jsonout import DEFAULT_LIMIT, EventWriter
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
-from protocol.keys import KeyFileError, load_secret, parse_public_key
+from protocol.keys import KeyFileError, is_z85_key, load_secret, parse_public_key
 
 __all__ = ["build_parser", "curve_options", "main"]
 
@@ -158,10 +158,31 @@ def curve_options(args: argparse.Namespace) -> dict[str, Any]:
     return options
 
 
+def _key_values_attached(argv: list[str]) -> list[str]:
+    """``--server-key KEY`` as ``--server-key=KEY`` when KEY is a Z85 key.
+
+    argparse takes a value that starts with "-" for an option and refuses the
+    flag; one Z85 key in 85 starts so (its alphabet has "-"), and a pasted key
+    must work every time. A 40-character Z85 key is never one of our options.
+    """
+    out: list[str] = []
+    position = 0
+    while position < len(argv):
+        word = argv[position]
+        following = argv[position + 1] if position + 1 < len(argv) else ""
+        if word == "--server-key" and following.startswith("-") and is_z85_key(following):
+            out.append(f"{word}={following}")
+            position += 2
+            continue
+        out.append(word)
+        position += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-client`` and ``python -m client``."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_key_values_attached(sys.argv[1:] if argv is None else argv))
     for option, endpoint in (("--server", args.server), ("--pub", args.pub)):
         if endpoint is not None:
             try:

@@ -30,6 +30,7 @@ from broker.auth import decide, load_allowed_keys, load_nick_keys, parse_public_
 from broker.keygen import write_keypair
 from client import AsyncClient, Client
 from client import events as ev
+from client.cli import main as client_main
 from client.session import ClientSession, State
 from protocol import (
     SYNC_PREFIX,
@@ -331,6 +332,18 @@ def test_a_refusal_during_a_stall_before_the_watcher_is_not_lost(
         assert "authentication failed" in refused.value.message
 
     asyncio.run(scenario())
+
+
+def test_a_server_key_starting_with_a_dash_is_taken(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One Z85 key in 85 starts with "-", which argparse took for an option:
+    # the client exited 2 with only a usage line (seen as a flaky refusal test).
+    key = "-a" + "0" * 38  # not a number, which argparse would take
+    missing = tmp_path / "missing.key_secret"
+    argv = ["--json", "--nick", "x", "--server-key", key, "--curve-secret", str(missing)]
+    assert client_main(argv) == 2  # past the parser, at the next check
+    assert "--curve-secret: cannot read key file" in capsys.readouterr().err
 
 
 def test_bad_key_options_are_refused_before_connecting(tmp_path: Path) -> None:
