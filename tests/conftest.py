@@ -169,12 +169,15 @@ class BrokerProcess:
         raise AssertionError(f"broker never logged {pattern!r}; log:\n" + "".join(self.log))
 
 
-def spawn_broker(*args: str, router: str = ANY_PORT, pub: str = ANY_PORT) -> BrokerProcess:
-    """Start ``chat-broker`` with ephemeral ports and read back where it bound."""
+def spawn_broker(
+    *args: str, router: str = ANY_PORT, pub: str = ANY_PORT, prefix: tuple[str, ...] = ()
+) -> BrokerProcess:
+    """Start ``chat-broker`` with ephemeral ports and read back where it bound;
+    ``prefix`` runs it through another command (``ip netns exec NAME``)."""
     if "--history" not in args:
         args = (*args, "--history", ":memory:")  # never the user's own history file
     proc = subprocess.Popen(
-        [script("chat-broker"), "--router", router, "--pub", pub, *args],
+        [*prefix, script("chat-broker"), "--router", router, "--pub", pub, *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

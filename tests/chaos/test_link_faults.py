@@ -10,10 +10,8 @@ skipped, saying why.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 
 from tests.chaos.checker import Figures
 from tests.chaos.harness import ChaosBroker, Run, rounds
+from tests.netns import delete, ip
 
 pytestmark = pytest.mark.chaos
 
@@ -53,23 +52,6 @@ class Link:
     def mend(self) -> None:
         """Bring it back up (its address stays)."""
         ip("-n", self.clients, "link", "set", "vc", "up")
-
-
-def ip(*args: str) -> None:
-    """Run ``ip``; fail with its message."""
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=10)
-    if result.returncode:
-        raise OSError(f"ip {' '.join(args)}: {result.stderr.strip()}")
-
-
-def _delete(namespace: str) -> None:
-    pids = subprocess.run(
-        ["ip", "netns", "pids", namespace], capture_output=True, text=True, timeout=10
-    ).stdout.split()
-    for pid in pids:  # only processes this test started live in it
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
 
 
 @pytest.fixture
@@ -112,7 +94,7 @@ def link() -> Iterator[Link]:
         yield made
     finally:
         for namespace in created:
-            _delete(namespace)
+            delete(namespace)
 
 
 @pytest.mark.timeout(60 + 120 * ROUNDS)
