@@ -10,9 +10,6 @@ skipped, saying why.
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +19,7 @@ import pytest
 
 from tests.chaos.checker import Figures
 from tests.chaos.harness import ChaosBroker, Run, rounds
-from tests.netns import delete, ip
+from tests.netns import Hosts, require_root
 
 pytestmark = pytest.mark.chaos
 
@@ -36,65 +33,34 @@ SHAPE = ("tbf", "rate", "4mbit", "burst", "32kb", "latency", "20ms")
 
 @dataclass
 class Link:
-    """Two namespaces joined by a veth pair: ``broker`` side and ``clients`` side."""
+    """Two hosts joined by a veth pair: ``broker`` (vb) and ``clients`` (vc)."""
 
-    broker: str
-    clients: str
+    hosts: Hosts
 
-    def exec(self, namespace: str) -> tuple[str, ...]:
-        """The prefix that runs a command inside ``namespace``."""
-        return ("ip", "netns", "exec", namespace)
+    def exec(self, host: str) -> tuple[str, ...]:
+        """The prefix that runs a command on ``host``."""
+        return self.hosts.exec(host)
 
     def cut(self) -> None:
         """Take the clients' end down: nothing passes either way."""
-        ip("-n", self.clients, "link", "set", "vc", "down")
+        self.hosts.down("clients", "vc")
 
     def mend(self) -> None:
         """Bring it back up (its address stays)."""
-        ip("-n", self.clients, "link", "set", "vc", "up")
+        self.hosts.up("clients", "vc")
 
 
 @pytest.fixture
 def link() -> Iterator[Link]:
     """A fresh pair of namespaces with a shaped veth pair; deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("making network namespaces needs root (CAP_NET_ADMIN); CI runs as root")
-    tag = secrets.token_hex(3)
-    made = Link(broker=f"chat-b-{tag}", clients=f"chat-c-{tag}")
-    created: list[str] = []
+    require_root()
+    hosts = Hosts()
     try:
-        for namespace in (made.broker, made.clients):
-            try:
-                ip("netns", "add", namespace)
-            except OSError as exc:
-                pytest.skip(f"this kernel cannot make network namespaces: {exc}")
-            created.append(namespace)
-        try:
-            ip("link", "add", "name", "vb", "netns", made.broker, "type", "veth", "peer", "name",
-               "vc", "netns", made.clients)  # fmt: skip
-        except OSError as exc:
-            pytest.skip(f"this kernel has no veth pairs: {exc}")
-        for namespace, device, address in (
-            (made.broker, "vb", BROKER_ADDRESS),
-            (made.clients, "vc", CLIENT_ADDRESS),
-        ):
-            ip("-n", namespace, "addr", "add", f"{address}/24", "dev", device)
-            ip("-n", namespace, "link", "set", "lo", "up")
-            ip("-n", namespace, "link", "set", device, "up")
-            try:
-                subprocess.run(
-                    [*made.exec(namespace), "tc", "qdisc", "add", "dev", device, "root", *SHAPE],
-                    capture_output=True,
-                    text=True,
-                    timeout=10,
-                    check=True,
-                )
-            except subprocess.CalledProcessError as exc:
-                pytest.skip(f"this kernel has no tbf queueing discipline: {exc.stderr.strip()}")
-        yield made
+        hosts.add("broker", "clients")
+        hosts.wire(("broker", "vb", BROKER_ADDRESS), ("clients", "vc", CLIENT_ADDRESS), SHAPE)
+        yield Link(hosts)
     finally:
-        for namespace in created:
-            delete(namespace)
+        hosts.close()
 
 
 @pytest.mark.timeout(60 + 120 * ROUNDS)
@@ -111,13 +77,13 @@ def test_a_slow_lossy_link_cut_during_a_flood(link: Link, tmp_path: Path) -> Non
         "--pub-hwm",
         "100",
         host=BROKER_ADDRESS,
-        prefix=link.exec(link.broker),
+        prefix=link.exec("broker"),
     )
     broker.start()
     total = Figures()
     try:
         for number in range(ROUNDS):
-            run = Run(broker, prefix=link.exec(link.clients))
+            run = Run(broker, prefix=link.exec("clients"))
             try:
                 run.join(2, 2, tag=f"{number}n")
                 run.feed(1000, 200.0)
