@@ -216,7 +216,9 @@ def test_a_broker_cut_off_from_redis_refuses_is_reaped_and_comes_back_fenced(
     assert (error["req"], error["key"]) == ("say", "k1")
     # b's reaper: a's lease lapsed, alice leaves (timeout), once
     bob.until(lambda: bool(_leaves(bob)), timeout=10 * SCALE)
-    assert time.monotonic() - cut < 10 * SCALE
+    reaped = time.monotonic() - cut
+    print(f"\npartitioned broker reaped after {reaped:.1f} s")
+    assert reaped < 10 * SCALE
     assert _leaves(bob) == [("alice", "timeout")]
     # alice is still connected to a: her pings are answered
     alice.raw.send({"type": "ping"})
@@ -285,7 +287,9 @@ def test_a_broker_host_deleted_its_members_leave_once_and_nicks_are_free(
     cluster.hosts.remove("a")  # every process on it killed, its links gone
     gone = time.monotonic()
     bob.until(lambda: {nick for nick, _ in _leaves(bob)} == {"alice", "carol"}, timeout=10 * SCALE)
-    assert time.monotonic() - gone < 10 * SCALE
+    reaped = time.monotonic() - gone
+    print(f"\ndeleted host's members left after {reaped:.1f} s")
+    assert reaped < 10 * SCALE
     bob.collect(1.5 * SCALE)  # another reaper round announces nobody twice
     assert sorted(_leaves(bob)) == [("alice", "timeout"), ("carol", "timeout")]
     again = cluster.member("b")
