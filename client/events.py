@@ -175,11 +175,15 @@ class Connection(_Event, tag="connection", frozen=True):
     sessions and memberships were rebuilt) rather than our own connection.
     ``waiting_for_nick``: the rejoin was refused because our old session still
     holds the nickname; the client keeps trying for up to ``wait`` seconds,
-    until that session must have timed out, and only then gives up."""
+    until that session must have timed out, and only then gives up.
+    With several broker endpoints (brokers of one cluster), ``endpoint``
+    names the broker's ROUTER endpoint: the one lost (``reconnecting``), the
+    one failed over to (``reconnected``); with one it is empty."""
 
     state: str
     restarted: bool = False
     wait: float = 0.0
+    endpoint: str = ""
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,17 +33,23 @@ While reconnecting, ``hello`` is retried with jittered backoff on the same
 connection (a fresh one only for the first try), and every room's broadcasts
 are held until its ``joined``, as on a first join, so a rejoin never delivers
 a line twice or out of order.
+
+With several broker endpoints (:class:`client.failover.Endpoints`, brokers of
+one cluster), every try goes to the next endpoint on a fresh connection and
+resumes the session there with its token; a first ``hello`` unanswered for
+:data:`client.failover.CONNECT_TRY` seconds moves on too.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from urllib.parse import urlsplit
 
 from client import events as ev
+from client.failover import CONNECT_TRY, Endpoints
 from client.joins import Joins
 from client.membership import Membership
 from client.outbox import NOT_SENT_RETRY, LineState, Outbox
@@ -154,7 +160,7 @@ class ClientSession:
         nick: str,
         rooms: list[str] | None = None,
         *,
-        server: str = "tcp://127.0.0.1:5555",
+        server: str | Sequence[str] = "tcp://127.0.0.1:5555",
         pub_override: str | None = None,
         backlog: int = DEFAULT_BACKLOG,
         jitter: Callable[[], float] = random.random,
@@ -164,7 +170,8 @@ class ClientSession:
         self.wanted_rooms: list[str] = list(dict.fromkeys(wanted))
         self.current: str | None = self.wanted_rooms[0] if self.wanted_rooms else None
         self.state = State.IDLE
-        self.server = server
+        #: The brokers' ROUTER endpoints; raises ProtocolError (bad_endpoint).
+        self.endpoints = Endpoints(server)
         self.pub_override = pub_override
         self.backlog = max(0, backlog)
         self.session_token: str | None = None
@@ -196,6 +203,13 @@ class ClientSession:
         # timeout from then on.
         self._reset_at = 0.0
         self._told_nick_wait = False
+        self._hello_at = 0.0
+
+    @property
+    def server(self) -> str:
+        """The ROUTER endpoint in use (the front-end connects its DEALER there
+        at every reset)."""
+        return self.endpoints.current
 
     # --- the front-end's side --------------------------------------------
 
@@ -274,7 +288,7 @@ class ClientSession:
             self.nick = nick
         validate_nick(self.nick)
         self._move(State.JOINING)
-        self.last_heard = self._now = now
+        self.last_heard = self._now = self._hello_at = now
         self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
 
     def tick(self, now: float) -> list[ev.Event]:
@@ -293,8 +307,22 @@ class ClientSession:
             if now >= self._next_ping:
                 self._next_ping = now + self.heartbeat
                 self._send(Ping())
+        elif self.state is State.JOINING and self._first_try_over(now):
+            # That broker is down (or far): the first hello goes to the next.
+            self.endpoints.advance()
+            self._out = Output(reset=True)
+            self._hello_at = now
+            self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
         elif self.state is State.RECONNECTING and (attempt := self.retry.due(now)):
-            if attempt == 1:
+            if len(self.endpoints) > 1:
+                # Another broker of the cluster resumes the session (§5.3): a
+                # fresh connection to the next endpoint for every try (a
+                # session a try left behind holding our nickname expires
+                # within the timeout from the latest one).
+                self.endpoints.advance()
+                self._out = Output(reset=True)
+                self._reset_at = now
+            elif attempt == 1:
                 # A fresh SUB (it keeps its subscriptions) and DEALER (the
                 # broker may know the old routing id no more). Later tries
                 # reuse them: a hello the broker got and answered late must
@@ -310,6 +338,13 @@ class ClientSession:
                 )
             )
         return out
+
+    def _first_try_over(self, now: float) -> bool:
+        return (
+            len(self.endpoints) > 1
+            and self.session_token is None  # no welcome yet
+            and now - self._hello_at >= CONNECT_TRY
+        )
 
     @property
     def _dead_after(self) -> float:
@@ -572,7 +607,9 @@ class ClientSession:
             self.requests.add(request, now, Purpose.RESTORE)
             self._send(request)
         restarted, self._restarted = self._restarted, False
-        out: list[ev.Event] = [ev.Connection(state="reconnected", restarted=restarted)]
+        out: list[ev.Event] = [
+            ev.Connection(state="reconnected", restarted=restarted, endpoint=self._named())
+        ]
         for name in list(self._tracks):
             out += self._poll_repair(name, now)  # what was missed meanwhile
         return out
@@ -904,7 +941,12 @@ class ClientSession:
         self.joins.lost()
         self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
         self.requests.lost()
-        return [ev.Connection(state="reconnecting")]
+        return [ev.Connection(state="reconnecting", endpoint=self._named())]
+
+    def _named(self) -> str:
+        # Only with several endpoints (failover): with one, events stay as
+        # they always were, and so does the JSON mode's output.
+        return self.server if len(self.endpoints) > 1 else ""
 
 
 #: Requests whose answers (or errors) the request tracker matches.

@@ -1,0 +1,169 @@
+"""Failover between brokers of one cluster, in the session core (issue 14):
+time is a parameter, no sockets. The end-to-end counterpart, with real broker
+processes on a real Redis, is tests/cluster/test_failover.py."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from client import events as ev
+from client.failover import CONNECT_TRY, parse_servers
+from client.session import ClientSession, Output, State
+from protocol import Ack, ChatMessage, Hello, Joined, ProtocolError, Say, Shutdown
+from tests.conftest import welcome
+
+A, B, C = "tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555", "tcp://10.0.0.3:5555"
+
+
+def _joined(servers: list[str]) -> ClientSession:
+    session = ClientSession("me", ["lobby", "dev"], server=servers, backlog=0, jitter=lambda: 0.5)
+    session.hello(0.0)
+    session.on_reply(welcome(session="tok"), 0.0)
+    for room in ("lobby", "dev"):
+        session.on_reply(Joined(room=room, seq=0, members=["me"]), 0.0)
+    session.take_output()
+    return session
+
+
+def _tries(session: ClientSession, start: float, end: float) -> list[tuple[float, str, Output]]:
+    """Every hello sent between ``start`` and ``end`` (10 ms ticks): when, to
+    which endpoint, and the output it came in."""
+    tries = []
+    now = start
+    while now < end:
+        session.tick(now)
+        out = session.take_output()
+        if any(isinstance(r, Hello) for r in out.requests):
+            tries.append((now, session.server, out))
+        now = round(now + 0.01, 2)
+    return tries
+
+
+def test_a_lost_broker_is_left_for_the_next_endpoint_round_robin() -> None:
+    session = _joined([A, B, C])
+    events = session.tick(10.0)  # silence past the liveness limit
+    assert events == [ev.Connection(state="reconnecting", endpoint=A)]
+    tries = _tries(session, 10.0, 20.0)
+    assert [server for _, server, _ in tries][:4] == [B, C, A, B]
+    for _, _, out in tries:
+        assert out.reset  # a fresh DEALER to the new endpoint for every try
+        (hello,) = [r for r in out.requests if isinstance(r, Hello)]
+        assert hello.resume == "tok" and hello.nick == "me"
+        assert sorted(hello.rooms) == ["dev", "lobby"]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(tries)]
+    assert gaps == sorted(gaps) and gaps[-1] > gaps[0]  # the usual backoff
+
+
+def test_after_a_shutdown_the_first_try_goes_to_the_next_broker() -> None:
+    session = _joined([A, B])
+    session.on_reply(Shutdown(reason="the broker is shutting down"), 5.0)
+    (first, *_) = _tries(session, 5.0, 6.0)
+    assert first[1] == B and 5.05 <= first[0] <= 5.3
+
+
+def test_failover_resumes_keeps_nick_and_rooms_and_resends_unacked_lines_with_their_keys() -> None:
+    session = _joined([A, B])
+    key = session.say("typed just before A died")
+    (sent,) = [r for r in session.take_output().requests if isinstance(r, Say)]
+    session.tick(10.0)
+    assert session.state is State.RECONNECTING
+    (when, server, _) = _tries(session, 10.0, 11.0)[0]
+    assert server == B
+    session.on_reply(welcome(broker="brokerB", session="tok"), when + 0.01)
+    out = session.take_output()
+    assert out.connect_pub == "tcp://127.0.0.1:1"
+    events: list[ev.Event] = []
+    for room in ("lobby", "dev"):
+        events += session.on_reply(Joined(room=room, seq=0, members=["me"]), when + 0.02)
+    assert ev.Connection(state="reconnected", restarted=True, endpoint=B) in events
+    assert session.nick == "me" and session.rooms == ["lobby", "dev"]
+    resent = [r for r in session.take_output().requests if isinstance(r, Say)]
+    assert resent == [sent] and resent[0].key == key  # same key: B drops a duplicate
+    session.on_reply(Ack(key=key, room="lobby", seq=1, id="i1"), when + 0.03)
+    assert session.unacked == 0
+
+
+def test_a_wildcard_pub_is_reached_on_the_host_of_the_broker_failed_over_to() -> None:
+    session = _joined(["tcp://127.0.0.1:5555", "tcp://127.0.0.2:6666"])
+    session.tick(10.0)
+    _tries(session, 10.0, 10.2)
+    assert session.server == "tcp://127.0.0.2:6666"
+    reply = welcome(broker="b2", session="tok")
+    session.on_reply(
+        type(reply)(
+            v=reply.v,
+            nick=reply.nick,
+            session=reply.session,
+            pub="tcp://*:6667",
+            broker=reply.broker,
+            heartbeat=reply.heartbeat,
+            timeout=reply.timeout,
+            limits=reply.limits,
+        ),
+        10.3,
+    )
+    assert session.take_output().connect_pub == "tcp://127.0.0.2:6667"
+
+
+def test_a_gap_left_by_the_failover_is_repaired_from_the_new_broker() -> None:
+    session = _joined([A, B])
+    session.on_broadcast(ChatMessage(room="lobby", nick="x", text="1", ts=1, id="1", seq=1), 1.0)
+    session.tick(10.0)
+    (when, _, _) = _tries(session, 10.0, 11.0)[0]
+    session.on_reply(welcome(broker="brokerB", session="tok"), when)
+    session.on_reply(Joined(room="dev", seq=0, members=["me"]), when)
+    # Lines 2..4 were published while we moved: B's joined says 4.
+    session.on_reply(Joined(room="lobby", seq=4, members=["me"]), when)
+    history = [r for r in session.take_output().requests if type(r).__name__ == "History"]
+    assert [(r.room, r.after) for r in history] == [("lobby", 1)]  # type: ignore[attr-defined]
+
+
+def test_one_endpoint_keeps_the_old_schedule() -> None:
+    session = _joined([A])
+    session.tick(10.0)
+    tries = _tries(session, 10.0, 18.0)
+    assert {server for _, server, _ in tries} == {A}
+    assert [out.reset for _, _, out in tries][:3] == [True, False, False]
+
+
+def test_a_first_hello_unanswered_moves_on_to_the_next_endpoint() -> None:
+    session = ClientSession("me", ["lobby"], server=f"{A},{B}", backlog=0)
+    session.hello(0.0)
+    session.take_output()
+    tries = _tries(session, 0.0, 2 * CONNECT_TRY + 0.05)
+    assert [(when, server) for when, server, _ in tries] == [(CONNECT_TRY, B), (2 * CONNECT_TRY, A)]
+    assert all(out.reset for _, _, out in tries)
+    session.on_reply(welcome(), 4.1)
+    assert _tries(session, 4.1, 10.0) == []  # welcomed: stays
+
+
+def test_a_first_hello_to_a_single_endpoint_is_not_retried() -> None:
+    session = ClientSession("me", ["lobby"], server=A, backlog=0)
+    session.hello(0.0)
+    session.take_output()
+    assert _tries(session, 0.0, 10.0) == []
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (A, (A,)),
+        (f"{A},{B}", (A, B)),
+        (f" {A} , {B} ,", (A, B)),
+        ([A, f"{B},{C}"], (A, B, C)),
+        ([A, B, A], (A, B)),
+    ],
+)
+def test_endpoints_are_given_as_a_list_or_comma_separated(
+    given: str | list[str], expected: tuple[str, ...]
+) -> None:
+    assert parse_servers(given) == expected
+
+
+@pytest.mark.parametrize("given", ["", [], f"{A},nonsense", ["tcp://host"]])
+def test_a_bad_endpoint_list_is_a_clear_error(given: str | list[str]) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        parse_servers(given)
+    assert caught.value.code == "bad_endpoint"
