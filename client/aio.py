@@ -13,7 +13,7 @@ import contextlib
 import functools
 import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import ParamSpec, TypeVar, cast
 
@@ -74,7 +74,7 @@ class AsyncClient:
 
     def __init__(
         self,
-        server: str = DEFAULT_SERVER,
+        server: str | Sequence[str] = DEFAULT_SERVER,
         nick: str = "",
         room: str = "lobby",
         *,
@@ -88,9 +88,16 @@ class AsyncClient:
     ) -> None:
         """``server_key`` (the broker's Z85 public key) turns on CURVE encryption;
         ``client_keys`` (public, secret; Z85) is our keypair, a fresh one if
-        not given. ``curve`` sets raw socket options (``{"CURVE_SERVERKEY": ...}``)."""
-        # Checked here: libzmq would only fail at connect, deep in the pump.
-        self.server = check_endpoint(server, bind=False)
+        not given. ``curve`` sets raw socket options (``{"CURVE_SERVERKEY": ...}``).
+
+        ``server`` may name several brokers of one cluster (a list, or one
+        comma-separated string): the client talks to the first, and when its
+        broker is lost resumes the session on the next, round robin (a
+        ``connection`` event names the endpoint).
+
+        Raises ProtocolError (``bad_endpoint``) for an unusable endpoint."""
+        # Checked here (by the session): libzmq would only fail at connect,
+        # deep in the pump.
         if pub is not None:
             check_endpoint(pub, bind=False)
         self.session = ClientSession(
@@ -119,6 +126,16 @@ class AsyncClient:
         self._answers: dict[int, asyncio.Future[ev.Event]] = {}
 
     # --- life cycle --------------------------------------------------------
+
+    @property
+    def server(self) -> str:
+        """The broker's ROUTER endpoint in use now."""
+        return self.session.server
+
+    @property
+    def servers(self) -> tuple[str, ...]:
+        """Every ROUTER endpoint given (brokers of one cluster)."""
+        return self.session.endpoints.all
 
     @property
     def nick(self) -> str:
@@ -171,7 +188,7 @@ class AsyncClient:
         except TimeoutError:
             await self._shut(reason="unreachable")
             raise BrokerUnreachable(
-                f"no answer from a broker at {self.server} within {timeout:g} s"
+                f"no answer from a broker at {', '.join(self.servers)} within {timeout:g} s"
             ) from None
         except JoinRefused as exc:
             if exc.code == "auth_failed":

@@ -40,7 +40,7 @@ import math
 import re
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -208,7 +208,9 @@ def _retrieve(future: asyncio.Future[None]) -> None:
 class Bot:
     """A chat bot; see the module docstring and docs/BOTS.md.
 
-    Arguments: the broker's router ``server`` endpoint, the bot's ``nick`` and
+    Arguments: the broker's router ``server`` endpoint (or several brokers of
+    one cluster, a list or comma-separated: the bot fails over between them,
+    keeping its nick and rooms), the bot's ``nick`` and
     the ``rooms`` it joins (default ``lobby``); ``prefix`` starts commands;
     ``answer_self`` and ``answer_history`` make it see its own lines and
     replayed history (both off by default); ``backlog`` is how many stored
@@ -221,7 +223,7 @@ class Bot:
 
     def __init__(
         self,
-        server: str = DEFAULT_SERVER,
+        server: str | Sequence[str] = DEFAULT_SERVER,
         nick: str = "bot",
         rooms: list[str] | None = None,
         *,
@@ -477,7 +479,7 @@ class Bot:
             ctx = Context(self, event, event.nick, event.room, event.text)
             await self._run_all(self._handlers.topic, ctx, "on_topic")
         elif isinstance(event, ev.Connection):
-            log.info("connection %s", event.state)
+            log.info("connection %s %s", event.state, event.endpoint)
             # Hold the queue while reconnecting: a line's future then says when
             # the line reached a live session, and if the session ends for good
             # the lines still queued here go to the next one.

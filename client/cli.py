@@ -14,6 +14,7 @@ from typing import Any
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
 from client.commands import InOrder, execute
+from client.failover import parse_servers
 from client.jsonout import DEFAULT_LIMIT, EventWriter
 from protocol import BrokerUnreachable, JoinRefused, ProtocolError, check_endpoint, validate_room
 from protocol.keys import KeyFileError, is_z85_key, load_secret, parse_public_key
@@ -61,9 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chat-client", description="Talk through a chat broker.")
     parser.add_argument(
         "--server",
-        default=DEFAULT_SERVER,
+        action="append",
         metavar="ENDPOINT",
-        help=f"the broker's router endpoint (default {DEFAULT_SERVER})",
+        help=f"the broker's router endpoint (default {DEFAULT_SERVER}); repeat it, or "
+        "separate endpoints with commas, to name several brokers of one cluster: the "
+        "client fails over between them, keeping its nickname and rooms",
     )
     parser.add_argument("--nick", metavar="NAME", help="your nickname (asked for if not given)")
     parser.add_argument(
@@ -183,12 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-client`` and ``python -m client``."""
     parser = build_parser()
     args = parser.parse_args(_key_values_attached(sys.argv[1:] if argv is None else argv))
-    for option, endpoint in (("--server", args.server), ("--pub", args.pub)):
-        if endpoint is not None:
-            try:
-                check_endpoint(endpoint, bind=False)
-            except ProtocolError as exc:
-                parser.error(f"{option}: {exc.message}")
+    try:
+        args.server = list(parse_servers(args.server or [DEFAULT_SERVER]))
+    except ProtocolError as exc:
+        parser.error(f"--server: {exc.message}")
+    if args.pub is not None:
+        try:
+            check_endpoint(args.pub, bind=False)
+        except ProtocolError as exc:
+            parser.error(f"--pub: {exc.message}")
+        if len(args.server) > 1:
+            # Each broker of a cluster has its own PUB socket, named in its welcome.
+            parser.error("--pub cannot be used with several --server endpoints")
     try:
         validate_room(args.room)
     except ProtocolError as exc:

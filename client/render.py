@@ -391,6 +391,10 @@ class Renderer:
             return self.notice("lost the broker; reconnecting...", _ERROR)
         if event.state == "reconnected":
             said = "reconnected (the broker restarted)" if event.restarted else "reconnected"
+            if event.endpoint:
+                # Several brokers (failover): say which one took us back.
+                where = f"reconnected to {escape_terminal(event.endpoint)}"
+                said = said.replace("reconnected", where, 1)
             return self.notice(said, _GOOD)
         if event.state == "waiting_for_nick":
             return self.notice(

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 from client import events as ev
 from client.aio import DEFAULT_SERVER, AsyncClient
+from client.failover import parse_servers
 from protocol import ConnectionClosed, check_endpoint
 
 __all__ = ["Client"]
@@ -35,7 +36,7 @@ class Client:
 
     def __init__(
         self,
-        server: str = DEFAULT_SERVER,
+        server: str | Sequence[str] = DEFAULT_SERVER,
         nick: str = "",
         room: str = "lobby",
         *,
@@ -47,10 +48,11 @@ class Client:
         server_key: bytes | None = None,
         client_keys: tuple[bytes, bytes] | None = None,
     ) -> None:
-        """Options as for :class:`AsyncClient` (``server_key`` turns on CURVE).
+        """Options as for :class:`AsyncClient` (``server_key`` turns on CURVE;
+        ``server`` may name several brokers of one cluster, to fail over).
 
         Raises ProtocolError (``bad_endpoint``) for an unusable endpoint."""
-        check_endpoint(server, bind=False)  # before a thread exists to clean up
+        parse_servers(server)  # before a thread exists to clean up
         if pub is not None:
             check_endpoint(pub, bind=False)
         self._loop = asyncio.new_event_loop()
@@ -194,6 +196,6 @@ class Client:
                 return
 
 
-async def _make(server: str, nick: str, room: str, **options: Any) -> AsyncClient:
+async def _make(server: str | Sequence[str], nick: str, room: str, **options: Any) -> AsyncClient:
     # Built inside the loop's thread: its asyncio objects belong to that loop.
     return AsyncClient(server, nick, room, **options)

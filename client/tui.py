@@ -349,7 +349,7 @@ class _Chat:
     async def join(self) -> int | None:
         """Ask for a name until the broker takes one; an exit status if we gave up."""
         nick: str | None = self.args.nick
-        self.notice(f"connecting to {self.args.server}")
+        self.notice(f"connecting to {', '.join(self.args.server)}")
         while True:
             if not nick:
                 nick = await self.screen.ask(NAME_PROMPT)

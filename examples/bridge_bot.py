@@ -45,7 +45,12 @@ def build_bot(server: str, rooms: list[str], nick: str = "bridge") -> Bot:
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description="Relay lines between two rooms.")
-    parser.add_argument("--server", required=True, metavar="ENDPOINT", help="broker router")
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="ENDPOINT",
+        help="broker router (several brokers of one cluster: comma-separated, to fail over)",
+    )
     parser.add_argument(
         "--rooms", nargs=2, required=True, metavar=("A", "B"), help="the two rooms to bridge"
     )

@@ -56,7 +56,12 @@ def build_bot(
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description="Roll dice: !roll NdM.")
-    parser.add_argument("--server", required=True, metavar="ENDPOINT", help="broker router")
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="ENDPOINT",
+        help="broker router (several brokers of one cluster: comma-separated, to fail over)",
+    )
     parser.add_argument("--nick", default="dice", help="the bot's nickname (default dice)")
     parser.add_argument(
         "--room", action="append", metavar="ROOM", help="a room to join (repeatable; default lobby)"

@@ -29,7 +29,12 @@ def build_bot(server: str, nick: str = "echo", rooms: list[str] | None = None) -
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description="Answer !echo TEXT with TEXT.")
-    parser.add_argument("--server", required=True, metavar="ENDPOINT", help="broker router")
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="ENDPOINT",
+        help="broker router (several brokers of one cluster: comma-separated, to fail over)",
+    )
     parser.add_argument("--nick", default="echo", help="the bot's nickname (default echo)")
     parser.add_argument(
         "--room", action="append", metavar="ROOM", help="a room to join (repeatable; default lobby)"

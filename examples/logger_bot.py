@@ -40,7 +40,12 @@ def build_bot(
 def main(argv: list[str] | None = None) -> int:
     """Parse the options and run until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(description="Log every line of some rooms as JSON.")
-    parser.add_argument("--server", required=True, metavar="ENDPOINT", help="broker router")
+    parser.add_argument(
+        "--server",
+        required=True,
+        metavar="ENDPOINT",
+        help="broker router (several brokers of one cluster: comma-separated, to fail over)",
+    )
     parser.add_argument("--file", required=True, metavar="PATH", help="the file to append to")
     parser.add_argument("--nick", default="logger", help="the bot's nickname (default logger)")
     parser.add_argument(

@@ -566,3 +566,41 @@ def test_the_client_talks_to_a_broker_on_ipv6(clients: Callable[..., JsonClient]
         assert alice.wait(10) == 0
     finally:
         broker.stop()
+
+
+# --- several brokers (issue 14: failover) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--server", "tcp://127.0.0.1:1", "--server", "nonsense"], "--server: bad endpoint"),
+        (["--server", "tcp://127.0.0.1:1,tcp://nowhere"], "--server: bad endpoint"),
+        (
+            ["--server", "tcp://127.0.0.1:1,tcp://127.0.0.1:2", "--pub", "tcp://127.0.0.1:3"],
+            "--pub cannot be used with several --server",
+        ),
+    ],
+)
+def test_a_bad_server_list_is_refused_in_one_line(args: list[str], complaint: str) -> None:
+    done = subprocess.run(
+        [script("chat-client"), "--json", "--nick", "x", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20 * SCALE,
+    )
+    assert done.returncode == 2
+    assert complaint in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_broker_down_at_start_is_passed_over_for_the_next(chat_broker: BrokerProcess) -> None:
+    with socket.socket() as hole:  # a port nobody answers on
+        hole.bind(("127.0.0.1", 0))
+        dead = f"tcp://127.0.0.1:{hole.getsockname()[1]}"
+        # one comma-separated --server: with two of them, the old client took the last
+        client = start_json_client(f"{dead},{chat_broker.router}", "late")
+        try:
+            client.expect("welcome", timeout=10)
+        finally:
+            client.stop()
