@@ -1,0 +1,221 @@
+"""Client failover end to end (issue 14): two ``chat-broker --engine``
+processes on one real Redis; a client given both endpoints talks to A, A is
+killed with SIGKILL in the middle of a flood of its keyed lines, and the
+client ends up on B within seconds with its nickname and rooms, every line
+acknowledged exactly once, in order, at both clients (the shared checker).
+The session core's rotation is tested without sockets in
+tests/test_session_failover.py."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from broker.cluster import line_of
+from broker.engine import EngineSettings, RedisEngine
+from client import AsyncClient, Client
+from client import events as ev
+from tests.cluster.checker import Checker
+from tests.conftest import BrokerProcess, spawn_broker
+from tests.jsonclient import start_json_client
+from tests.redis_server import SCALE, RedisServer
+
+pytestmark = pytest.mark.timeout(60)
+
+#: Lines in the flood; A is killed after half of them.
+FLOOD = 200
+#: How soon the client must be back, on B (the liveness limit is 1.5 s here).
+BACK_WITHIN = 8.0 * SCALE
+
+
+@pytest.fixture
+def brokers(redis_server: RedisServer) -> Iterator[Callable[[], BrokerProcess]]:
+    """Start ``chat-broker --engine`` processes (heartbeat 0.5 s, so a client
+    notices a dead one in 1.5 s); all stopped at the end."""
+    started: list[BrokerProcess] = []
+
+    def start() -> BrokerProcess:
+        # The lease outlives the failover: B's reaper must find nothing of a
+        # client that moved (no leave, no join: for the others it never left).
+        handle = spawn_broker(
+            "--engine",
+            redis_server.url,
+            "--max-rate",
+            "0",
+            "--client-timeout",
+            "6",
+            "--heartbeat",
+            "0.5",
+            "--engine-lease",
+            "10",
+        )
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop(signal.SIGKILL if handle.proc.poll() is None else signal.SIGTERM)
+
+
+def _stored(redis_server: RedisServer, room: str) -> list[tuple[int, str]]:
+    """(seq, text) of every line the cluster stored in ``room``."""
+    engine = RedisEngine.connect(redis_server.url, EngineSettings(timeout=1.0))
+    try:
+        lines = []
+        for entry in engine.fetch(room, 0, None, 100_000, forward=True).lines:
+            line = line_of(room, entry.seq, entry.payload)
+            assert line is not None
+            lines.append((entry.seq, line.text))
+        return lines
+    finally:
+        engine.close()
+
+
+def _verify(
+    redis_server: RedisServer,
+    texts: list[str],
+    keys: list[str],
+    delivered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every line acknowledged (``texts`` with ``keys``) stored exactly once,
+    in the order said, and delivered once, in order, to every client."""
+    stored = _stored(redis_server, "lobby")
+    ours = [(seq, text) for seq, text in stored if text in set(texts)]
+    assert [text for _, text in ours] == texts, "not stored exactly once, in order"
+    checker = Checker()
+    engine = RedisEngine.connect(redis_server.url, EngineSettings(timeout=1.0))
+    try:
+        for key, (seq, _) in zip(keys, ours, strict=True):
+            checker.ack({"key": key, "room": "lobby", "seq": seq})
+        for client, lines in delivered.items():
+            for line in lines:
+                checker.line(client, line)
+            got = [line["text"] for line in lines if line["text"] in set(texts)]
+            assert got == texts, f"{client}: not every line once, in order"
+        checker.verify(engine, ["lobby"])
+    finally:
+        engine.close()
+
+
+def _drain(client: Client, into: list[ev.Event], done: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20 * SCALE
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        with contextlib.suppress(TimeoutError):
+            into.append(client.next_event(0.1))
+
+
+def _lines(events: list[ev.Event]) -> list[dict[str, Any]]:
+    return [
+        {"room": e.room, "seq": e.seq, "id": e.id, "text": e.text}
+        for e in events
+        if isinstance(e, ev.Message) and not e.history
+    ]
+
+
+def _texts(events: list[ev.Event]) -> set[str]:
+    return {e.text for e in events if isinstance(e, ev.Message)}
+
+
+def test_client_fails_over_to_another_broker_mid_flood_losing_and_doubling_nothing(
+    brokers: Callable[[], BrokerProcess], redis_server: RedisServer
+) -> None:
+    a, b = brokers(), brokers()
+    alice_seen: list[ev.Event] = []
+    bob_seen: list[ev.Event] = []
+    with (
+        Client([a.router, b.router], "alice", "lobby", backlog=0) as alice,
+        Client(f"{b.router},{a.router}", "bob", "lobby", backlog=0) as bob,
+    ):
+        texts = [f"alice {n}" for n in range(FLOOD)]
+        keys = []
+        for n, text in enumerate(texts):
+            keys.append(alice.say(text))
+            if n == FLOOD // 2:
+                a.proc.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+        _drain(
+            alice,
+            alice_seen,
+            lambda: any(
+                isinstance(e, ev.Connection) and e.state == "reconnected" for e in alice_seen
+            ),
+            "alice back",
+        )
+        assert time.monotonic() - killed < BACK_WITHIN
+        back = [e for e in alice_seen if isinstance(e, ev.Connection)]
+        assert back[0] == ev.Connection(state="reconnecting", endpoint=a.router)
+        assert back[-1].state == "reconnected" and back[-1].endpoint == b.router
+        assert alice.settle(15 * SCALE), "lines left unacknowledged"
+        assert alice.nick == "alice" and alice.rooms == ["lobby"]
+        _drain(alice, alice_seen, lambda: _texts(alice_seen) >= set(texts), "alice's lines")
+        _drain(bob, bob_seen, lambda: _texts(bob_seen) >= set(texts), "lines at bob")
+        assert sorted(bob.who("lobby", wait=True) or []) == ["alice", "bob"]
+        # for bob, alice never left
+        assert not [e for e in bob_seen if isinstance(e, ev.Leave | ev.Join)]
+    _verify(
+        redis_server,
+        texts,
+        keys,
+        {"alice": _lines(alice_seen), "bob": _lines(bob_seen)},
+    )
+
+
+def test_a_json_client_with_two_servers_fails_over_and_an_async_client_sees_it_all(
+    brokers: Callable[[], BrokerProcess], redis_server: RedisServer
+) -> None:
+    a, b = brokers(), brokers()
+    # carol: chat-client --json with two --server, on A; dave: AsyncClient on B.
+    carol = start_json_client(a.router, "carol", "--server", b.router)
+    try:
+        carol.expect("welcome", timeout=10)
+
+        async def dave_side() -> tuple[list[ev.Event], list[str]]:
+            seen: list[ev.Event] = []
+            async with AsyncClient([b.router, a.router], "dave", "lobby", backlog=0) as dave:
+                texts = [f"carol {n}" for n in range(FLOOD)]
+                loop = asyncio.get_running_loop()
+
+                def flood() -> None:
+                    for n, text in enumerate(texts):
+                        carol.send(text)
+                        if n == FLOOD // 2:
+                            a.proc.send_signal(signal.SIGKILL)
+
+                await loop.run_in_executor(None, flood)
+                deadline = time.monotonic() + 20 * SCALE
+                while {e.text for e in seen if isinstance(e, ev.Message)} < set(texts):
+                    assert time.monotonic() < deadline, "lines at dave: timed out"
+                    with contextlib.suppress(TimeoutError):
+                        seen.append(await dave.next_event(0.5))
+                return seen, texts
+
+        seen, texts = asyncio.run(dave_side())
+        moved = carol.expect(
+            "connection", lambda e: e.get("state") == "reconnected", timeout=BACK_WITHIN
+        )
+        assert moved["endpoint"] == b.router
+        for text in texts:
+            carol.expect("message", lambda e, text=text: e["text"] == text, timeout=10)
+        carol.end_input()
+        assert carol.wait(10) == 0
+        assert not [e for e in carol.log if e.get("type") == "error"], carol.log
+        lines = [e for e in carol.log if e.get("type") == "message" and not e.get("history")]
+        keys = [f"json-{n}" for n in range(len(texts))]  # keys are the client's own
+        _verify(
+            redis_server,
+            texts,
+            keys,
+            {
+                "carol": [{k: e[k] for k in ("room", "seq", "id", "text")} for e in lines],
+                "dave": _lines(seen),
+            },
+        )
+    finally:
+        carol.stop()
