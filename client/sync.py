@@ -79,6 +79,11 @@ class Client:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     @property
+    def server(self) -> str:
+        """The broker's ROUTER endpoint in use now (see AsyncClient.server)."""
+        return self._async.server
+
+    @property
     def nick(self) -> str:
         """Our nickname now."""
         return self._async.nick

@@ -21,6 +21,9 @@ from broker.cluster import line_of
 from broker.engine import EngineSettings, RedisEngine
 from client import AsyncClient, Client
 from client import events as ev
+from client.bot import Bot, Context
+from client.session import State
+from client.testing import serving
 from tests.cluster.checker import Checker
 from tests.conftest import BrokerProcess, spawn_broker
 from tests.jsonclient import start_json_client
@@ -140,6 +143,9 @@ def test_client_fails_over_to_another_broker_mid_flood_losing_and_doubling_nothi
             if n == FLOOD // 2:
                 a.proc.send_signal(signal.SIGKILL)
                 killed = time.monotonic()
+        # the lines said after the kill cannot have been acknowledged: the
+        # client notices A is gone only after the liveness limit, 1.5 s
+        assert alice.pending > 0
         _drain(
             alice,
             alice_seen,
@@ -153,7 +159,7 @@ def test_client_fails_over_to_another_broker_mid_flood_losing_and_doubling_nothi
         assert back[0] == ev.Connection(state="reconnecting", endpoint=a.router)
         assert back[-1].state == "reconnected" and back[-1].endpoint == b.router
         assert alice.settle(15 * SCALE), "lines left unacknowledged"
-        assert alice.nick == "alice" and alice.rooms == ["lobby"]
+        assert alice.nick == "alice" and alice.rooms == ["lobby"] and alice.server == b.router
         _drain(alice, alice_seen, lambda: _texts(alice_seen) >= set(texts), "alice's lines")
         _drain(bob, bob_seen, lambda: _texts(bob_seen) >= set(texts), "lines at bob")
         assert sorted(bob.who("lobby", wait=True) or []) == ["alice", "bob"]
@@ -219,3 +225,37 @@ def test_a_json_client_with_two_servers_fails_over_and_an_async_client_sees_it_a
         )
     finally:
         carol.stop()
+
+
+def test_a_bot_given_two_brokers_answers_again_from_the_other_after_a_kill_9(
+    brokers: Callable[[], BrokerProcess],
+) -> None:
+    a, b = brokers(), brokers()
+    bot = Bot([a.router, b.router], "echo", ["lobby"])
+
+    @bot.command("echo")
+    def echo(ctx: Context) -> str:
+        return ctx.args
+
+    async def scenario() -> None:
+        async with serving(bot), AsyncClient(b.router, "erin", "lobby", backlog=0) as erin:
+            a.proc.send_signal(signal.SIGKILL)
+            deadline = time.monotonic() + BACK_WITHIN
+            while not (
+                bot.client is not None
+                and bot.client.server == b.router
+                and bot.client.session.state is State.JOINED
+            ):
+                assert time.monotonic() < deadline, "the bot did not move to B"
+                await asyncio.sleep(0.05)
+            await erin.say("!echo still here")
+            deadline = time.monotonic() + 10 * SCALE
+            while True:
+                assert time.monotonic() < deadline, "no answer from the bot"
+                with contextlib.suppress(TimeoutError):
+                    event = await erin.next_event(0.5)
+                    if isinstance(event, ev.Message) and event.nick == "echo":
+                        assert event.text == "still here"
+                        break
+
+    asyncio.run(scenario())
