@@ -7,11 +7,13 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from client import events as ev
 from client.failover import CONNECT_TRY, parse_servers
 from client.session import ClientSession, Output, State
-from protocol import Ack, ChatMessage, Hello, Joined, ProtocolError, Say, Shutdown
+from protocol import Ack, ChatMessage, Error, Hello, Joined, ProtocolError, Say, Shutdown
 from tests.conftest import welcome
 
 A, B, C = "tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555", "tcp://10.0.0.3:5555"
@@ -167,3 +169,44 @@ def test_a_bad_endpoint_list_is_a_clear_error(given: str | list[str]) -> None:
     with pytest.raises(ProtocolError) as caught:
         parse_servers(given)
     assert caught.value.code == "bad_endpoint"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=4),
+    losses=st.lists(st.sampled_from(["silence", "shutdown", "not_joined"]), min_size=1, max_size=4),
+    tries=st.integers(min_value=1, max_value=5),
+)
+def test_any_run_of_losses_visits_the_endpoints_in_turn_and_always_resumes(
+    count: int, losses: list[str], tries: int
+) -> None:
+    servers = [f"tcp://10.0.0.{n + 1}:5555" for n in range(count)]
+    session = _joined(servers)
+    visited = [session.server]
+    now = 0.0
+    for loss in losses:
+        now += 100.0
+        if loss == "silence":
+            session.tick(now)
+        elif loss == "shutdown":
+            session.on_reply(Shutdown(reason="bye"), now)
+        else:
+            session.on_reply(Error(code="not_joined", message="who?", req="say"), now)
+        assert session.state is State.RECONNECTING
+        made = 0
+        while made < tries:
+            now = round(now + 0.05, 2)
+            session.tick(now)
+            out = session.take_output()
+            for hello in (r for r in out.requests if isinstance(r, Hello)):
+                assert hello.resume == "tok" and hello.nick == "me"
+                made += 1
+                visited.append(session.server)
+                assert out.reset or count == 1
+        session.on_reply(welcome(session="tok"), now)
+        for room in ("lobby", "dev"):
+            session.on_reply(Joined(room=room, seq=0, members=["me"]), now)
+        assert session.state is State.JOINED and session.rooms == ["lobby", "dev"]
+        session.take_output()
+    expected = [servers[n % count] for n in range(len(visited))]
+    assert visited == expected
