@@ -1,6 +1,6 @@
 # Two commands do all the set-up: `make run` (start a broker) and `make test`.
 # Both create the virtual environment .venv on first use, with python3 only,
-# and install the exact versions of requirements/dev.lock (PIP_CONSTRAINT
+# and install the exact versions of requirements-dev.lock (PIP_CONSTRAINT
 # reaches the isolated build of the package too, so setuptools is pinned).
 PYTHON ?= python3
 VENV := .venv
@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
-LOCK := requirements/dev.lock
+LOCK := requirements-dev.lock
 
 .PHONY: run client test test-min chaos lint bench clean redis-server
 
@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml $(LOCK)
 	touch $(STAMP)
 
 # The suite on the lowest runtime versions pyproject.toml admits
-# (requirements/min.txt); the development tools stay those of the lock.
-$(MIN_STAMP): pyproject.toml $(LOCK) requirements/min.txt
+# (requirements-min.txt); the development tools stay those of the lock.
+$(MIN_STAMP): pyproject.toml $(LOCK) requirements-min.txt
 	$(PYTHON) -m venv $(MIN_VENV)
 	grep -v -E '^(pyzmq|msgspec|prompt_toolkit|redis|hiredis)==' $(LOCK) > $(MIN_VENV)/constraints.txt
-	cat requirements/min.txt >> $(MIN_VENV)/constraints.txt
+	cat requirements-min.txt >> $(MIN_VENV)/constraints.txt
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check 'pip==26.3'
 	PIP_CONSTRAINT=$(MIN_VENV)/constraints.txt $(MIN_VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $(MIN_STAMP)
