@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 import zmq
@@ -63,11 +63,25 @@ class Member:
                 self.checker.joined(self.name, message)
         self.raw.replies = [m for m in self.raw.replies if m.get("type") not in {"ack", "joined"}]
 
-    def until(self, done: Callable[[], bool], timeout: float = WAIT) -> None:
+    def until(
+        self, done: Callable[[], bool], timeout: float = WAIT, idle: Sequence[Member] = ()
+    ) -> None:
+        """Collect until ``done()``; the ``idle`` members keep their sessions meanwhile."""
         deadline = time.monotonic() + timeout
         while not done():
             assert time.monotonic() < deadline, f"{self.name}: timed out; {self.lines[-3:]}"
+            for member in idle:
+                member.keep_alive()
             self.collect(0.05)
+
+    def keep_alive(self) -> None:
+        """Ping when the heartbeat is due, as every client does (§5.2), reading
+        nothing: a member that waits, or reads slowly on purpose, while others
+        work is not dropped by its broker's ``--client-timeout`` (6 s here)."""
+        raw = self.raw
+        if raw.heartbeat and time.monotonic() >= raw.next_ping:
+            raw.next_ping = time.monotonic() + raw.heartbeat
+            raw.send({"type": "ping"})
 
     def say(self, room: str, text: str, key: str | None = None) -> None:
         message: Message = {"type": "say", "room": room, "text": text}
@@ -282,18 +296,23 @@ def test_a_broker_killed_9_is_reaped_its_members_leave_once_and_nicks_are_free(
     assert alice.raw.reply_of("who")["members"] == ["alice"]
 
 
-def _resend_until_acked(member: Member, room: str, text: str, key: str) -> list[str]:
+def _resend_until_acked(
+    member: Member, room: str, text: str, key: str, idle: Sequence[Member] = ()
+) -> list[str]:
     """Send a keyed line until it is acknowledged, as a client does after
-    ``unavailable``; returns the error codes it got on the way."""
+    ``unavailable``; returns the error codes it got on the way. The ``idle``
+    members keep their sessions meanwhile (:meth:`Member.keep_alive`)."""
     codes: list[str] = []
     deadline = time.monotonic() + 20 * SCALE
     while key not in member.checker.acks:
         assert time.monotonic() < deadline, f"{key} never acknowledged; errors {set(codes)}"
         member.say(room, text, key=key)
         try:
-            answer = member.raw.reply(
+            answer = _reply(
+                member,
                 lambda m: m.get("key") == key and m.get("type") in {"ack", "error"},
-                timeout=3 * SCALE,
+                3 * SCALE,
+                idle,
             )
         except AssertionError:
             continue  # a stalled engine: send it again
@@ -303,6 +322,24 @@ def _resend_until_acked(member: Member, room: str, text: str, key: str) -> list[
             codes.append(answer["code"])
             member.raw.watch(0.1)
     return codes
+
+
+def _reply(
+    member: Member, predicate: Callable[[Message], bool], timeout: float, idle: Sequence[Member]
+) -> Message:
+    """``member``'s first reply matching ``predicate`` within ``timeout``, the
+    ``idle`` members pinging meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for other in idle:
+            other.keep_alive()
+        try:
+            return member.raw.reply(
+                predicate, timeout=max(0.0, min(0.1, deadline - time.monotonic()))
+            )
+        except AssertionError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 @pytest.mark.parametrize("outage", ["short", "past the lease"])
@@ -470,19 +507,23 @@ def test_pubsub_connections_killed_and_redis_stalled_brokers_catch_up(
     sender, listener = members(a), members(b)
     sender.join("sender", ["lobby"])
     listener.join("listener", ["lobby"])
+    # The listener reads only at the end, but pings meanwhile: the sender's
+    # part takes about 5.5 s on a loaded machine, and a silent listener was
+    # dropped at the brokers' 6 s --client-timeout (then B stops following
+    # the room: its lines stop, which looked like a lost catch-up).
     keys = [f"k{n}" for n in range(60)]
     for n, key in enumerate(keys[:20]):
         sender.say("lobby", key, key=key)
         if n == 10:
             assert redis_server.kill_pubsub() >= 2
     for key in keys[:20]:
-        _resend_until_acked(sender, "lobby", key, key)
+        _resend_until_acked(sender, "lobby", key, key, idle=[listener])
     stall = redis_server.debug_sleep(2.5)
     for key in keys[20:40]:
         sender.say("lobby", key, key=key)
-    stall.join(10)
+    sender.until(lambda: not stall.is_alive(), timeout=10 * SCALE, idle=[listener])
     for key in keys[20:60]:
-        _resend_until_acked(sender, "lobby", key, key)
+        _resend_until_acked(sender, "lobby", key, key, idle=[listener])
     listener.until(lambda: len(listener.lines) >= 60, timeout=15 * SCALE)
     assert [m["text"] for m in listener.lines] == keys
     _verify(redis_server, listener.checker, ["lobby"])
@@ -501,7 +542,9 @@ def test_a_slow_reader_on_one_broker_repairs_what_it_missed_while_another_floods
     keys = [f"k{n}" for n in range(600)]
     for key in keys:
         sender.say("lobby", key + " " + "x" * 3000, key=key)
-    sender.until(lambda: len(sender.checker.acks) == 600, timeout=20 * SCALE)
+    # slow reads nothing during the flood, but pings (a flood longer than
+    # the 6 s --client-timeout would drop a silent member)
+    sender.until(lambda: len(sender.checker.acks) == 600, timeout=20 * SCALE, idle=[slow])
     slow.collect(1.0)  # now it reads: it lost some to the high-water marks
     assert 0 < len(slow.lines) < 600
     _repair(slow, "lobby")
