@@ -25,7 +25,7 @@ from tests.chaos.checker import Event, Figures, check, line_text, missing
 from tests.conftest import SCALE, script
 from tests.jsonclient import JsonClient, start_json_client
 
-__all__ = ["ChaosBroker", "Run", "rounds"]
+__all__ = ["ChaosBroker", "Link", "Run", "link", "rounds"]
 
 
 def rounds(default: int) -> int:
@@ -252,6 +252,32 @@ class Run:
         """Kill whatever still runs and release every pipe."""
         for client in (*self.receivers.values(), *self.senders.values()):
             client.stop()
+
+
+#: What a client says when it has no broker: it lost it, or it is waiting
+#: for its old session to let go of its nickname (``reconnected`` ends both).
+WITHOUT_BROKER = ("reconnecting", "waiting_for_nick")
+
+
+@dataclass(frozen=True)
+class Link:
+    """What one client has said about its link to the broker."""
+
+    losses: int  # how often it said it lost the broker
+    lost: bool  # whether its latest word is that it has none
+
+    def noticed_since(self, before: Link) -> bool:
+        """Whether it has noticed a loss after ``before``: it said so again, or
+        it had already lost the broker then and has not been back since (it
+        cannot say so again: a broker starved on a loaded machine can fall
+        silent for longer than a client's limit just before the kill)."""
+        return self.losses > before.losses or (before.lost and self.lost)
+
+
+def link(log: list[Event]) -> Link:
+    """What a client's event log says about its link."""
+    states = [e["state"] for e in log if e.get("type") == "connection"]
+    return Link(states.count("reconnecting"), bool(states) and states[-1] in WITHOUT_BROKER)
 
 
 def _reported(events: list[Event]) -> bool:

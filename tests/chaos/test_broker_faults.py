@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.checker import Figures
-from tests.chaos.harness import ChaosBroker, Run, eventually, rounds
+from tests.chaos.harness import ChaosBroker, Link, Run, eventually, link, rounds
 
 pytestmark = pytest.mark.chaos
 
@@ -23,23 +23,34 @@ LINES = 2000  # per sender and round
 RATE = 500.0  # lines per second and sender: a flood, over about 4 s
 
 
-def reconnects(run: Run) -> list[int]:
-    """How often each client has said it lost the broker."""
-    return [
-        sum(
-            1 for e in list(c.log) if e.get("type") == "connection" and e["state"] == "reconnecting"
+def links(run: Run) -> list[Link]:
+    """What each client has said about its link, receivers first."""
+    return [link(list(c.log)) for c in (*run.receivers.values(), *run.senders.values())]
+
+
+def noticed(run: Run, before: list[Link]) -> None:
+    """Wait until every client has noticed that it lost the broker after ``before``."""
+    try:
+        eventually(
+            lambda: all(
+                now.noticed_since(was) for now, was in zip(links(run), before, strict=True)
+            ),
+            10,
+            "every client noticed the dead broker",
         )
-        for c in (*run.receivers.values(), *run.senders.values())
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; not: {silent(run, before)}") from None
+
+
+def silent(run: Run, before: list[Link]) -> list[str]:
+    """The clients that have not noticed, each with its exit status and link events."""
+    clients = {**run.receivers, **run.senders}
+    return [
+        f"{nick} (exit {client.proc.poll()}, before {was}): "
+        + str([e.get("state") for e in list(client.log) if e.get("type") == "connection"])
+        for (nick, client), now, was in zip(clients.items(), links(run), before, strict=True)
+        if not now.noticed_since(was)
     ]
-
-
-def noticed(run: Run, before: list[int]) -> None:
-    """Wait until every client has said it lost the broker once more than ``before``."""
-    eventually(
-        lambda: all(a > b for a, b in zip(reconnects(run), before, strict=True)),
-        10,
-        "every client noticed the dead broker",
-    )
 
 
 def at_progress(run: Run, fraction: float) -> None:
@@ -80,7 +91,7 @@ def test_kill_9_and_restart_during_a_flood(tmp_path: Path) -> None:
     def faults(broker: ChaosBroker, run: Run) -> None:
         for fraction in (0.3, 0.6):
             at_progress(run, fraction)
-            before = reconnects(run)
+            before = links(run)
             broker.kill()
             # Back once the clients noticed (a restart within a heartbeat is
             # hidden by ZeroMQ's reconnect): every client then rejoins while

@@ -4,6 +4,7 @@ every kind of failure it reports, or the suite proves nothing."""
 from __future__ import annotations
 
 from tests.chaos.checker import Event, check, line_text
+from tests.chaos.harness import link
 
 
 def message(sender: str, number: int, seq: int, **extra: object) -> Event:
@@ -67,3 +68,25 @@ def test_lines_reported_undelivered_are_excused_unless_shown() -> None:
     figures = check(SENT, {"a": [report]}, {"x": GOOD[:4]})
     assert figures.ok and (figures.acknowledged, figures.undelivered) == (4, 1)
     assert check(SENT, {"a": [report]}, {"x": GOOD}).false_undelivered == 1
+
+
+def connection(state: str) -> Event:
+    return {"type": "connection", "state": state}
+
+
+def test_a_kill_is_noticed_by_a_client_that_had_already_lost_the_broker() -> None:
+    # A starved broker fell silent past the clients' limit just before the
+    # kill: they said "reconnecting" then and cannot say it again after it.
+    before = link([message("a", 0, 1), connection("reconnecting")])
+    assert link([message("a", 0, 1), connection("reconnecting")]).noticed_since(before)
+
+
+def test_a_kill_is_noticed_only_by_what_a_client_says_after_it() -> None:
+    back = [connection("reconnecting"), connection("reconnected")]
+    assert not link(back).noticed_since(link(back))
+    assert link([*back, connection("reconnecting")]).noticed_since(link(back))
+    assert not link([]).noticed_since(link([]))
+    assert link([connection("reconnecting")]).noticed_since(link([]))
+    # Lost then, back in between, still no word on the kill: not yet.
+    lost = [connection("reconnecting")]
+    assert not link([*lost, connection("reconnected")]).noticed_since(link(lost))
