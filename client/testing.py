@@ -1,5 +1,7 @@
-"""Testing bots: without a network (:class:`BotHarness`), or against a broker
-running in the test's own process (:func:`running_broker`, :func:`serving`).
+"""Testing bots: without a network (:class:`BotHarness`), or running for a
+test's ``async with`` block (:func:`serving`) against a real broker, such as
+the one :func:`broker.testing.running_broker` runs in the test's own process
+(the client library never imports the broker).
 
 ::
 
@@ -19,20 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import threading
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
 
 from client import events as ev
 from client.bot import Bot, Sent
 from client.session import State
 
-if TYPE_CHECKING:
-    from broker import BrokerServer
-
-__all__ = ["BotHarness", "RunningBroker", "Sent", "running_broker", "serve_in_thread", "serving"]
+__all__ = ["BotHarness", "Sent", "serving"]
 
 T = TypeVar("T")
 
@@ -123,67 +120,6 @@ class BotHarness:
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-@dataclass
-class RunningBroker:
-    """A broker serving in a thread of this process; see :func:`running_broker`."""
-
-    server: BrokerServer
-    thread: threading.Thread
-
-    @property
-    def router(self) -> str:
-        """Where clients and bots connect (``--server``)."""
-        return self.server.router_endpoint
-
-    @property
-    def pub(self) -> str:
-        """The broker's PUB endpoint."""
-        return self.server.pub_endpoint
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the broker and wait for its thread (its sockets close with it).
-
-        Raises RuntimeError if it does not stop within ``timeout`` seconds.
-        """
-        self.server.stop()
-        self.thread.join(timeout)
-        if self.thread.is_alive():
-            raise RuntimeError(f"the test broker did not stop within {timeout} s")
-
-
-def serve_in_thread(server: BrokerServer) -> RunningBroker:
-    """Run ``server``'s loop in a daemon thread; stop it with :meth:`RunningBroker.stop`."""
-    thread = threading.Thread(target=server.serve_forever, name="test-broker", daemon=True)
-    thread.start()
-    return RunningBroker(server, thread)
-
-
-@contextlib.contextmanager
-def running_broker(
-    *,
-    heartbeat: float = 0.5,
-    client_timeout: float = 3.0,
-    max_rate: float = 5.0,
-    burst: int = 10,
-) -> Iterator[RunningBroker]:
-    """A real broker on ephemeral ports of 127.0.0.1, in a thread, for the
-    ``with`` block; stopped (and its sockets closed) at the end.
-
-    Raises RuntimeError if it does not stop within 5 s.
-    """
-    # Imported here: the client library does not need the broker otherwise.
-    from broker import BrokerConfig, BrokerServer
-
-    config = BrokerConfig(
-        heartbeat=heartbeat, client_timeout=client_timeout, max_rate=max_rate, burst=burst
-    )
-    running = serve_in_thread(BrokerServer("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", config))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 @contextlib.asynccontextmanager

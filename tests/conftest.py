@@ -20,10 +20,10 @@ import pytest
 
 from broker import BrokerConfig, BrokerServer
 from broker.history import HistoryStore
+from broker.testing import RunningBroker, serve_in_thread
 from client import Client
 from client import events as ev
 from client.session import ClientSession
-from client.testing import RunningBroker, serve_in_thread
 from protocol import Joined, Limits, Welcome
 
 

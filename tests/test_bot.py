@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from broker.testing import running_broker
 from client import events as ev
 from client.aio import AsyncClient
 from client.bot import Bot, Context, RateLimiter, Sent, split_text
-from client.testing import BotHarness, running_broker, serving
+from client.testing import BotHarness, serving
 from protocol import MAX_TEXT_BYTES, ProtocolError
 from tests.conftest import SCALE, spawn_broker
 

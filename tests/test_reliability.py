@@ -17,11 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker import BrokerConfig, BrokerServer, MemoryHistory
+from broker.testing import serve_in_thread
 from client import Client
 from client import events as ev
 from client.outbox import LineState
 from client.session import ClientSession
-from client.testing import serve_in_thread
 from protocol import (
     ChatMessage,
     History,
