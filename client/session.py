@@ -8,26 +8,25 @@ carries out :meth:`take_output`: reset the sockets, connect the SUB, change
 subscriptions, send requests, in that order. A request the socket could not
 take goes back through :meth:`not_sent`.
 
-It is a composition of small state machines, each with its own module:
+The session owns its own state (client/lifecycle.py: idle, joining, joined,
+reconnecting, closing, closed) and what moves it: ``hello`` and its
+welcome, the broker's liveness, the tries to reconnect. Everything else is
+a part with a module of its own, each owning one thing:
 
-* :class:`client.outbox.Outbox`: lines until acknowledged or reported, their
-  keys, pacing to the broker's bucket, resends on a timer;
-* :class:`client.sequencer.RoomTrack`: one per room, each line once and in
-  order, gap repair with a deadline and retries (the Clone pattern);
-* :class:`client.requests.RequestTracker`: every request answered or failed;
-* :class:`client.joins.Joins`: rooms being joined, their broadcasts held
-  until their ``joined``;
-* :class:`client.reconnect.Retry`: when to say ``hello`` again;
-* :class:`client.membership.Membership`: who is in our rooms;
-* :class:`client.presence.Presence`: room topics and who is away.
-
-The session's own states and the moves between them (``_TRANSITIONS``)::
-
-    idle --hello--> joining --joined--> joined --bye--> closing --goodbye--> closed
-      ^                |                  |
-      +----refused-----+                  +--silence, not_joined, shutdown--> reconnecting
-                                                                                |
-                       joined <------------every room joined again--------------+
+* :class:`client.inbound.Inbound`: what each reply and broadcast means, and
+  for which part (the routing tables, errors included);
+* :class:`client.rooms.Rooms`: the rooms we are in: one
+  :class:`client.sequencer.RoomTrack` each (each line once and in order, gap
+  repair: the Clone pattern), the :class:`client.joins.Joins` under way
+  (broadcasts held until their ``joined``) and the
+  :class:`client.membership.Membership`;
+* :class:`client.outgoing.Outgoing`: the output, with the
+  :class:`client.outbox.Outbox` (lines until acknowledged, their keys,
+  pacing, resends) and the :class:`client.requests.RequestTracker` (every
+  request answered or failed);
+* :class:`client.presence.Presence`: room topics and who is away;
+* :class:`client.reconnect.Retry`: when to say ``hello`` again, and
+  :class:`client.failover.Endpoints`: to which broker.
 
 While reconnecting, ``hello`` is retried with jittered backoff on the same
 connection (a fresh one only for the first try), and every room's broadcasts
@@ -44,62 +43,43 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from enum import Enum
 from urllib.parse import urlsplit
 
 from client import events as ev
 from client.failover import CONNECT_TRY, Endpoints
-from client.joins import Joins
-from client.membership import Membership
-from client.outbox import NOT_SENT_RETRY, LineState, Outbox
+from client.inbound import Inbound, error_event
+from client.lifecycle import State, check_move
+from client.outbox import LineState, Outbox
+from client.outgoing import Outgoing, Output
 from client.presence import Presence
 from client.reconnect import Retry
-from client.requests import REQUEST_TIMEOUT, Purpose, RequestTracker, Tracked
-from client.sequencer import RoomTrack, as_event
+from client.requests import REQUEST_TIMEOUT, RequestTracker, Tracked
+from client.rooms import Rooms
+from client.sequencer import RoomTrack
 from protocol import (
     PROTOCOL_VERSION,
-    Ack,
     Away,
-    AwayNotice,
-    AwayReply,
     Broadcast,
     Bye,
-    ChatMessage,
     Error,
     ErrorCode,
     Goodbye,
     Hello,
-    History,
-    HistoryReply,
     Join,
-    Joined,
     Limits,
     ListRooms,
-    NickNotice,
     Part,
-    Parted,
     Ping,
-    Pong,
-    PrivateMessage,
     ProtocolError,
     Rename,
-    Renamed,
     Reply,
     Request,
-    RoomList,
     Say,
     SendPrivate,
     Shutdown,
     Topic,
-    TopicNotice,
-    TopicReply,
     Welcome,
     Who,
-    WhoReply,
-    nick_key,
-    room_topic,
-    sync_topic,
     validate_away,
     validate_nick,
     validate_room,
@@ -113,43 +93,6 @@ __all__ = ["ClientSession", "Output", "State"]
 DEFAULT_BACKLOG = 50
 #: Heartbeat interval used until the welcome says otherwise.
 DEFAULT_HEARTBEAT = 2.0
-#: Resend delay of a line the broker could not store (``unavailable``).
-UNAVAILABLE_RETRY = 1.0
-#: Resend delay of a request refused as ``syncing`` (our join is completing).
-SYNCING_RETRY = 0.5
-
-
-class State(Enum):
-    """Where a session is in its life."""
-
-    IDLE = "idle"
-    JOINING = "joining"
-    JOINED = "joined"
-    RECONNECTING = "reconnecting"
-    CLOSING = "closing"
-    CLOSED = "closed"
-
-
-_TRANSITIONS: dict[State, frozenset[State]] = {
-    State.IDLE: frozenset({State.JOINING, State.CLOSED}),
-    State.JOINING: frozenset(
-        {State.JOINED, State.IDLE, State.RECONNECTING, State.CLOSING, State.CLOSED}
-    ),
-    State.JOINED: frozenset({State.RECONNECTING, State.CLOSING, State.CLOSED}),
-    State.RECONNECTING: frozenset({State.JOINED, State.CLOSING, State.CLOSED}),
-    State.CLOSING: frozenset({State.CLOSED}),
-    State.CLOSED: frozenset(),
-}
-
-
-@dataclass
-class Output:
-    """What the front-end must do next, in this order."""
-
-    reset: bool = False
-    connect_pub: str | None = None
-    subscribe: list[tuple[bool, bytes]] = field(default_factory=list)
-    requests: list[Request] = field(default_factory=list)
 
 
 class ClientSession:
@@ -173,9 +116,10 @@ class ClientSession:
         #: The brokers' ROUTER endpoints; raises ProtocolError (bad_endpoint).
         self.endpoints = Endpoints(server)
         self.pub_override = pub_override
-        self.backlog = max(0, backlog)
         self.session_token: str | None = None
         self.broker_id: str | None = None
+        #: Whether the latest welcome came from another broker than the one before.
+        self.restarted = False
         #: The broker's limits from the latest welcome (a restarted broker may
         #: have other ones); None before the first welcome.
         self.limits: Limits | None = None
@@ -185,18 +129,16 @@ class ClientSession:
         self.close_reason: str | None = None
         self.outbox = Outbox()
         self.requests = RequestTracker()
-        self.membership = Membership()
+        #: The output, kept in step with the outbox and the request tracker.
+        self.sending = Outgoing(self.outbox, self.requests)
+        self.our_rooms = Rooms(self.sending, backlog=backlog, repair_timeout=self._dead_after)
         #: Topics of our rooms and who is away (docs/PROTOCOL.md "Room topics", "Away").
-        self.presence = Presence()
+        self.presence = Presence(self.sending)
+        self.inbound = Inbound(self, self.our_rooms, self.presence, self.sending)
         #: Id of the request the latest operation made (see :meth:`take_completions`).
         self.last_request: int | None = None
         self.retry = Retry(jitter)
-        self.joins = Joins()
-        self._out = Output()
-        self._tracks: dict[str, RoomTrack] = {}
         self._next_ping = 0.0
-        self._welcomed = False
-        self._restarted = False
         self._now = 0.0
         # When the sockets were last made anew while reconnecting: a session
         # holding our nickname on the old ones expires within the broker's
@@ -215,8 +157,7 @@ class ClientSession:
 
     def take_output(self) -> Output:
         """What to do now; the session forgets it once taken."""
-        out, self._out = self._out, Output()
-        return out
+        return self.sending.take()
 
     def advance(self, now: float) -> None:
         """The time is ``now``: the front-end says so before a user operation,
@@ -233,20 +174,17 @@ class ClientSession:
         """The socket could not take ``requests`` (a full send queue; the
         first refused and the ones after it, in order): lines go again first,
         in the same order, with their keys; other requests a moment later."""
-        self.outbox.not_sent(requests)
-        for request in requests:
-            if isinstance(request, Join | Part | Rename | Who | ListRooms | History | Topic | Away):
-                self.requests.not_sent(request, now + NOT_SENT_RETRY)
+        self.sending.not_sent(requests, now)
 
     @property
     def rooms(self) -> list[str]:
         """Rooms we are in, in joining order."""
-        return list(self._tracks)
+        return self.our_rooms.names()
 
     @property
     def members(self) -> dict[str, list[str]]:
         """Room -> its members as we know them."""
-        return self.membership.members
+        return self.our_rooms.membership.members
 
     @property
     def unacked(self) -> int:
@@ -262,7 +200,7 @@ class ClientSession:
     @property
     def repairs(self) -> int:
         """How many repair requests were made (for tests and diagnostics)."""
-        return sum(track.repairs for track in self._tracks.values())
+        return self.our_rooms.repairs
 
     @property
     def busy(self) -> bool:
@@ -270,11 +208,11 @@ class ClientSession:
         acknowledged (sent, paced or held), a request unanswered or a room
         still being joined. A front-end waits for this to clear before leaving,
         so that lines typed just before the end of input are not lost."""
-        return bool(len(self.outbox) or self.joins or self.requests.busy())
+        return bool(len(self.outbox) or self.our_rooms.joins or self.requests.busy())
 
     def track(self, room: str) -> RoomTrack | None:
         """The sequencer of ``room`` (tests and diagnostics)."""
-        return self._tracks.get(room)
+        return self.our_rooms.tracks.get(room)
 
     def undelivered(self, reason: str) -> list[ev.Event]:
         """Give up on every line not acknowledged yet and every request not
@@ -287,9 +225,9 @@ class ClientSession:
         if nick is not None:
             self.nick = nick
         validate_nick(self.nick)
-        self._move(State.JOINING)
+        self.move(State.JOINING)
         self.last_heard = self._now = self._hello_at = now
-        self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
+        self.sending.send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
 
     def tick(self, now: float) -> list[ev.Event]:
         """Heartbeats, liveness of the broker, repairs, resends, paced lines,
@@ -298,21 +236,20 @@ class ClientSession:
         out: list[ev.Event] = []
         if self.state is State.JOINED:
             if now - self.last_heard > self._dead_after:
-                return self._lose_broker(now)
-            for name in list(self._tracks):
-                out += self._poll_repair(name, now)
+                return self.lose_broker(now)
+            out += self.our_rooms.poll_all(now)
             out += self.requests.expired(now)
-            self._resend_requests(now)
-            self._flush_outbox(now)
+            self.sending.resend(now)
+            self.sending.flush(now)
             if now >= self._next_ping:
                 self._next_ping = now + self.heartbeat
-                self._send(Ping())
+                self.sending.send(Ping())
         elif self.state is State.JOINING and self._first_try_over(now):
             # That broker is down (or far): the first hello goes to the next.
             self.endpoints.advance()
-            self._out = Output(reset=True)
+            self.sending.reset()
             self._hello_at = now
-            self._send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
+            self.sending.send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
         elif self.state is State.RECONNECTING and (attempt := self.retry.due(now)):
             if len(self.endpoints) > 1:
                 # Another broker of the cluster resumes the session (§5.3): a
@@ -320,16 +257,16 @@ class ClientSession:
                 # session a try left behind holding our nickname expires
                 # within the timeout from the latest one).
                 self.endpoints.advance()
-                self._out = Output(reset=True)
+                self.sending.reset()
                 self._reset_at = now
             elif attempt == 1:
                 # A fresh SUB (it keeps its subscriptions) and DEALER (the
                 # broker may know the old routing id no more). Later tries
                 # reuse them: a hello the broker got and answered late must
                 # not leave a session holding our nickname.
-                self._out = Output(reset=True)
+                self.sending.reset()
                 self._reset_at = now
-            self._send(
+            self.sending.send(
                 Hello(
                     v=PROTOCOL_VERSION,
                     nick=self.nick,
@@ -353,31 +290,11 @@ class ClientSession:
     def on_reply(self, reply: Reply, now: float) -> list[ev.Event]:
         """Handle what the broker sent to us privately."""
         self.last_heard = self._now = now
-        handler = _REPLY_HANDLERS.get(type(reply))
-        return handler(self, reply, now) if handler is not None else []  # type: ignore[operator]
+        return self.inbound.reply(reply, now)
 
     def on_broadcast(self, message: Broadcast, now: float) -> list[ev.Event]:
         """Handle what arrived on the SUB socket."""
-        if self.joins.hold(message):
-            return []
-        room = message.room
-        track = self._tracks.get(room)
-        if track is None:
-            return []  # a room we just left; the unsubscribe is on its way
-        if type(message) is ChatMessage:
-            out = track.line(message)
-            return out + self._poll_repair(room, now)
-        if isinstance(message, TopicNotice | AwayNotice):
-            events = self.presence.on_notice(message, self.nick)
-            if isinstance(message, TopicNotice) and nick_key(message.nick) == nick_key(self.nick):
-                # Setting a topic has no reply: our own broadcast answers it.
-                pending = self.requests.answered("topic", room, setting=True)
-                if pending is not None and events:
-                    self.requests.complete(pending, events[0])
-            return events
-        if isinstance(message, NickNotice):
-            self.presence.renamed(message.old, message.new)
-        return self.membership.notice(message, self.nick)
+        return self.inbound.broadcast(message, now)
 
     # --- user operations -------------------------------------------------
 
@@ -387,15 +304,13 @@ class ClientSession:
         Raises ProtocolError for an invalid line or when not in that room.
         """
         validate_text(text)
-        target = validate_room(room) if room is not None else self.current
-        if target is None:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: /join one")
-        if target not in self._tracks and target not in self.joins:
+        target = self._room(room, "you are in no room: /join one")
+        if target not in self.our_rooms and target not in self.our_rooms.joins:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {target}")
         key = self.outbox.new_key()
-        ready = self.state is State.JOINED and target in self._tracks
+        ready = self.state is State.JOINED and target in self.our_rooms
         self.outbox.add(Say(room=target, text=text, action=action, key=key), ready=ready)
-        self._flush_outbox(self._now)
+        self.sending.flush(self._now)
         return key
 
     def private(self, to: str, text: str, *, action: bool = False) -> str:
@@ -408,7 +323,7 @@ class ClientSession:
         key = self.outbox.new_key()
         line = SendPrivate(to=to, text=text, action=action, key=key)
         self.outbox.add(line, ready=self.state is State.JOINED)
-        self._flush_outbox(self._now)
+        self.sending.flush(self._now)
         return key
 
     def join(self, room: str) -> str:
@@ -417,28 +332,23 @@ class ClientSession:
         :attr:`last_request` names the request (None: already in the room)."""
         name = validate_room(room)
         self.last_request = None
-        if name in self._tracks:
+        if name in self.our_rooms:
             self.current = name
             return name
         self._require_joined()
         # Switch at once, so a line typed right after /join goes there; it is
         # held until the broker confirms the join.
         self.current = name
-        sync = self.joins.begin(name)
-        if sync is None:
-            return name
-        self._out.subscribe.append((True, room_topic(name)))
-        self._subscribe_sync(sync)
-        self._paced(Join(room=name, sync=sync))
+        sync = self.our_rooms.begin(name, self.session_token)
+        if sync is not None:
+            self.last_request = self.sending.pace(Join(room=name, sync=sync), self._now)
         return name
 
     def part(self, room: str | None = None) -> str:
         """Leave ``room`` (default: the current one); returns its name."""
-        name = validate_room(room) if room is not None else self.current
-        if name is None or name not in self._tracks:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name or 'any room'}")
+        name = self._our_room(room)
         self._require_joined()
-        self._paced(Part(room=name))
+        self.last_request = self.sending.pace(Part(room=name), self._now)
         return name
 
     def rename(self, nick: str) -> None:
@@ -447,70 +357,65 @@ class ClientSession:
         if nick == self.nick:  # a change of case only is a real rename
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"you are already called {nick}")
         self._require_joined()
-        self._paced(Rename(nick=nick))
+        self.last_request = self.sending.pace(Rename(nick=nick), self._now)
 
     def who(self, room: str | None = None) -> None:
         """Ask who is in ``room`` (default: the current one)."""
-        name = validate_room(room) if room is not None else self.current
-        if name is None:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: name one")
+        name = self._room(room, "you are in no room: name one")
         self._require_joined()
-        self._tracked(Who(room=name))
+        self._ask(Who(room=name))
 
     def list_rooms(self) -> None:
         """Ask for the rooms that have members."""
         self._require_joined()
-        self._tracked(ListRooms())
+        self._ask(ListRooms())
 
     def fetch_history(self, count: int, room: str | None = None) -> None:
         """Ask for ``count`` lines older than the oldest we have seen of ``room``."""
-        name = validate_room(room) if room is not None else self.current
-        if name is None or name not in self._tracks:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name or 'any room'}")
+        name = self._our_room(room)
         self._require_joined()
-        track = self._tracks[name]
-        self._tracked(History(room=name, before=track.oldest, limit=count))
+        self._ask(self.our_rooms.older(name, count))
 
     def topic(self, text: str | None = None, room: str | None = None) -> None:
         """Ask for the topic of ``room`` (default: the current one), or set
         it to ``text`` ("" clears it); a ``topic`` event follows."""
-        name = validate_room(room) if room is not None else self.current
-        if name is None:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, "you are in no room: name one")
+        name = self._room(room, "you are in no room: name one")
         if text is not None:
             text = validate_topic(text)
-            if name not in self._tracks:
+            if name not in self.our_rooms:
                 raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
         self._require_joined()
-        self._tracked(Topic(room=name, text=text))
+        self._ask(Topic(room=name, text=text))
 
     def away(self, text: str = "") -> None:
         """Mark us away with ``text`` as the reason, or back with ""."""
         text = validate_away(text)
         self._require_joined()
-        self._tracked(Away(text=text))
+        self._ask(Away(text=text))
 
     def leave(self) -> None:
         """Say goodbye; the session closes when the broker answers."""
         if self.state in (State.JOINED, State.RECONNECTING, State.JOINING):
-            self._move(State.CLOSING)
-            self._send(Bye())
+            self.move(State.CLOSING)
+            self.sending.send(Bye())
         elif self.state is State.IDLE:
-            self._move(State.CLOSED)
+            self.move(State.CLOSED)
 
     def closed_by_front_end(self, reason: str) -> None:
         """The front-end gave up (e.g. no goodbye in time): mark the session closed."""
         if self.state is not State.CLOSED:
             self.close_reason = reason
-            self.state = State.CLOSED
+            self.move(State.CLOSED)
 
-    # --- replies ---------------------------------------------------------
+    # --- what moves the session's state (client/inbound.py routes here) -----
 
-    def _on_welcome(self, reply: Welcome, now: float) -> list[ev.Event]:
+    def on_welcome(self, reply: Welcome, now: float) -> list[ev.Event]:
+        """The broker took our ``hello``: its limits and timings hold from now on,
+        and our rooms are joined at the sync (docs/PROTOCOL.md §5.1)."""
         if self.state is State.JOINED:
             return []  # a late answer to a retried hello; we are in already
         if self.broker_id is not None and reply.broker != self.broker_id:
-            self._restarted = True
+            self.restarted = True
         self.session_token = reply.session
         self.broker_id = reply.broker
         self.limits = reply.limits
@@ -519,248 +424,45 @@ class ClientSession:
         self.broker_timeout = reply.timeout
         self.outbox.resend_after = max(2 * self.heartbeat, 1.0)
         self.requests.timeout = max(REQUEST_TIMEOUT, reply.timeout + self._dead_after)
+        self.our_rooms.repair_timeout = self._dead_after
         self.nick = reply.nick
         self._next_ping = now + self.heartbeat
-        self._out.connect_pub = self.pub_override or _reachable(reply.pub, self.server)
-        rooms = self._hello_rooms()
+        self.sending.connect_pub(self.pub_override or _reachable(reply.pub, self.server))
         if self.state is State.RECONNECTING:
             # The joins come at the sync; if they never do, start over.
             self.retry.welcomed(now, self.broker_timeout + self._dead_after)
-        # Held until joined, for a room we were in as for a new one: a
-        # broadcast can overtake the joined (issue 12, item 1).
-        self.joins.expect(rooms, again={name for name in rooms if name in self._tracks})
-        for name in rooms:
-            self._out.subscribe.append((True, room_topic(name)))
-        self._subscribe_sync(0)
+        self.our_rooms.expect(self._hello_rooms(), self.session_token)
         return []
 
-    def _on_joined(self, reply: Joined, now: float) -> list[ev.Event]:
-        name = reply.room
-        waiting, again, sync = self.joins.done(name)
-        self.membership.joined(name, list(reply.members), again=again)
-        self.presence.joined(reply)
-        out: list[ev.Event] = []
-        track = self._tracks.get(name)
-        if track is None:
-            start = max(0, reply.seq - self.backlog)
-            track = self._tracks[name] = RoomTrack(
-                room=name,
-                last=start,
-                history_until=reply.seq,
-                known=reply.seq,
-                oldest=start + 1,
-                epoch=reply.epoch,
-            )
-        elif self._renumbered(track, reply.epoch, reply.seq):
-            out += track.renumbered(reply.seq, reply.epoch, reply.seq)
-        else:
-            track.epoch = track.epoch or reply.epoch
-            track.seen_known(reply.seq)  # a lower seq is reordering, never a reset
-        if self.session_token is not None and sync is not None:
-            # Unsubscribing the sync topic keeps the broker's subscription table small.
-            self._out.subscribe.append((False, sync_topic(self.session_token, sync)))
-        pending = self.requests.answered("join", name)
-        if self.state is State.JOINING and not self._welcomed:
-            self._welcomed = True
-            self._move(State.JOINED)
-            out.append(
-                ev.Welcome(
-                    nick=self.nick,
-                    room=name,
-                    rooms=self.rooms,
-                    members=reply.members,
-                    topic=reply.topic,
-                )
-            )
-        elif self.state is State.RECONNECTING:
-            if not again:
-                joined = ev.Joined(room=name, members=list(reply.members), topic=reply.topic)
-                self.requests.complete(pending, joined)
-                out.append(joined)
-        elif self.state is State.JOINED:
-            joined = ev.Joined(room=name, members=list(reply.members), topic=reply.topic)
-            self.requests.complete(pending, joined)
-            out.append(joined)
-        for message in waiting:
-            out += self.on_broadcast(message, now)
-        out += self._maybe_reconnected(now)
-        out += self._poll_repair(name, now)
-        if self.state is State.JOINED:
-            self.outbox.release({name})
-            self._flush_outbox(now)
-        return out
-
-    def _maybe_reconnected(self, now: float) -> list[ev.Event]:
+    def reconnected(self, now: float) -> list[ev.Event]:
         """Back in every room (or refused the ones we could not rejoin)."""
-        if self.state is not State.RECONNECTING or self.joins:
+        if self.state is not State.RECONNECTING or self.our_rooms.joins:
             return []
-        self._move(State.JOINED)
+        self.move(State.JOINED)
         # The broker drops any line it already has, by key (§5.5).
-        self.outbox.release(set(self._tracks))
-        self._resend_requests(now)
-        self._flush_outbox(now)
-        # A restarted broker forgot our away message: set it again, unless
-        # the user's own /away or /back is being resent anyway.
-        away = "" if self.requests.waiting("away") else self.presence.restore()
-        if away:
-            request = Away(text=away)
-            self.requests.add(request, now, Purpose.RESTORE)
-            self._send(request)
-        restarted, self._restarted = self._restarted, False
+        self.outbox.release(set(self.our_rooms.names()))
+        self.sending.resend(now)
+        self.sending.flush(now)
+        self.presence.restore(now)  # a restarted broker forgot our away message
+        restarted, self.restarted = self.restarted, False
         out: list[ev.Event] = [
             ev.Connection(state="reconnected", restarted=restarted, endpoint=self._named())
         ]
-        for name in list(self._tracks):
-            out += self._poll_repair(name, now)  # what was missed meanwhile
-        return out
+        return out + self.our_rooms.poll_all(now)  # what was missed meanwhile
 
-    def _on_parted(self, reply: Parted, now: float) -> list[ev.Event]:
-        self._tracks.pop(reply.room, None)
-        self.membership.left(reply.room)
-        self.presence.parted(reply.room)
-        self._out.subscribe.append((False, room_topic(reply.room)))
-        if self.current == reply.room:
-            self.current = self.rooms[-1] if self._tracks else None
-        event = ev.Parted(room=reply.room)
-        self.requests.complete(self.requests.answered("part", reply.room), event)
-        return [event]
+    def lose_broker(self, now: float, *, shutdown: bool = False) -> list[ev.Event]:
+        """The broker is gone (silent, restarted, ``shutdown``): reconnect,
+        keeping every line and request to send again after the rejoin."""
+        self.move(State.RECONNECTING)
+        self.retry.start(now, shutdown=shutdown)
+        self._told_nick_wait = False
+        self.our_rooms.lost()
+        self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
+        self.requests.lost()
+        return [ev.Connection(state="reconnecting", endpoint=self._named())]
 
-    def _on_renamed(self, reply: Renamed, now: float) -> list[ev.Event]:
-        self.nick = reply.new
-        event = ev.Nick(old=reply.old, new=reply.new)
-        self.requests.complete(self.requests.answered("nick", None), event)
-        return [event]
-
-    def _on_who(self, reply: WhoReply, now: float) -> list[ev.Event]:
-        if reply.room in self._tracks:
-            self.membership.who(reply.room, list(reply.members))
-        self.presence.who(reply.members, reply.away)
-        event = ev.Who(room=reply.room, members=list(reply.members), away=dict(reply.away))
-        self.requests.complete(self.requests.answered("who", reply.room), event)
-        return [event]
-
-    def _on_rooms(self, reply: RoomList, now: float) -> list[ev.Event]:
-        event = ev.Rooms(rooms=[ev.RoomCount(room=r.room, members=r.members) for r in reply.rooms])
-        self.requests.complete(self.requests.answered("rooms", None), event)
-        return [event]
-
-    def _on_topic(self, reply: TopicReply, now: float) -> list[ev.Event]:
-        events = self.presence.on_topic_reply(reply)
-        self.requests.complete(
-            self.requests.answered("topic", reply.room, setting=False), events[0]
-        )
-        return events
-
-    def _on_away(self, reply: AwayReply, now: float) -> list[ev.Event]:
-        own = nick_key(reply.nick) == nick_key(self.nick)
-        events = self.presence.on_away_reply(reply, self.nick)
-        if own:  # else: someone we wrote to is away, no answer of ours
-            pending = self.requests.answered("away", None)
-            answer = events[0] if events else ev.Away(nick=reply.nick, text=reply.text)
-            self.requests.complete(pending, answer)
-        return events
-
-    def _on_private(self, reply: PrivateMessage, now: float) -> list[ev.Event]:
-        return [
-            ev.Private(
-                nick=reply.nick,
-                to=reply.to,
-                text=reply.text,
-                ts=reply.ts,
-                id=reply.id,
-                action=reply.action,
-            )
-        ]
-
-    def _on_ack(self, reply: Ack, now: float) -> list[ev.Event]:
-        self.outbox.ack(reply.key, now)
-        return []
-
-    def _on_pong(self, reply: Pong, now: float) -> list[ev.Event]:
-        if self.broker_id is not None and reply.broker != self.broker_id:
-            return self._lose_broker(now)
-        out: list[ev.Event] = []
-        for name, seq in reply.seqs.items():
-            track = self._tracks.get(name)
-            if track is None or name in self.joins:
-                continue
-            epoch = reply.epochs.get(name, "")
-            if track.epoch and epoch and epoch != track.epoch:
-                out += track.renumbered(seq, epoch, seq)
-                continue
-            track.epoch = track.epoch or epoch
-            track.pong(seq)
-            out += self._poll_repair(name, now)
-        return out
-
-    def _on_history(self, reply: HistoryReply, now: float) -> list[ev.Event]:
-        name = reply.room
-        pending = self.requests.answered("history", name)
-        track = self._tracks.get(name)
-        if track is None or name in self.joins:
-            if pending is not None and pending.purpose is Purpose.USER:
-                self.requests.complete(pending, ev.HistoryEnd(room=name, count=0))
-            return []
-        out: list[ev.Event] = []
-        if track.epoch and reply.epoch and reply.epoch != track.epoch:
-            # The lines answer a numbering we no longer follow (or the reverse).
-            out += track.renumbered(reply.seq, reply.epoch, reply.seq)
-            if pending is not None and pending.purpose is Purpose.USER:
-                end = ev.HistoryEnd(room=name, count=0)
-                self.requests.complete(pending, end)
-                out.append(end)
-            return out
-        if pending is not None and pending.purpose is Purpose.USER:
-            lines: list[ev.Event] = [as_event(m, history=True) for m in reply.messages]
-            if reply.messages:
-                track.oldest = min(track.oldest, reply.messages[0].seq)
-            # A marker, so a reader knows the fetch is over (and an empty one
-            # is not mistaken for a lost answer).
-            end = ev.HistoryEnd(room=name, count=len(reply.messages))
-            self.requests.complete(pending, end)
-            return [*lines, end]
-        asked = pending.request if pending is not None else None
-        out += track.history(reply, asked if isinstance(asked, History) else None)
-        return out + self._poll_repair(name, now)
-
-    def _on_error(self, reply: Error, now: float) -> list[ev.Event]:
-        code = reply.code
-        if code == ErrorCode.NOT_JOINED and self.state in (State.JOINED, State.RECONNECTING):
-            # The broker does not know this connection (it restarted, or our
-            # connection was re-made): keep every line and request and rejoin;
-            # they are sent again after the rejoin.
-            return self._lose_broker(now) if self.state is State.JOINED else []
-        if reply.req == "hello":
-            return self._hello_refused(reply, now)
-        if reply.key and reply.req in ("say", "msg"):
-            return self._line_refused(reply, now)
-        if reply.req not in _TRACKED_KINDS:
-            return [_error_event(reply)]
-        pending = self.requests.answered(reply.req, reply.room)
-        if code == ErrorCode.SYNCING and pending is not None:
-            self.requests.later(pending, now + SYNCING_RETRY)  # the join completes soon
-            return []
-        if (
-            reply.req == "history"
-            and reply.room
-            and (pending is None or pending.purpose is Purpose.REPAIR)
-        ):
-            track = self._tracks.get(reply.room)
-            if track is not None:
-                # Throttled (many rooms at once) or unavailable: the repair's
-                # deadline asks again; anything else: ask again at once.
-                later = code in (ErrorCode.RATE_LIMITED, ErrorCode.UNAVAILABLE)
-                track.refused(now, retry_later=later)
-                if later:
-                    return []
-        event = _error_event(reply)
-        self.requests.complete(pending, event)
-        out: list[ev.Event] = [event]
-        if reply.req == "join" and reply.room:
-            out += self._join_refused(reply)
-        return out
-
-    def _hello_refused(self, reply: Error, now: float) -> list[ev.Event]:
+    def hello_refused(self, reply: Error, now: float) -> list[ev.Event]:
+        """The broker refused our ``hello``: a refusal, or passing while we rejoin."""
         if reply.code == ErrorCode.ALREADY_JOINED and self.state in (
             State.RECONNECTING,
             State.JOINED,
@@ -777,12 +479,12 @@ class ClientSession:
             if waiting is not None:
                 return waiting
         if self.state is State.JOINING:
-            self.joins.lost()
-            self._move(State.IDLE)
+            self.our_rooms.joins.lost()
+            self.move(State.IDLE)
         elif self.state is State.RECONNECTING:
             self.close_reason = reply.code
-            self._move(State.CLOSED)
-        return [_error_event(reply)]
+            self.move(State.CLOSED)
+        return [error_event(reply)]
 
     def _wait_for_nick(self, now: float) -> list[ev.Event] | None:
         """A rejoin refused as ``nick_taken``: our old session (or one an
@@ -798,130 +500,52 @@ class ClientSession:
         self._told_nick_wait = True
         return [ev.Connection(state="waiting_for_nick", wait=round(until - now, 1))]
 
-    def _line_refused(self, reply: Error, now: float) -> list[ev.Event]:
-        key = reply.key
-        assert key is not None
-        code = reply.code
-        if code == ErrorCode.RATE_LIMITED and self.outbox.throttled(key, now):
-            return []
-        if code == ErrorCode.UNAVAILABLE and self.outbox.later(key, now, UNAVAILABLE_RETRY):
-            return []  # not stored, not published: resend later, same key
-        if code == ErrorCode.SYNCING and self.outbox.later(key, now, SYNCING_RETRY):
-            return []  # the session's join completes soon: send it again then
-        failed = self.outbox.fail(key)
-        if failed is None:
-            return [_error_event(reply)]  # not ours (any more)
-        return [_error_event(reply, text=failed.text, key=key)]
-
-    def _join_refused(self, reply: Error) -> list[ev.Event]:
-        room = reply.room
-        assert room is not None
-        if room in self._tracks and not self.joins.rejoining(room):
-            return []  # e.g. a stale join's sync_timeout for a room we are in
-        if self.joins.refused(room):
-            self._tracks.pop(room, None)  # the restarted broker refused it
-        self._out.subscribe.append((False, room_topic(room)))
-        if self.current == room:
-            self.current = self.rooms[-1] if self._tracks else None
-        out: list[ev.Event] = [
-            ev.Error(
-                code=reply.code,
-                message=f"not delivered: you could not join {room}",
-                req="say",
-                room=room,
-                text=line.text,
-                key=line.key,
-            )
-            for line in self.outbox.fail_room(room)
-        ]
-        return out + self._maybe_reconnected(self._now)
-
-    def _on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
+    def on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
+        """The broker is going: stay ready to reconnect, a restarted broker
+        will take us back."""
         if self.state in (State.CLOSING, State.CLOSED):
             return []
-        # Stay ready to reconnect: a restarted broker will take us back.
         out: list[ev.Event] = [ev.Shutdown(reason=reply.reason)]
         if self.state is State.JOINED:
-            out += self._lose_broker(now, shutdown=True)
+            out += self.lose_broker(now, shutdown=True)
         elif self.state is State.RECONNECTING:
             self.retry.start(now, shutdown=True)  # the broker we reached is going
         return out
 
-    def _on_goodbye(self, reply: Goodbye, now: float) -> list[ev.Event]:
+    def on_goodbye(self, reply: Goodbye, now: float) -> list[ev.Event]:
+        """The broker answered our ``bye``: the session is over."""
         if self.state is not State.CLOSED:
             self.close_reason = "exit"
-            self._move(State.CLOSED)
+            self.move(State.CLOSED)
         return []
+
+    def move(self, new: State) -> None:
+        """Go to state ``new``; raises ProtocolError (``not_joined``) for a move
+        client/lifecycle.py does not allow."""
+        self.state = check_move(self.state, new)
+        self.sending.open = self.state is State.JOINED
 
     # --- helpers ---------------------------------------------------------
 
-    def _move(self, new: State) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise ProtocolError(
-                ErrorCode.NOT_JOINED, f"cannot go from {self.state.value} to {new.value}"
-            )
-        self.state = new
+    def _ask(self, request: Tracked) -> None:
+        self.last_request = self.sending.track(request, self._now)
 
-    def _send(self, request: Request) -> None:
-        self._out.requests.append(request)
+    def _room(self, room: str | None, none: str) -> str:
+        """``room`` checked, or the current room; ``none``: the error without one."""
+        name = validate_room(room) if room is not None else self.current
+        if name is None:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, none)
+        return name
 
-    def _tracked(self, request: Tracked) -> None:
-        self.last_request = self.requests.add(request, self._now)
-        self._send(request)
-
-    def _paced(self, request: Join | Part | Rename) -> None:
-        """A request the broker's flood bucket counts: in turn with the lines."""
-        self.last_request = self.requests.add(request, self._now, queued=True)
-        self.outbox.control(request)
-        self._flush_outbox(self._now)
-
-    def _resend_requests(self, now: float) -> None:
-        for request in self.requests.resend(now):
-            if isinstance(request, Part | Rename):
-                self.outbox.control(request)  # the flood bucket counts these
-            else:
-                self._send(request)
-
-    def _flush_outbox(self, now: float) -> None:
-        if self.state is State.JOINED:
-            for request in self.outbox.send_due(now):
-                if isinstance(request, Join | Part | Rename):
-                    self.requests.sent(request, now)
-                self._send(request)
-
-    def _poll_repair(self, name: str, now: float) -> list[ev.Event]:
-        track = self._tracks.get(name)
-        if track is None or name in self.joins or self.state is not State.JOINED:
-            return []
-        out, request = track.poll(now, self._repair_timeout)
-        if request is not None:
-            self.requests.add(request, now, Purpose.REPAIR)
-            self._send(request)
-        return out
-
-    @property
-    def _repair_timeout(self) -> float:
-        return self._dead_after
-
-    def _renumbered(self, track: RoomTrack, epoch: str, seq: int) -> bool:
-        """Whether a rejoin's numbering is not the one we follow (contract §1)."""
-        if epoch and track.epoch:
-            return epoch != track.epoch
-        if not epoch and not track.epoch:
-            # An old broker names no epoch: only a restarted one (a new id)
-            # with fewer lines than we saw can have lost its history. Broadcasts
-            # are held until joined, so this is no reordering.
-            return self._restarted and seq < track.last
-        return False
-
-    def _subscribe_sync(self, number: int) -> None:
-        if self.session_token is not None:
-            self._out.subscribe.append((True, sync_topic(self.session_token, number)))
+    def _our_room(self, room: str | None) -> str:
+        """:meth:`_room`, and one we are in."""
+        name = validate_room(room) if room is not None else self.current
+        if name is None or name not in self.our_rooms:
+            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name or 'any room'}")
+        return name
 
     def _hello_rooms(self) -> list[str]:
-        if not self._tracks:
-            return list(dict.fromkeys(self.wanted_rooms + self.requests.joins_waiting()))
-        return list(dict.fromkeys(list(self._tracks) + self.requests.joins_waiting()))
+        return self.our_rooms.hello_rooms(self.wanted_rooms, self.requests.joins_waiting())
 
     def _require_joined(self) -> None:
         if self.state is State.RECONNECTING:
@@ -932,36 +556,10 @@ class ClientSession:
         if self.state is not State.JOINED:
             raise ProtocolError(ErrorCode.NOT_JOINED, f"not in the chat ({self.state.value})")
 
-    def _lose_broker(self, now: float, *, shutdown: bool = False) -> list[ev.Event]:
-        self._move(State.RECONNECTING)
-        self.retry.start(now, shutdown=shutdown)
-        self._told_nick_wait = False
-        for track in self._tracks.values():
-            track.lost()
-        self.joins.lost()
-        self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
-        self.requests.lost()
-        return [ev.Connection(state="reconnecting", endpoint=self._named())]
-
     def _named(self) -> str:
         # Only with several endpoints (failover): with one, events stay as
         # they always were, and so does the JSON mode's output.
         return self.server if len(self.endpoints) > 1 else ""
-
-
-#: Requests whose answers (or errors) the request tracker matches.
-_TRACKED_KINDS = frozenset({"join", "part", "nick", "who", "rooms", "history", "topic", "away"})
-
-
-def _error_event(reply: Error, *, text: str | None = None, key: str | None = None) -> ev.Error:
-    return ev.Error(
-        code=reply.code,
-        message=reply.message,
-        req=reply.req,
-        room=reply.room,
-        text=text,
-        key=key,
-    )
 
 
 def _reachable(pub: str, server: str) -> str:
@@ -978,22 +576,3 @@ def _reachable(pub: str, server: str) -> str:
     if ":" in host:
         host = f"[{host}]"  # an IPv6 address
     return f"tcp://{host}:{port}"
-
-
-_REPLY_HANDLERS = {
-    Welcome: ClientSession._on_welcome,
-    Joined: ClientSession._on_joined,
-    Parted: ClientSession._on_parted,
-    Renamed: ClientSession._on_renamed,
-    WhoReply: ClientSession._on_who,
-    RoomList: ClientSession._on_rooms,
-    PrivateMessage: ClientSession._on_private,
-    Ack: ClientSession._on_ack,
-    Pong: ClientSession._on_pong,
-    HistoryReply: ClientSession._on_history,
-    Error: ClientSession._on_error,
-    Shutdown: ClientSession._on_shutdown,
-    Goodbye: ClientSession._on_goodbye,
-    TopicReply: ClientSession._on_topic,
-    AwayReply: ClientSession._on_away,
-}

@@ -370,7 +370,7 @@ def test_resending_a_line_with_the_same_key_never_publishes_it_twice(connect) ->
 
 
 async def _resend(client: Client, line: object) -> None:
-    client._async.session._send(line)  # type: ignore[arg-type]
+    client._async.session.sending.send(line)  # type: ignore[arg-type]
     client._async._flush()
 
 
