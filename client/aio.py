@@ -135,7 +135,7 @@ class AsyncClient:
     @property
     def servers(self) -> tuple[str, ...]:
         """Every ROUTER endpoint given (brokers of one cluster)."""
-        return self.session.endpoints.all
+        return self.session.link.endpoints.all
 
     @property
     def nick(self) -> str:

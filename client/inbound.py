@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from client import events as ev
 from client.lifecycle import State
+from client.link import Link
 from client.outgoing import Outgoing
 from client.presence import Presence
 from client.requests import Pending, Purpose
@@ -72,18 +73,6 @@ class Core(Protocol):
     def state(self) -> State:
         """Where the session is in its life."""
 
-    @property
-    def session_token(self) -> str | None:
-        """The session's token, from the welcome (None before it)."""
-
-    @property
-    def broker_id(self) -> str | None:
-        """The broker's identity, from the welcome."""
-
-    @property
-    def restarted(self) -> bool:
-        """Whether the latest welcome came from another broker than before."""
-
     def move(self, new: State) -> None:
         """Go to state ``new``."""
 
@@ -109,8 +98,11 @@ class Core(Protocol):
 class Inbound:
     """Routes what the broker sends to the parts that own it."""
 
-    def __init__(self, core: Core, rooms: Rooms, presence: Presence, sending: Outgoing) -> None:
+    def __init__(
+        self, core: Core, link: Link, rooms: Rooms, presence: Presence, sending: Outgoing
+    ) -> None:
         self.core = core
+        self.link = link
         self.rooms = rooms
         self.presence = presence
         self.sending = sending
@@ -143,7 +135,7 @@ class Inbound:
     def _joined(self, reply: Joined, now: float) -> list[ev.Event]:
         core, name = self.core, reply.room
         out, waiting, again = self.rooms.joined(
-            reply, token=core.session_token, restarted=core.restarted
+            reply, token=self.link.session_token, restarted=self.link.restarted
         )
         self.presence.joined(reply)
         pending = self.requests.answered("join", name)
@@ -216,7 +208,7 @@ class Inbound:
         return []
 
     def _pong(self, reply: Pong, now: float) -> list[ev.Event]:
-        broker = self.core.broker_id
+        broker = self.link.broker_id
         if broker is not None and reply.broker != broker:
             return self.core.lose_broker(now)  # restarted: our session is gone
         return self.rooms.pong(reply, now)

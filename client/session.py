@@ -43,19 +43,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from urllib.parse import urlsplit
 
 from client import events as ev
-from client.failover import CONNECT_TRY, Endpoints
 from client.inbound import Inbound, error_event
 from client.lifecycle import State, check_move
+from client.link import Link
 from client.outbox import LineState, Outbox
 from client.outgoing import Outgoing, Output
 from client.presence import Presence
-from client.reconnect import Retry
 from client.requests import REQUEST_TIMEOUT, RequestTracker, Tracked
 from client.rooms import Rooms
-from client.sequencer import RoomTrack
 from protocol import (
     PROTOCOL_VERSION,
     Away,
@@ -91,8 +88,6 @@ __all__ = ["ClientSession", "Output", "State"]
 
 #: Lines fetched from history when joining a room (the ``--backlog`` default).
 DEFAULT_BACKLOG = 50
-#: Heartbeat interval used until the welcome says otherwise.
-DEFAULT_HEARTBEAT = 2.0
 
 
 class ClientSession:
@@ -113,45 +108,32 @@ class ClientSession:
         self.wanted_rooms: list[str] = list(dict.fromkeys(wanted))
         self.current: str | None = self.wanted_rooms[0] if self.wanted_rooms else None
         self.state = State.IDLE
-        #: The brokers' ROUTER endpoints; raises ProtocolError (bad_endpoint).
-        self.endpoints = Endpoints(server)
-        self.pub_override = pub_override
-        self.session_token: str | None = None
-        self.broker_id: str | None = None
-        #: Whether the latest welcome came from another broker than the one before.
-        self.restarted = False
-        #: The broker's limits from the latest welcome (a restarted broker may
-        #: have other ones); None before the first welcome.
-        self.limits: Limits | None = None
-        self.heartbeat = DEFAULT_HEARTBEAT
-        self.broker_timeout = 10.0
-        self.last_heard = 0.0
         self.close_reason: str | None = None
+        #: The broker: which one, what its welcome said, whether it is alive.
+        self.link = Link(server, pub_override=pub_override, jitter=jitter)
         self.outbox = Outbox()
         self.requests = RequestTracker()
         #: The output, kept in step with the outbox and the request tracker.
         self.sending = Outgoing(self.outbox, self.requests)
-        self.our_rooms = Rooms(self.sending, backlog=backlog, repair_timeout=self._dead_after)
+        self.our_rooms = Rooms(self.sending, backlog=backlog, repair_timeout=self.link.dead_after)
         #: Topics of our rooms and who is away (docs/PROTOCOL.md "Room topics", "Away").
         self.presence = Presence(self.sending)
-        self.inbound = Inbound(self, self.our_rooms, self.presence, self.sending)
+        self.inbound = Inbound(self, self.link, self.our_rooms, self.presence, self.sending)
         #: Id of the request the latest operation made (see :meth:`take_completions`).
         self.last_request: int | None = None
-        self.retry = Retry(jitter)
-        self._next_ping = 0.0
         self._now = 0.0
-        # When the sockets were last made anew while reconnecting: a session
-        # holding our nickname on the old ones expires within the broker's
-        # timeout from then on.
-        self._reset_at = 0.0
-        self._told_nick_wait = False
-        self._hello_at = 0.0
 
     @property
     def server(self) -> str:
         """The ROUTER endpoint in use (the front-end connects its DEALER there
         at every reset)."""
-        return self.endpoints.current
+        return self.link.server
+
+    @property
+    def limits(self) -> Limits | None:
+        """The broker's limits from the latest welcome (a restarted broker may
+        have other ones); None before the first welcome."""
+        return self.link.limits
 
     # --- the front-end's side --------------------------------------------
 
@@ -210,10 +192,6 @@ class ClientSession:
         so that lines typed just before the end of input are not lost."""
         return bool(len(self.outbox) or self.our_rooms.joins or self.requests.busy())
 
-    def track(self, room: str) -> RoomTrack | None:
-        """The sequencer of ``room`` (tests and diagnostics)."""
-        return self.our_rooms.tracks.get(room)
-
     def undelivered(self, reason: str) -> list[ev.Event]:
         """Give up on every line not acknowledged yet and every request not
         answered: one error event each (lines with their text and key), so
@@ -226,7 +204,8 @@ class ClientSession:
             self.nick = nick
         validate_nick(self.nick)
         self.move(State.JOINING)
-        self.last_heard = self._now = self._hello_at = now
+        self._now = now
+        self.link.hello(now)
         self.sending.send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
 
     def tick(self, now: float) -> list[ev.Event]:
@@ -235,61 +214,28 @@ class ClientSession:
         self._now = now
         out: list[ev.Event] = []
         if self.state is State.JOINED:
-            if now - self.last_heard > self._dead_after:
+            if self.link.dead(now):
                 return self.lose_broker(now)
             out += self.our_rooms.poll_all(now)
             out += self.requests.expired(now)
             self.sending.resend(now)
             self.sending.flush(now)
-            if now >= self._next_ping:
-                self._next_ping = now + self.heartbeat
+            if self.link.ping_due(now):
                 self.sending.send(Ping())
-        elif self.state is State.JOINING and self._first_try_over(now):
-            # That broker is down (or far): the first hello goes to the next.
-            self.endpoints.advance()
-            self.sending.reset()
-            self._hello_at = now
+        elif self.state is State.JOINING and self.link.first_try_over(now):
+            self.sending.reset()  # the first hello goes to the next broker
             self.sending.send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=self.wanted_rooms))
-        elif self.state is State.RECONNECTING and (attempt := self.retry.due(now)):
-            if len(self.endpoints) > 1:
-                # Another broker of the cluster resumes the session (§5.3): a
-                # fresh connection to the next endpoint for every try (a
-                # session a try left behind holding our nickname expires
-                # within the timeout from the latest one).
-                self.endpoints.advance()
+        elif self.state is State.RECONNECTING and (fresh := self.link.try_due(now)) is not None:
+            if fresh:
                 self.sending.reset()
-                self._reset_at = now
-            elif attempt == 1:
-                # A fresh SUB (it keeps its subscriptions) and DEALER (the
-                # broker may know the old routing id no more). Later tries
-                # reuse them: a hello the broker got and answered late must
-                # not leave a session holding our nickname.
-                self.sending.reset()
-                self._reset_at = now
-            self.sending.send(
-                Hello(
-                    v=PROTOCOL_VERSION,
-                    nick=self.nick,
-                    rooms=self._hello_rooms(),
-                    resume=self.session_token,
-                )
-            )
+            token = self.link.session_token
+            rooms = self._hello_rooms()
+            self.sending.send(Hello(v=PROTOCOL_VERSION, nick=self.nick, rooms=rooms, resume=token))
         return out
-
-    def _first_try_over(self, now: float) -> bool:
-        return (
-            len(self.endpoints) > 1
-            and self.session_token is None  # no welcome yet
-            and now - self._hello_at >= CONNECT_TRY
-        )
-
-    @property
-    def _dead_after(self) -> float:
-        return max(3 * self.heartbeat, 1.0)
 
     def on_reply(self, reply: Reply, now: float) -> list[ev.Event]:
         """Handle what the broker sent to us privately."""
-        self.last_heard = self._now = now
+        self.link.last_heard = self._now = now
         return self.inbound.reply(reply, now)
 
     def on_broadcast(self, message: Broadcast, now: float) -> list[ev.Event]:
@@ -339,7 +285,7 @@ class ClientSession:
         # Switch at once, so a line typed right after /join goes there; it is
         # held until the broker confirms the join.
         self.current = name
-        sync = self.our_rooms.begin(name, self.session_token)
+        sync = self.our_rooms.begin(name, self.link.session_token)
         if sync is not None:
             self.last_request = self.sending.pace(Join(room=name, sync=sync), self._now)
         return name
@@ -414,24 +360,17 @@ class ClientSession:
         and our rooms are joined at the sync (docs/PROTOCOL.md §5.1)."""
         if self.state is State.JOINED:
             return []  # a late answer to a retried hello; we are in already
-        if self.broker_id is not None and reply.broker != self.broker_id:
-            self.restarted = True
-        self.session_token = reply.session
-        self.broker_id = reply.broker
-        self.limits = reply.limits
+        link = self.link
+        self.sending.connect_pub(link.welcome(reply, now))
         self.outbox.bucket.configure(reply.limits.rate, reply.limits.burst)
-        self.heartbeat = reply.heartbeat
-        self.broker_timeout = reply.timeout
-        self.outbox.resend_after = max(2 * self.heartbeat, 1.0)
-        self.requests.timeout = max(REQUEST_TIMEOUT, reply.timeout + self._dead_after)
-        self.our_rooms.repair_timeout = self._dead_after
+        self.outbox.resend_after = max(2 * link.heartbeat, 1.0)
+        self.requests.timeout = max(REQUEST_TIMEOUT, reply.timeout + link.dead_after)
+        self.our_rooms.repair_timeout = link.dead_after
         self.nick = reply.nick
-        self._next_ping = now + self.heartbeat
-        self.sending.connect_pub(self.pub_override or _reachable(reply.pub, self.server))
         if self.state is State.RECONNECTING:
             # The joins come at the sync; if they never do, start over.
-            self.retry.welcomed(now, self.broker_timeout + self._dead_after)
-        self.our_rooms.expect(self._hello_rooms(), self.session_token)
+            link.retry.welcomed(now, link.broker_timeout + link.dead_after)
+        self.our_rooms.expect(self._hello_rooms(), link.session_token)
         return []
 
     def reconnected(self, now: float) -> list[ev.Event]:
@@ -444,9 +383,9 @@ class ClientSession:
         self.sending.resend(now)
         self.sending.flush(now)
         self.presence.restore(now)  # a restarted broker forgot our away message
-        restarted, self.restarted = self.restarted, False
+        restarted, self.link.restarted = self.link.restarted, False
         out: list[ev.Event] = [
-            ev.Connection(state="reconnected", restarted=restarted, endpoint=self._named())
+            ev.Connection(state="reconnected", restarted=restarted, endpoint=self.link.named())
         ]
         return out + self.our_rooms.poll_all(now)  # what was missed meanwhile
 
@@ -454,12 +393,11 @@ class ClientSession:
         """The broker is gone (silent, restarted, ``shutdown``): reconnect,
         keeping every line and request to send again after the rejoin."""
         self.move(State.RECONNECTING)
-        self.retry.start(now, shutdown=shutdown)
-        self._told_nick_wait = False
+        self.link.lost(now, shutdown=shutdown)
         self.our_rooms.lost()
         self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
         self.requests.lost()
-        return [ev.Connection(state="reconnecting", endpoint=self._named())]
+        return [ev.Connection(state="reconnecting", endpoint=self.link.named())]
 
     def hello_refused(self, reply: Error, now: float) -> list[ev.Event]:
         """The broker refused our ``hello``: a refusal, or passing while we rejoin."""
@@ -472,10 +410,10 @@ class ClientSession:
             # Our SUB missed its sync topic (a slow or cut link): passing, not
             # a refusal. Start the tries over, with fresh sockets; found by
             # the chaos suite (tests/test_session_rejoin_sync.py).
-            self.retry.start(now)
+            self.link.retry.start(now)
             return []
         if reply.code == ErrorCode.NICK_TAKEN and self.state is State.RECONNECTING:
-            waiting = self._wait_for_nick(now)
+            waiting = self.link.wait_for_nick(now)
             if waiting is not None:
                 return waiting
         if self.state is State.JOINING:
@@ -486,20 +424,6 @@ class ClientSession:
             self.move(State.CLOSED)
         return [error_event(reply)]
 
-    def _wait_for_nick(self, now: float) -> list[ev.Event] | None:
-        """A rejoin refused as ``nick_taken``: our old session (or one an
-        earlier try made on sockets we closed) still holds the nickname and
-        times out by itself. Keep trying on the backoff until it must have
-        (the broker's timeout and three heartbeats after the sockets were
-        made anew; docs/PROTOCOL.md §5.3, step 4); None once past that."""
-        until = self._reset_at + self.broker_timeout + self._dead_after
-        if now >= until:
-            return None
-        if self._told_nick_wait:
-            return []
-        self._told_nick_wait = True
-        return [ev.Connection(state="waiting_for_nick", wait=round(until - now, 1))]
-
     def on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
         """The broker is going: stay ready to reconnect, a restarted broker
         will take us back."""
@@ -509,7 +433,7 @@ class ClientSession:
         if self.state is State.JOINED:
             out += self.lose_broker(now, shutdown=True)
         elif self.state is State.RECONNECTING:
-            self.retry.start(now, shutdown=True)  # the broker we reached is going
+            self.link.retry.start(now, shutdown=True)  # the broker we reached is going
         return out
 
     def on_goodbye(self, reply: Goodbye, now: float) -> list[ev.Event]:
@@ -555,24 +479,3 @@ class ClientSession:
             )
         if self.state is not State.JOINED:
             raise ProtocolError(ErrorCode.NOT_JOINED, f"not in the chat ({self.state.value})")
-
-    def _named(self) -> str:
-        # Only with several endpoints (failover): with one, events stay as
-        # they always were, and so does the JSON mode's output.
-        return self.server if len(self.endpoints) > 1 else ""
-
-
-def _reachable(pub: str, server: str) -> str:
-    """The PUB endpoint from a welcome, with a wildcard host (``*``, ``0.0.0.0``)
-    replaced by the host we reached the router on."""
-    parts = urlsplit(pub)
-    try:
-        port = parts.port
-    except ValueError:  # not a port at all: the front-end reports the endpoint
-        return pub
-    if parts.scheme != "tcp" or parts.hostname not in ("*", "0.0.0.0", "::", None):
-        return pub
-    host = urlsplit(server).hostname or "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"  # an IPv6 address
-    return f"tcp://{host}:{port}"

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from broker import BrokerConfig, BrokerServer
 from client import AsyncClient, BrokerUnreachable, Client
 from client import events as ev
+from client.link import reachable
 from client.outbox import RATE_LIMITED_RETRIES
-from client.session import ClientSession, State, _reachable
+from client.session import ClientSession, State
 from protocol import Ack, Error, Joined, JoinNotice, JoinsNotice, ProtocolError, Rename, Say
 from tests.conftest import SCALE, InProcessBroker, script, spawn_broker, wait_for, welcome
 
@@ -295,7 +296,7 @@ def test_an_unusable_pub_endpoint_in_the_welcome_fails_the_join_clearly() -> Non
 def test_a_wildcard_pub_host_becomes_the_host_of_the_router(
     advertised: str, server: str, expected: str
 ) -> None:
-    assert _reachable(advertised, server) == expected
+    assert reachable(advertised, server) == expected
 
 
 def test_rejoining_every_room_after_a_restart_is_one_reconnected_event() -> None:

@@ -524,7 +524,7 @@ def test_reconnect_times_are_jittered() -> None:
     times = []
     for jitter in (0.0, 0.99):
         session = joined_session()
-        session.retry.jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
+        session.link.retry.jitter = lambda jitter=jitter: jitter  # type: ignore[misc]
         session.on_reply(Shutdown(reason="bye"), 0.0)
         now = 0.0
         while not _requests(session, Hello):
