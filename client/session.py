@@ -24,9 +24,14 @@ a part with a module of its own, each owning one thing:
   :class:`client.outbox.Outbox` (lines until acknowledged, their keys,
   pacing, resends) and the :class:`client.requests.RequestTracker` (every
   request answered or failed);
-* :class:`client.presence.Presence`: room topics and who is away;
-* :class:`client.reconnect.Retry`: when to say ``hello`` again, and
-  :class:`client.failover.Endpoints`: to which broker.
+* :class:`client.presence.Presence`: room topics and who is away, and the
+  answers to our ``topic`` and ``away`` requests;
+* :class:`client.link.Link`: the broker: what its welcome said, whether it
+  is alive, when (:class:`client.reconnect.Retry`) and where
+  (:class:`client.failover.Endpoints`) to say ``hello`` again.
+
+Dependencies point down: the session builds the parts and hands itself to
+the inbound routing as a :class:`client.inbound.Core`; no part imports it.
 
 While reconnecting, ``hello`` is retried with jittered backoff on the same
 connection (a fresh one only for the first try), and every room's broadcasts

@@ -407,24 +407,35 @@ def test_json_commands_that_depend_on_earlier_ones_wait_for_them(
     assert [(e["room"], e["nick"], e["text"]) for e in said] == [("ops", "al", "hello")]
 
 
-@pytest.mark.timeout(60)
-def test_json_end_of_input_sends_every_line_at_the_flood_limit(
-    clients: Callable[..., JsonClient],
+def _forty_lines_at_the_flood_limit(
+    clients: Callable[..., JsonClient], write: Callable[[str, str], None]
 ) -> None:
-    # The broker's default flood limit (5 lines/s, burst 10): 40 lines take
-    # about 6 s to be allowed through, longer than any fixed wait at the end.
+    """``write(router, lines)`` pipes 40 lines into a client that leaves at
+    the end of its input, and checks how it ended; a reader must then get
+    every line, in order. The broker's default flood limit (5 lines/s, burst
+    10) lets 40 lines through in about 6 s, longer than any fixed wait at
+    the end."""
     broker = spawn_broker("--client-timeout", "3")
     try:
         reader = clients(broker.router, "reader")
         reader.expect("welcome")
-        lines = "".join(f"line {n}\n" for n in range(40))
-        status, events = run_script(broker.router, "writer", lines)
-        assert status == 0, [e for e in events if e["type"] == "error"]
-        assert not [e for e in events if e["type"] == "error"]
+        write(broker.router, "".join(f"line {n}\n" for n in range(40)))
         texts = [reader.expect("message", timeout=10)["text"] for _ in range(40)]
         assert texts == [f"line {n}" for n in range(40)]
     finally:
         broker.stop()
+
+
+@pytest.mark.timeout(60)
+def test_json_end_of_input_sends_every_line_at_the_flood_limit(
+    clients: Callable[..., JsonClient],
+) -> None:
+    def write(router: str, lines: str) -> None:
+        status, events = run_script(router, "writer", lines)
+        assert status == 0, [e for e in events if e["type"] == "error"]
+        assert not [e for e in events if e["type"] == "error"]
+
+    _forty_lines_at_the_flood_limit(clients, write)
 
 
 @pytest.mark.timeout(60)
@@ -433,13 +444,9 @@ def test_a_pipe_into_line_mode_sends_every_line_at_the_flood_limit(
 ) -> None:
     # As above without --json: leaving waited a fixed 5 s, so the last of
     # 40 lines paced at 5 lines/s after a burst of 10 were reported not sent.
-    broker = spawn_broker("--client-timeout", "3")
-    try:
-        reader = clients(broker.router, "reader")
-        reader.expect("welcome")
-        lines = "".join(f"line {n}\n" for n in range(40))
+    def write(router: str, lines: str) -> None:
         done = subprocess.run(
-            [script("chat-client"), "--server", broker.router, "--nick", "writer"],
+            [script("chat-client"), "--server", router, "--nick", "writer"],
             input=lines.encode(),
             capture_output=True,
             timeout=30 * SCALE,
@@ -447,10 +454,8 @@ def test_a_pipe_into_line_mode_sends_every_line_at_the_flood_limit(
         )
         assert done.returncode == 0, done.stderr.decode()
         assert b"not delivered" not in done.stdout, done.stdout.decode()
-        texts = [reader.expect("message", timeout=10)["text"] for _ in range(40)]
-        assert texts == [f"line {n}" for n in range(40)]
-    finally:
-        broker.stop()
+
+    _forty_lines_at_the_flood_limit(clients, write)
 
 
 @pytest.mark.timeout(40)

@@ -55,6 +55,19 @@ def _seqs(events: list[ev.Event]) -> list[int]:
     return [e.seq for e in events if isinstance(e, ev.Message)]
 
 
+def _until_failed(session: ClientSession, what: str) -> list[ev.Event]:
+    """Time passes, the broker alive (pongs) but never answering ``what``:
+    the errors that fail it, once they come."""
+    failed: list[ev.Event] = []
+    now = 0.0
+    while not failed:
+        now += 1.0
+        assert now < 120, f"the {what} was never answered nor failed"
+        session.on_reply(Pong(broker="b", seqs={}), now)
+        failed += [e for e in session.tick(now) if isinstance(e, ev.Error)]
+    return failed
+
+
 def _restart(session: ClientSession, now: float, *, broker: str = "b2") -> list[ev.Event]:
     """The broker restarted: a pong from a new broker, then our hello goes out."""
     events = session.on_reply(Pong(broker=broker, seqs={}), now)
@@ -355,13 +368,7 @@ def test_a_request_never_answered_fails_with_an_error() -> None:
     session = joined_session()
     session.who()
     session.take_output()
-    failed: list[ev.Event] = []
-    now = 0.0
-    while not failed:
-        now += 1.0
-        assert now < 120, "the who was never answered nor failed"
-        session.on_reply(Pong(broker="b", seqs={}), now)
-        failed += [e for e in session.tick(now) if isinstance(e, ev.Error)]
+    failed = _until_failed(session, "who")
     assert failed == [
         ev.Error(code="no_answer", message=failed[0].message, req="who", room="lobby")
     ]
@@ -450,13 +457,7 @@ def test_an_unanswered_away_fails_with_an_error() -> None:
     session = joined_session()
     session.away("lunch")
     session.take_output()
-    failed: list[ev.Event] = []
-    now = 0.0
-    while not failed:
-        now += 1.0
-        assert now < 120, "the away was never answered nor failed"
-        session.on_reply(Pong(broker="b", seqs={}), now)
-        failed += [e for e in session.tick(now) if isinstance(e, ev.Error)]
+    failed = _until_failed(session, "away")
     assert [(e.code, e.req) for e in failed if isinstance(e, ev.Error)] == [("no_answer", "away")]
 
 

@@ -8,6 +8,8 @@ import asyncio
 import gc
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,45 @@ from protocol import Request
 from tests.conftest import SCALE, BrokerProcess, spawn_broker, wait_for
 
 
-def _restart(old: BrokerProcess, *args: str) -> BrokerProcess:
-    """A new broker on the old one's ports."""
-    return spawn_broker(*args, router=old.router, pub=old.pub)
+class _Restarts:
+    """A broker (``chat-broker args``) the test stops, and the one it starts
+    again on the same ports; :meth:`stop` ends whichever still run."""
+
+    def __init__(self, *args: str) -> None:
+        self.args = args
+        self.first = spawn_broker(*args)
+        self.second: BrokerProcess | None = None
+
+    def again(self, *args: str) -> BrokerProcess:
+        """The new broker on the first one's ports (``args``: other flags)."""
+        self.second = spawn_broker(
+            *(args or self.args), router=self.first.router, pub=self.first.pub
+        )
+        return self.second
+
+    def stop(self) -> None:
+        self.first.stop(signal.SIGKILL)
+        if self.second is not None:
+            self.second.stop()
+
+
+@contextmanager
+def _alice_through_a_restart(*args: str) -> Iterator[tuple[_Restarts, Client]]:
+    """``alice`` connected to a broker (``args``) the test restarts."""
+    brokers = _Restarts(*args)
+    alice = Client(brokers.first.router, "alice")
+    try:
+        alice.connect()
+        yield brokers, alice
+    finally:
+        alice.close()
+        brokers.stop()
+
+
+def _still_talks(client: Client) -> None:
+    """A line said now is shown back: the session works again."""
+    client.say("back")
+    assert wait_for(client, ev.Message).text == "back"
 
 
 def _states(client: Client, until: str, timeout: float = 20.0) -> list[str]:
@@ -90,65 +128,36 @@ def test_a_paused_broker_during_a_burst_loses_nothing_and_leaves_no_exception_un
 @pytest.mark.timeout(60)
 def test_a_graceful_restart_is_rejoined_promptly_and_said() -> None:
     # Heartbeats of 2 s: the old client waited three of them after a shutdown.
-    first = spawn_broker("--client-timeout", "8")
-    second = None
-    alice = Client(first.router, "alice")
-    try:
-        alice.connect()
-        first.stop(signal.SIGTERM)
+    with _alice_through_a_restart("--client-timeout", "8") as (brokers, alice):
+        brokers.first.stop(signal.SIGTERM)
         wait_for(alice, ev.Shutdown)
-        second = _restart(first, "--client-timeout", "8")
+        brokers.again()
         up = time.monotonic()
         assert _states(alice, "reconnected") == ["reconnecting", "reconnected"]
         # Not a performance target: the old client needed over 6 s (three
         # heartbeats) here; promptly means well under that.
         assert time.monotonic() - up < 3 * SCALE
-        alice.say("back")
-        assert wait_for(alice, ev.Message).text == "back"
-    finally:
-        alice.close()
-        first.stop(signal.SIGKILL)
-        if second is not None:
-            second.stop()
+        _still_talks(alice)
 
 
 @pytest.mark.timeout(60)
 def test_a_restart_within_a_second_is_told_as_a_reconnect() -> None:
-    first = spawn_broker("--client-timeout", "4")
-    second = None
-    alice = Client(first.router, "alice")
-    try:
-        alice.connect()
-        first.stop(signal.SIGKILL)
-        second = _restart(first, "--client-timeout", "4")
+    with _alice_through_a_restart("--client-timeout", "4") as (brokers, alice):
+        brokers.first.stop(signal.SIGKILL)
+        brokers.again()
         assert _states(alice, "reconnected") == ["reconnecting", "reconnected"]
-        alice.say("back")
-        assert wait_for(alice, ev.Message).text == "back"
-    finally:
-        alice.close()
-        first.stop(signal.SIGKILL)
-        if second is not None:
-            second.stop()
+        _still_talks(alice)
 
 
 @pytest.mark.timeout(60)
 def test_a_who_sent_as_the_broker_dies_is_answered_after_the_rejoin() -> None:
-    first = spawn_broker("--client-timeout", "4")
-    second = None
-    alice = Client(first.router, "alice")
-    try:
-        alice.connect()
-        first.proc.send_signal(signal.SIGSTOP)  # it takes the request, never answers
+    with _alice_through_a_restart("--client-timeout", "4") as (brokers, alice):
+        brokers.first.proc.send_signal(signal.SIGSTOP)  # it takes the request, never answers
         alice.who()
-        first.stop(signal.SIGKILL)
-        second = _restart(first, "--client-timeout", "4")
+        brokers.first.stop(signal.SIGKILL)
+        brokers.again()
         answer = wait_for(alice, ev.Who, timeout=20)
         assert answer.members == ["alice"]
-    finally:
-        alice.close()
-        first.stop(signal.SIGKILL)
-        if second is not None:
-            second.stop()
 
 
 def test_requests_with_wait_return_once_answered_in_order(connect) -> None:  # type: ignore[no-untyped-def]
@@ -187,28 +196,18 @@ def test_a_broker_back_with_another_history_is_a_reset_not_a_gap(tmp_path: Path)
     finally:
         carol.close()
         other.stop()
-    first = spawn_broker(
-        "--client-timeout", "3", "--max-rate", "0", "--history", str(tmp_path / "h.sqlite3")
-    )
-    second = None
-    alice, bob = Client(first.router, "alice", backlog=0), Client(first.router, "bob", backlog=0)
+    flags = ("--client-timeout", "3", "--max-rate", "0", "--history")
+    brokers = _Restarts(*flags, str(tmp_path / "h.sqlite3"))
+    router = brokers.first.router
+    alice, bob = Client(router, "alice", backlog=0), Client(router, "bob", backlog=0)
     try:
         alice.connect()
         bob.connect()
         for n in range(3):
             alice.say(f"before {n}")
         wait_for(bob, ev.Message, lambda e: e.text == "before 2")
-        first.stop(signal.SIGKILL)
-        second = spawn_broker(
-            "--client-timeout",
-            "3",
-            "--max-rate",
-            "0",
-            "--history",
-            str(tmp_path / "other.sqlite3"),
-            router=first.router,
-            pub=first.pub,
-        )
+        brokers.first.stop(signal.SIGKILL)
+        brokers.again(*flags, str(tmp_path / "other.sqlite3"))
         reset = wait_for(bob, ev.Missed, timeout=20)
         assert reset.reset and reset.room == "lobby"
         wait_for(alice, ev.Connection, lambda e: e.state == "reconnected", timeout=20)
@@ -218,6 +217,4 @@ def test_a_broker_back_with_another_history_is_a_reset_not_a_gap(tmp_path: Path)
     finally:
         alice.close()
         bob.close()
-        first.stop(signal.SIGKILL)
-        if second is not None:
-            second.stop()
+        brokers.stop()
