@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -52,6 +54,39 @@ def run(*command: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
         timeout=timeout * SCALE,
         check=False,
     )
+
+
+@contextmanager
+def _logging(*command: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A broker started as ``command``, its log (stderr) piped to the test;
+    killed at the end if it still runs."""
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _raw_answer(router: str, frame: bytes, within: float, silence: str) -> dict[str, Any]:
+    """What the broker at ``router`` answers a raw ``frame`` sent from a
+    DEALER of our own; fails with ``silence`` after ``within`` seconds."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = ctx.socket(zmq.DEALER)
+    try:
+        dealer.connect(router)
+        dealer.send(frame)
+        assert dealer.poll(int(within * 1000 * SCALE)), silence
+        answer: dict[str, Any] = json.loads(dealer.recv())
+        return answer
+    finally:
+        dealer.close(linger=0)
+        ctx.term()
 
 
 # --- JSON mode end to end ------------------------------------------------------------------
@@ -249,16 +284,8 @@ def test_broker_logs_endpoints_joins_leaves_and_errors(
     alice = clients(fast_broker.router, "alice")
     alice.expect("welcome")
     fast_broker.wait_for_log(r"alice joined")
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    rogue = ctx.socket(zmq.DEALER)
-    try:
-        rogue.connect(fast_broker.router)
-        rogue.send(b"this is not json")
-        assert rogue.poll(int(5000 * SCALE)), "no error reply"
-        assert json.loads(rogue.recv())["code"] == "bad_frame"
-    finally:
-        rogue.close(linger=0)
-        ctx.term()
+    answer = _raw_answer(fast_broker.router, b"this is not json", 5, "no error reply")
+    assert answer["code"] == "bad_frame"
     fast_broker.wait_for_log(r"refused .*bad_frame")
     alice.end_input()
     assert alice.wait() == 0
@@ -269,48 +296,25 @@ def test_log_level_warning_silences_info(tmp_path: Path) -> None:
     # The router on an ipc:// path, so the test can reach a broker whose log
     # (at WARNING) never says where it bound.
     router = f"ipc://{tmp_path}/router"
-    proc = subprocess.Popen(
-        [
-            *(script("chat-broker"), "--log-level", "WARNING", "--history", ":memory:"),
-            *("--router", router, "--pub", "tcp://127.0.0.1:*"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    dealer = ctx.socket(zmq.DEALER)
-    try:
-        dealer.connect(router)
-        dealer.send(b'{"type": "ping"}')  # refused (not joined), logged at INFO
-        assert dealer.poll(int(10_000 * SCALE)), "the broker never answered"
-        assert json.loads(dealer.recv())["code"] == "not_joined"
+    with _logging(
+        *(script("chat-broker"), "--log-level", "WARNING", "--history", ":memory:"),
+        *("--router", router, "--pub", "tcp://127.0.0.1:*"),
+    ) as proc:
+        # A ping before joining: refused (not joined), logged at INFO.
+        answer = _raw_answer(router, b'{"type": "ping"}', 10, "the broker never answered")
+        assert answer["code"] == "not_joined"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10 * SCALE) == 0
         assert proc.stderr is not None
         log = proc.stderr.read().decode()
         assert "bound to" not in log and "refused" not in log and "INFO" not in log
-    finally:
-        dealer.close(linger=0)
-        ctx.term()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 def test_python_m_broker_runs() -> None:
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "broker", "--history", ":memory:"),
-            *("--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
+    with _logging(
+        *(sys.executable, "-m", "broker", "--history", ":memory:"),
+        *("--router", "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*"),
+    ) as proc:
         assert proc.stderr is not None
         lines = []
         deadline = time.monotonic() + 10 * SCALE
@@ -322,12 +326,6 @@ def test_python_m_broker_runs() -> None:
         assert any("router bound to tcp://127.0.0.1:" in x for x in lines), lines
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10 * SCALE) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        if proc.stderr is not None:
-            proc.stderr.close()
 
 
 @pytest.mark.parametrize(

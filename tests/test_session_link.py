@@ -9,7 +9,7 @@ import pytest
 from client import events as ev
 from client.failover import CONNECT_TRY
 from client.lifecycle import TRANSITIONS, State, check_move
-from client.link import Link, reachable
+from client.link import Link
 from protocol import ProtocolError
 from tests.conftest import welcome
 
@@ -97,21 +97,6 @@ def test_waiting_for_our_nickname_is_said_once_and_ends() -> None:
 def test_connection_events_name_the_endpoint_only_with_several() -> None:
     assert _link(A).named() == ""
     assert _link(A, B).named() == A
-
-
-@pytest.mark.parametrize(
-    ("pub", "server", "expected"),
-    [
-        ("tcp://*:6000", "tcp://10.0.0.1:5555", "tcp://10.0.0.1:6000"),
-        ("tcp://0.0.0.0:6000", "tcp://[::1]:5555", "tcp://[::1]:6000"),
-        ("tcp://10.0.0.7:6000", "tcp://10.0.0.1:5555", "tcp://10.0.0.7:6000"),
-        ("ipc:///tmp/pub", "tcp://10.0.0.1:5555", "ipc:///tmp/pub"),
-    ],
-)
-def test_a_wildcard_pub_is_reached_on_the_routers_host(
-    pub: str, server: str, expected: str
-) -> None:
-    assert reachable(pub, server) == expected
 
 
 def test_every_state_may_end_closed_and_closed_is_final() -> None:

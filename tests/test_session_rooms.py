@@ -14,7 +14,6 @@ from client.requests import Purpose, RequestTracker
 from client.rooms import Rooms
 from protocol import (
     Broadcast,
-    ChatMessage,
     History,
     HistoryReply,
     Join,
@@ -28,10 +27,7 @@ from protocol import (
     sync_topic,
 )
 from tests.conftest import joined_session
-
-
-def _line(seq: int, room: str = "lobby") -> ChatMessage:
-    return ChatMessage(room=room, nick="bob", text=f"line {seq}", ts=1.0, id=f"i{seq}", seq=seq)
+from tests.test_session import _line
 
 
 def _rooms(*, backlog: int = 0) -> tuple[Rooms, Outgoing]:
