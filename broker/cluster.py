@@ -58,9 +58,10 @@ from broker.engine import (
 )
 from broker.engine.breaker import Breaker
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
+from broker.engine.redis_topics import RedisTopics
 from broker.engine.relay import Deliver, Reset
 from broker.history import MemoryHistory
-from broker.topics import RoomTopic, TopicsUnavailable
+from broker.topics import EngineTopics
 from protocol import (
     Ack,
     AwayNotice,
@@ -83,7 +84,6 @@ from protocol import (
     RoomList,
     Say,
     SendPrivate,
-    TopicNotice,
     Who,
     WhoReply,
     decode_broadcast,
@@ -98,7 +98,7 @@ from protocol import (
 from protocol.codec import describe_request, encode_body
 from protocol.validation import MAX_TEXT_BYTES
 
-__all__ = ["Append", "ClusterCore", "ClusterShell"]
+__all__ = ["Append", "ClusterCore", "ClusterShell", "PublishHere"]
 
 log = logging.getLogger("broker")
 
@@ -126,6 +126,15 @@ class Append:
     engine_key: str  # the key the engine de-duplicates on (the client's or ours)
 
 
+@dataclass(slots=True)
+class PublishHere:
+    """Publish ``message`` to this broker's subscribers only, not on the bus:
+    a join notice the bus cannot bring back, because this broker's
+    subscription to the room was not live yet when it was published."""
+
+    message: Broadcast
+
+
 class ClusterCore(BrokerCore):
     """:class:`BrokerCore` with numbering, history, nicknames and membership
     in the engine shared by every broker of the cluster."""
@@ -138,6 +147,9 @@ class ClusterCore(BrokerCore):
         self._epochs: dict[str, str] = {}
         #: Leaves the engine did not take (it was down): retried by tick.
         self._unleft: list[tuple[str, Member, bytes]] = []
+        #: Join notices published here too (PublishHere), per room: their
+        #: copy from the bus, if the subscription was live after all, is dropped.
+        self._echoes: dict[str, set[bytes]] = {}
         #: Away messages seen on the bus: nick key -> text (docs/PROTOCOL.md "Away").
         self._away_seen: dict[str, str] = {}
         #: Set when the engine refused a write because our lease expired.
@@ -368,7 +380,8 @@ class ClusterCore(BrokerCore):
         return actions
 
     def _enter(self, session: _Session, name: str, now: float) -> list[Action]:
-        notice = encode_body(JoinNotice(room=name, nick=session.nick, ts=now))
+        join = JoinNotice(room=name, nick=session.nick, ts=now)
+        notice = encode_body(join)
         self.engine.join(name, self._member(session), notice)
         room = self._rooms.get(name)
         if room is None:
@@ -381,7 +394,22 @@ class ClusterCore(BrokerCore):
         room.members[session.token] = session
         session.rooms.add(name)
         self._save(session)
-        return [Send(session.identity, self._joined(room))]
+        actions: list[Action] = []
+        if not self.follower.live(name):
+            # The bus will not bring the notice back here: the joiner (and any
+            # member who joined as early) would not see it, as in SQLite mode.
+            self._echoes.setdefault(name, set()).add(notice)
+            actions.append(PublishHere(join))  # type: ignore[arg-type]
+        actions.append(Send(session.identity, self._joined(room)))
+        return actions
+
+    def echoed(self, room: str, payload: bytes) -> bool:
+        """Whether a bus notice is one already published here (PublishHere)."""
+        echoes = self._echoes.get(room)
+        if echoes is None or payload not in echoes:
+            return False
+        echoes.discard(payload)
+        return True
 
     def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
         member = self._member(session)
@@ -403,6 +431,7 @@ class ClusterCore(BrokerCore):
         if not room.members:
             del self._rooms[name]
             self._epochs.pop(name, None)
+            self._echoes.pop(name, None)
             self.follower.unfollow(name)
 
     def _joined(self, room: _Room) -> Joined:
@@ -427,16 +456,10 @@ class ClusterCore(BrokerCore):
         return {n: away[nick_key(n)] for n in nicks if nick_key(n) in away}
 
     def noticed(self, notice: Broadcast) -> None:
-        """A notice from the bus: keep what replies need from it (a room's
-        topic, who is away), whichever broker it came from."""
+        """A notice from the bus: keep what replies need from it (who is
+        away), whichever broker it came from. Topics are in the engine."""
         kind = type(notice)
-        if kind is TopicNotice:
-            topic = RoomTopic(text=notice.text, nick=notice.nick, ts=notice.ts)  # type: ignore[union-attr]
-            try:
-                self.topics.set(notice.room, topic)
-            except TopicsUnavailable as exc:
-                log.warning("could not keep the topic of %s: %s", notice.room, exc)
-        elif kind is AwayNotice:
+        if kind is AwayNotice:
             if notice.text:  # type: ignore[union-attr]
                 self._away_seen[nick_key(notice.nick)] = notice.text  # type: ignore[union-attr]
             else:
@@ -599,6 +622,7 @@ class ClusterShell:
         self.reader.start()
         self.follower = Follower(engine, self.reader)
         self.core = ClusterCore(config, engine, self.follower)
+        self.core.topics = EngineTopics(RedisTopics.of(engine))  # shared by the cluster
         log.info("cluster: broker %s on %s", engine.broker_id, engine.url.display)
         return self.core
 
@@ -622,6 +646,8 @@ class ClusterShell:
                 batches.setdefault(action.line.room, []).append(action)
             elif isinstance(action, Publish):
                 notices.append(action.message)
+            elif isinstance(action, PublishHere):
+                out.append(Publish(action.message))
             else:
                 out.append(cast(Action, action))
         for notice in notices:
@@ -699,6 +725,8 @@ class ClusterShell:
                 if output.lines:
                     core.delivered(output.room, output.epoch, output.lines[-1].seq)
             elif isinstance(output, BusNotice):
+                if core.echoed(output.room, output.payload):
+                    continue
                 notice = notice_of(output.room, output.payload)
                 if notice is not None:
                     core.noticed(notice)

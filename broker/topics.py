@@ -4,7 +4,8 @@ A topic belongs to the room, not to its members: it outlives everyone
 leaving, and with :class:`SqliteTopics` a broker restart. Topics change
 rarely (a person types ``/topic``), so the SQLite store commits each change
 at once, in the loop, before the change is published: nobody sees a topic
-the store does not hold.
+the store does not hold. In cluster mode :class:`EngineTopics` keeps them in
+the engine every broker shares (docs/CLUSTER.md "Room topics").
 """
 
 from __future__ import annotations
@@ -14,9 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import msgspec
+
 from broker.history import StorageError
 
-__all__ = ["MemoryTopics", "RoomTopic", "SqliteTopics", "TopicStore", "TopicsUnavailable"]
+__all__ = [
+    "EngineTopics",
+    "MemoryTopics",
+    "RoomTopic",
+    "SqliteTopics",
+    "TopicRecords",
+    "TopicStore",
+    "TopicsUnavailable",
+]
 
 
 class TopicsUnavailable(StorageError):
@@ -116,3 +127,47 @@ class SqliteTopics:
 
     def close(self) -> None:
         self._db.close()
+
+
+class TopicRecords(Protocol):
+    """Where a cluster engine keeps each room's topic as an opaque payload
+    (:class:`broker.engine.redis_topics.RedisTopics`)."""
+
+    def get(self, room: str) -> bytes | None:
+        """The payload stored for ``room``, None for none."""
+        ...
+
+    def set(self, room: str, payload: bytes | None) -> None:
+        """Store ``payload`` for ``room`` (None removes it)."""
+        ...
+
+    def close(self) -> None:
+        """Release the records."""
+        ...
+
+
+class EngineTopics:
+    """Topics in a cluster engine, shared by every broker: read from it each
+    time (a join or a ``topic`` query, never a line), so a broker started
+    after a topic was set, or one that missed its notice, still knows it.
+
+    The engine's errors pass through: the cluster core answers them as
+    ``unavailable`` (and a fenced write makes the broker register again)."""
+
+    def __init__(self, records: TopicRecords) -> None:
+        self._records = records
+
+    def get(self, room: str) -> RoomTopic:
+        payload = self._records.get(room)
+        if payload is None:
+            return _NONE
+        try:
+            return msgspec.json.decode(payload, type=RoomTopic)
+        except msgspec.DecodeError:  # not a topic (another version wrote it): none
+            return _NONE
+
+    def set(self, room: str, topic: RoomTopic) -> None:
+        self._records.set(room, msgspec.json.encode(topic) if topic.text else None)
+
+    def close(self) -> None:
+        self._records.close()

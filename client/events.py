@@ -172,7 +172,10 @@ class Connection(_Event, tag="connection", frozen=True):
 
     ``reconnected`` comes every time the session was re-established, however
     quickly; ``restarted`` says whether it is a new broker (its id changed:
-    sessions and memberships were rebuilt) rather than our own connection.
+    sessions and memberships were rebuilt) rather than our own connection;
+    ``moved`` that another broker of the cluster resumed the session whole
+    (a failover: same session, nickname and rooms; ``restarted`` is false).
+    Either way ``broker`` is the id of the broker that holds the session now.
     ``waiting_for_nick``: the rejoin was refused because our old session still
     holds the nickname; the client keeps trying for up to ``wait`` seconds,
     until that session must have timed out, and only then gives up.
@@ -184,6 +187,8 @@ class Connection(_Event, tag="connection", frozen=True):
     restarted: bool = False
     wait: float = 0.0
     endpoint: str = ""
+    moved: bool = False
+    broker: str = ""
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):

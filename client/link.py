@@ -41,6 +41,9 @@ class Link:
         self.broker_id: str | None = None
         #: Whether the latest welcome came from another broker than the one before.
         self.restarted = False
+        #: ... and that broker resumed our session whole (the same token): a
+        #: failover to another broker of the cluster, nothing was rebuilt.
+        self.moved = False
         #: The broker's limits from the latest welcome (a restarted broker may
         #: have other ones); None before the first welcome.
         self.limits: Limits | None = None
@@ -73,6 +76,7 @@ class Link:
         """Take what the welcome says; returns the PUB endpoint to connect to."""
         if self.broker_id is not None and reply.broker != self.broker_id:
             self.restarted = True
+            self.moved = reply.session == self.session_token
         self.session_token = reply.session
         self.broker_id = reply.broker
         self.limits = reply.limits

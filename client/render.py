@@ -390,6 +390,10 @@ class Renderer:
         if event.state == "reconnecting":
             return self.notice("lost the broker; reconnecting...", _ERROR)
         if event.state == "reconnected":
+            if event.moved:
+                # A failover: the session, nickname and rooms are as they were.
+                where = escape_terminal(event.endpoint or event.broker)
+                return self.notice(f"moved to broker {where}; nothing lost", _GOOD)
             said = "reconnected (the broker restarted)" if event.restarted else "reconnected"
             if event.endpoint:
                 # Several brokers (failover): say which one took us back.

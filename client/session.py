@@ -388,9 +388,17 @@ class ClientSession:
         self.sending.resend(now)
         self.sending.flush(now)
         self.presence.restore(now)  # a restarted broker forgot our away message
-        restarted, self.link.restarted = self.link.restarted, False
+        link = self.link
+        moved, link.moved = link.moved, False
+        restarted, link.restarted = link.restarted and not moved, False
         out: list[ev.Event] = [
-            ev.Connection(state="reconnected", restarted=restarted, endpoint=self.link.named())
+            ev.Connection(
+                state="reconnected",
+                restarted=restarted,
+                moved=moved,
+                broker=(link.broker_id or "") if restarted or moved else "",
+                endpoint=link.named(),
+            )
         ]
         return out + self.our_rooms.poll_all(now)  # what was missed meanwhile
 

@@ -308,7 +308,7 @@ def test_rejoining_every_room_after_a_restart_is_one_reconnected_event() -> None
     events = session.on_reply(welcome(session="new", broker="b2"), 200.0)
     events += session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 200.0)
     events += session.on_reply(Joined(room="ops", seq=0, members=["me"]), 200.0)
-    assert events == [ev.Connection(state="reconnected", restarted=True)]
+    assert events == [ev.Connection(state="reconnected", restarted=True, broker="b2")]
     # Bob comes back to the restarted broker after us: not news.
     assert session.on_broadcast(JoinNotice(room="ops", nick="bob", ts=2.0), 200.0) == []
 

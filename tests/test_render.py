@@ -213,6 +213,10 @@ def test_notices_errors_states() -> None:
         "reconnecting": r.render(ev.Connection(state="reconnecting")).text,
         "reconnected": r.render(ev.Connection(state="reconnected")).text,
         "restarted": r.render(ev.Connection(state="reconnected", restarted=True)).text,
+        "moved": r.render(
+            ev.Connection(state="reconnected", moved=True, broker="b1", endpoint="tcp://b:5555")
+        ).text,
+        "moved_unnamed": r.render(ev.Connection(state="reconnected", moved=True, broker="b1")).text,
         "shutdown": r.render(ev.Shutdown(reason="sigterm")).text,
         "who": r.render(ev.Who(room="lobby", members=["bob", "alice"])).text,
         "rooms": r.render(
@@ -229,6 +233,8 @@ def test_notices_errors_states() -> None:
     assert "reconnecting" in texts["reconnecting"]
     assert texts["reconnected"].endswith("-- reconnected")
     assert texts["restarted"].endswith("-- reconnected (the broker restarted)")
+    assert texts["moved"].endswith("-- moved to broker tcp://b:5555; nothing lost")
+    assert texts["moved_unnamed"].endswith("-- moved to broker b1; nothing lost")
     assert "#lobby starts afresh" in texts["reset"] and "12 unseen lines gone" in texts["reset"]
     assert "shutting down (sigterm)" in texts["shutdown"]
     assert texts["who"].endswith("#lobby (2): alice, bob")

@@ -540,11 +540,11 @@ def test_a_retried_hello_answered_twice_is_no_error() -> None:
     session.on_reply(Shutdown(reason="bye"), 0.0)
     for now in (0.2, 0.5, 1.0):
         session.tick(now)
-    assert session.on_reply(welcome(broker="b2"), 1.1) == []
+    assert session.on_reply(welcome(broker="b2", session="new"), 1.1) == []
     refused = Error(code="already_joined", message="again", req="hello")
     assert session.on_reply(refused, 1.2) == []
     events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 1.3)
-    assert events == [ev.Connection(state="reconnected", restarted=True)]
+    assert events == [ev.Connection(state="reconnected", restarted=True, broker="b2")]
     assert session.state is State.JOINED
 
 

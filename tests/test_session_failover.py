@@ -79,7 +79,9 @@ def test_failover_resumes_keeps_nick_and_rooms_and_resends_unacked_lines_with_th
     events: list[ev.Event] = []
     for room in ("lobby", "dev"):
         events += session.on_reply(Joined(room=room, seq=0, members=["me"]), when + 0.02)
-    assert ev.Connection(state="reconnected", restarted=True, endpoint=B) in events
+    # another broker resumed the session whole: a move, not a restart
+    moved = ev.Connection(state="reconnected", moved=True, broker="brokerB", endpoint=B)
+    assert moved in events
     assert session.nick == "me" and session.rooms == ["lobby", "dev"]
     resent = [r for r in session.take_output().requests if isinstance(r, Say)]
     assert resent == [sent] and resent[0].key == key  # same key: B drops a duplicate
@@ -210,3 +212,25 @@ def test_any_run_of_losses_visits_the_endpoints_in_turn_and_always_resumes(
         session.take_output()
     expected = [servers[n % count] for n in range(len(visited))]
     assert visited == expected
+
+
+def test_a_broker_that_could_not_resume_the_session_is_told_as_a_restart() -> None:
+    session = _joined([A, B])
+    session.tick(10.0)
+    (when, server, _) = _tries(session, 10.0, 11.0)[0]
+    assert server == B
+    # B did not have our session (the reaper dropped it): a new one, rebuilt
+    session.on_reply(welcome(broker="brokerB", session="fresh"), when + 0.01)
+    events: list[ev.Event] = []
+    for room in ("lobby", "dev"):
+        events += session.on_reply(Joined(room=room, seq=0, members=["me"]), when + 0.02)
+    restarted = ev.Connection(state="reconnected", restarted=True, broker="brokerB", endpoint=B)
+    assert restarted in events
+    # and the next loss, back to the same broker that kept it: neither
+    session.tick(when + 20.0)
+    (again, server, _) = _tries(session, when + 20.0, when + 21.0)[0]
+    session.on_reply(welcome(broker="brokerB", session="fresh"), again + 0.01)
+    events = []
+    for room in ("lobby", "dev"):
+        events += session.on_reply(Joined(room=room, seq=0, members=["me"]), again + 0.02)
+    assert ev.Connection(state="reconnected", endpoint=server) in events

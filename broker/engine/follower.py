@@ -37,17 +37,26 @@ class Follower:
         self.reader = reader
         self.relay = Relay()
         self._page = page
+        #: Followed rooms whose bus subscription is confirmed (Subscribed).
+        self._live: set[str] = set()
 
     def follow(self, room: str, start: RoomMeta | None = None) -> None:
         """Follow a room (its first local member joined), relaying every line
         after ``start`` (see :meth:`Relay.follow`)."""
         self.relay.follow(room, start)
         self.reader.subscribe(room)
+        self._live.discard(room)
 
     def unfollow(self, room: str) -> None:
         """Stop following a room (its last local member left)."""
         self.relay.unfollow(room)
         self.reader.unsubscribe(room)
+        self._live.discard(room)
+
+    def live(self, room: str) -> bool:
+        """Whether the bus brings the room's messages published from now on
+        (its subscription confirmed; not while the bus is down)."""
+        return room in self._live
 
     def pump(self) -> list[Output]:
         """Handle every bus event waiting now."""
@@ -60,8 +69,12 @@ class Follower:
             if isinstance(event, BusLines):
                 self._run(self.relay.on_lines(event.room, event.epoch, event.lines), out)
             elif isinstance(event, Subscribed):
+                if event.room in self.relay.rooms():
+                    self._live.add(event.room)
                 self._run(self.relay.on_subscribed(event.room), out)
             else:
+                if isinstance(event, BusDown):
+                    self._live.clear()
                 # BusUp, BusDown, Bell, BusNotice: for the loop. After a
                 # reconnect every room's Subscribed comes first and starts
                 # its catch-up.

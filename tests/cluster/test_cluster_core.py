@@ -19,7 +19,7 @@ import zmq
 from broker.cluster import Append, ClusterCore, ClusterShell
 from broker.core import Action, BrokerConfig, Publish, Send
 from broker.engine import EngineSettings, RedisEngine
-from protocol import Ack, ChatMessage, Error, Welcome
+from protocol import Ack, ChatMessage, Error, JoinNotice, Welcome
 from tests.redis_server import SCALE, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -182,3 +182,37 @@ def test_a_stalled_redis_costs_one_timeout_then_requests_fail_fast_until_it_answ
             break
         assert time.monotonic() < deadline, out
         time.sleep(0.1)
+
+
+def _synced(core: ClusterCore, identity: bytes, nick: str, room: str = "lobby") -> list[Action]:
+    """A member's hello and sync: what the core does for its join."""
+    [welcome] = core.handle(identity, _frame(type="hello", v=1, nick=nick, rooms=[room]), NOW)
+    assert isinstance(welcome, Send) and isinstance(welcome.message, Welcome), welcome
+    return core.subscribed(b"\x01sync/" + welcome.message.session.encode() + b"/0/", NOW)
+
+
+def _joins(actions: list[Action]) -> list[str]:
+    return [
+        a.message.nick
+        for a in actions
+        if isinstance(a, Publish) and isinstance(a.message, JoinNotice)
+    ]
+
+
+def test_a_join_before_the_rooms_bus_is_live_is_published_here_once(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+) -> None:
+    shell, core = shells()
+    # the first member: the bus subscription is made after its notice went out
+    assert _joins(shell.settle(_synced(core, b"A", "alice"))) == ["alice"]
+    _pump_until(shell, lambda seen: core.follower.live("lobby"))
+    # live now: the next join comes back on the bus only, once
+    assert _joins(shell.settle(_synced(core, b"B", "bob"))) == []
+    assert _joins(_pump_until(shell, lambda seen: bool(_joins(seen)))) == ["bob"]
+    # the loop has not read the confirmation yet, but Redis has subscribed us:
+    # the notice is published here, and its copy from the bus dropped
+    core.follower._live.discard("lobby")
+    assert _joins(shell.settle(_synced(core, b"C", "carol"))) == ["carol"]
+    core.follower.live = lambda room: True  # type: ignore[method-assign]
+    assert _joins(shell.settle(_synced(core, b"D", "dave"))) == []
+    assert _joins(_pump_until(shell, lambda seen: bool(_joins(seen)))) == ["dave"]

@@ -158,6 +158,8 @@ def test_client_fails_over_to_another_broker_mid_flood_losing_and_doubling_nothi
         back = [e for e in alice_seen if isinstance(e, ev.Connection)]
         assert back[0] == ev.Connection(state="reconnecting", endpoint=a.router)
         assert back[-1].state == "reconnected" and back[-1].endpoint == b.router
+        # the session moved whole: no restart (issue 14's surprise)
+        assert back[-1].moved and not back[-1].restarted and back[-1].broker
         assert alice.settle(15 * SCALE), "lines left unacknowledged"
         assert alice.nick == "alice" and alice.rooms == ["lobby"] and alice.server == b.router
         _drain(alice, alice_seen, lambda: _texts(alice_seen) >= set(texts), "alice's lines")
@@ -207,6 +209,9 @@ def test_a_json_client_with_two_servers_fails_over_and_an_async_client_sees_it_a
             "connection", lambda e: e.get("state") == "reconnected", timeout=BACK_WITHIN
         )
         assert moved["endpoint"] == b.router
+        # the same session on another broker: said so, not as a restart
+        assert moved["moved"] is True and "restarted" not in moved, moved
+        assert moved["broker"]
         for text in texts:
             carol.expect("message", lambda e, text=text: e["text"] == text, timeout=10)
         carol.end_input()
