@@ -11,17 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import ParamSpec, TypeVar, cast
 
 import zmq
 import zmq.asyncio
-from zmq.utils.monitor import parse_monitor_message
 
 from client import events as ev
+from client.handshake import HandshakeWatch
 from client.session import ClientSession, State
 from protocol import (
     BrokerUnreachable,
@@ -39,23 +38,12 @@ from protocol import (
 
 __all__ = ["DEFAULT_SERVER", "AsyncClient"]
 
-_monitor_ids = itertools.count()
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 #: How often the pump wakes to let the core send heartbeats, at most.
 _TICK = 0.1
-#: Handshake failures that end a connect at once: with CURVE a refusal is
-#: otherwise silent (ZeroMQ just retries), and we would wait for the timeout.
-_HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
-#: Handshakes dropped without detail before connect gives up (each retry
-#: takes ZeroMQ's reconnect interval, 0.1 s by default).
-_DROPS_BEFORE_GIVING_UP = 3
 
 
 class AsyncClient:
@@ -116,7 +104,8 @@ class AsyncClient:
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
         self._pump_task: asyncio.Task[None] | None = None
         self._join_waiter: asyncio.Future[ev.Welcome] | None = None
-        self._stop_watching: Callable[[], Coroutine[None, None, None]] | None = None
+        #: Watches each DEALER's handshake while connect() waits (client/handshake.py).
+        self._watch: HandshakeWatch | None = None
         self._closed = asyncio.Event()
         # Set each time the pump has handled input: settle() waits on it.
         self._progress = asyncio.Event()
@@ -165,18 +154,11 @@ class AsyncClient:
             self.session.hello(time.time(), nick)
         except ProtocolError as exc:
             raise JoinRefused(exc.code, exc.message) from None
-        fresh = self._dealer is None
-        if fresh:
-            self._open_sockets(connect=False)
-        watcher = self._watch_handshake(self._join_waiter)
-        self._stop_watching = watcher
-        if fresh:
-            # Only now: libzmq reports a refused key or a CURVE/plain mismatch
-            # once and does not retry, so a handshake that fails before the
-            # watcher listens (a loaded machine) would leave us waiting for
-            # the connect timeout instead of saying auth_failed.
-            assert self._dealer is not None
-            self._dealer.connect(self.server)
+        self._watch = watch = HandshakeWatch(self._join_waiter)
+        if self._dealer is None:
+            self._open_sockets()  # watched before it connects (_open_sockets)
+        else:
+            watch.watch(self._dealer, self.server)
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
@@ -184,7 +166,8 @@ class AsyncClient:
             try:
                 return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
             finally:
-                await watcher()  # before _shut: the context waits for every socket
+                await watch.stop()  # before _shut: the context waits for every socket
+                self._watch = None
         except TimeoutError:
             await self._shut(reason="unreachable")
             raise BrokerUnreachable(
@@ -199,52 +182,6 @@ class AsyncClient:
             raise
         finally:
             self._join_waiter = None
-
-    def _watch_handshake(
-        self, waiter: asyncio.Future[ev.Welcome]
-    ) -> Callable[[], Coroutine[None, None, None]]:
-        """Fail ``waiter`` with JoinRefused("auth_failed") as soon as the DEALER's
-        security handshake fails; returns the coroutine function that stops watching."""
-        dealer = self._dealer
-        assert dealer is not None
-        # A fresh address per attempt: libzmq may still hold the previous
-        # monitor's inproc address when connect() is retried with a new nick.
-        monitor = dealer.get_monitor_socket(
-            _HANDSHAKE_FAILED, addr=f"inproc://chat-client-monitor-{next(_monitor_ids)}"
-        )
-
-        async def watch() -> None:
-            dropped = 0
-            while not waiter.done():
-                event = parse_monitor_message(await monitor.recv_multipart())
-                if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                    # A wrong server key, or a plain client meeting a CURVE
-                    # broker, looks like this every time; a broker going away
-                    # mid-handshake only once: wait for a pattern.
-                    dropped += 1
-                    if dropped < _DROPS_BEFORE_GIVING_UP:
-                        continue
-                if not waiter.done():
-                    waiter.set_exception(
-                        JoinRefused(
-                            "auth_failed",
-                            _handshake_message(event["event"], event["value"], self.server),
-                        )
-                    )
-
-        task = asyncio.create_task(watch(), name="chat-client-handshake")
-
-        async def stop() -> None:
-            if monitor.closed:
-                return  # already stopped (by close() during connect)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            with contextlib.suppress(zmq.ZMQError):
-                dealer.disable_monitor()
-            monitor.close(linger=0)
-
-        return stop
 
     async def settle(self, timeout: float) -> bool:
         """Wait until every line sent so far is acknowledged (paced and held
@@ -451,7 +388,7 @@ class AsyncClient:
         self._flush()
         return result
 
-    def _open_sockets(self, *, connect: bool = True) -> None:
+    def _open_sockets(self) -> None:
         dealer = self._ctx.socket(zmq.DEALER)
         sub = self._ctx.socket(zmq.SUB)
         for sock in (dealer, sub):
@@ -463,8 +400,11 @@ class AsyncClient:
             # session repairs from history.
             sub.rcvhwm = self._sub_hwm
         dealer.ipv6 = _ipv6(self.server)
-        if connect:
-            dealer.connect(self.server)
+        if self._watch is not None:
+            # Joining: a refusal by this endpoint, whichever of several it
+            # is, is auth_failed, not silence (client/handshake.py).
+            self._watch.watch(dealer, self.server)
+        dealer.connect(self.server)
         self._dealer, self._sub = dealer, sub
 
     def _close_sockets(self) -> None:
@@ -631,10 +571,10 @@ class AsyncClient:
             # Whoever awaits it still gets the exception; if nobody does (a
             # connect that already gave up), asyncio must not log it as lost.
             waiter.exception()
-        if self._stop_watching is not None:
-            # The monitor socket must be closed, or the context never terminates.
-            await self._stop_watching()
-            self._stop_watching = None
+        if self._watch is not None:
+            # The monitor sockets must be closed, or the context never terminates.
+            await self._watch.stop()
+            self._watch = None
         if self._pump_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task
@@ -650,22 +590,3 @@ def _ipv6(endpoint: str) -> bool:
     it is left off otherwise so that a host name keeps resolving to IPv4 as
     the broker's default endpoints expect."""
     return "://[" in endpoint
-
-
-def _handshake_message(event: int, value: int, server: str) -> str:
-    """What to tell a person whose security handshake with ``server`` failed."""
-    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return (
-            f"authentication failed: the broker at {server} refused our key "
-            f"(ZAP status {value}); is our public key in its --allow-keys directory?"
-        )
-    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-        return (
-            f"authentication failed: security handshake with {server} failed "
-            f"(protocol error {value:#x}); one side uses CURVE and the other "
-            "does not, or the keys are not valid (--server-key)"
-        )
-    return (
-        f"authentication failed: the broker at {server} dropped the encrypted "
-        "handshake; is --server-key the broker's public key?"
-    )

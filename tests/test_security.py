@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import queue
+import signal
 import stat
 import subprocess
 import threading
@@ -31,6 +32,7 @@ from broker.keygen import write_keypair
 from client import AsyncClient, Client
 from client import events as ev
 from client.cli import main as client_main
+from client.handshake import HandshakeWatch
 from client.session import ClientSession, State
 from protocol import (
     SYNC_PREFIX,
@@ -310,13 +312,13 @@ def test_a_refusal_during_a_stall_before_the_watcher_is_not_lost(
     # and never retries that connection. A client descheduled between making
     # its socket and watching it (a loaded machine; here a stall staged in
     # between) used to miss that one event and wait out the connect timeout.
-    watch = AsyncClient._watch_handshake
+    watch = HandshakeWatch.watch
 
-    def stalled(self: AsyncClient, waiter: Any) -> Any:
+    def stalled(self: HandshakeWatch, dealer: Any, server: str) -> None:
         time.sleep(0.5)  # the stall under test: nothing to wait for
-        return watch(self, waiter)
+        watch(self, dealer, server)
 
-    monkeypatch.setattr(AsyncClient, "_watch_handshake", stalled)
+    monkeypatch.setattr(HandshakeWatch, "watch", stalled)
     curve = {"server_key": pair(keys["server"])[0], "client_keys": pair(keys["mallory"])}
 
     async def scenario() -> None:
@@ -332,6 +334,43 @@ def test_a_refusal_during_a_stall_before_the_watcher_is_not_lost(
         assert "authentication failed" in refused.value.message
 
     asyncio.run(scenario())
+
+
+@pytest.mark.timeout(60)
+def test_a_refusal_by_the_second_server_of_several_is_auth_failed_naming_it(
+    keys: dict[str, Path], curve_broker: Any
+) -> None:
+    # Two brokers with different server keys: A (ours) is paused, so the
+    # first hello moves on after CONNECT_TRY to B on a fresh DEALER, and B
+    # drops our handshake (another key). Only the first DEALER was watched:
+    # B's refusal looked like silence, and the client said unreachable after
+    # the connect timeout.
+    other = spawn_broker("--curve-secret", f"{keys['other']}.key_secret")
+    curve_broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        client = JsonClient(
+            "--server",
+            f"{curve_broker.router},{other.router}",
+            "--nick",
+            "alice",
+            "--server-key",
+            f"{keys['server']}.key",
+            "--curve-secret",
+            f"{keys['alice']}.key_secret",
+        )
+        status = client.finish(timeout=20)
+        took = time.monotonic() - started
+        events = []
+        while (item := client.lines.get_nowait()) is not None:
+            events.append(item)
+        assert status == 2, (status, events)
+        assert [e["code"] for e in events] == ["auth_failed"], events
+        assert other.router in events[0]["message"], events
+        assert took < 8 * SCALE, f"took {took:.1f} s (the connect timeout is 10 s)"
+    finally:
+        curve_broker.proc.send_signal(signal.SIGCONT)
+        other.stop()
 
 
 def test_a_server_key_starting_with_a_dash_is_taken(
