@@ -622,7 +622,8 @@ class ClusterShell:
         self.reader.start()
         self.follower = Follower(engine, self.reader)
         self.core = ClusterCore(config, engine, self.follower)
-        self.core.topics = EngineTopics(RedisTopics.of(engine))  # shared by the cluster
+        topics = cast(Breaker, engine).also(RedisTopics.of(engine))  # in Redis, for all
+        self.core.topics = EngineTopics(topics)
         log.info("cluster: broker %s on %s", engine.broker_id, engine.url.display)
         return self.core
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from broker.engine.api import EngineUnavailable
 
 __all__ = ["Breaker"]
+
+_T = TypeVar("_T")
 
 #: Methods that do not ask Redis for anything: never refused.
 _LOCAL = frozenset({"close", "renew_id"})
@@ -42,7 +44,15 @@ class Breaker:
         return self._clock() < self._open_until
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._engine, name)
+        return self._guarded(self._engine, name)
+
+    def also(self, other: _T) -> _T:
+        """``other`` (the engine's topics, say) behind this same breaker: a
+        call of either that found Redis unavailable fails both fast."""
+        return cast(_T, _Also(self, other))
+
+    def _guarded(self, target: object, name: str) -> Any:
+        attr = getattr(target, name)
         if not callable(attr) or name in _LOCAL:
             return attr
 
@@ -57,3 +67,14 @@ class Breaker:
                 raise
 
         return call
+
+
+class _Also:
+    """Another object's methods behind a :class:`Breaker` (:meth:`Breaker.also`)."""
+
+    def __init__(self, breaker: Breaker, target: object) -> None:
+        self._breaker = breaker
+        self._target = target
+
+    def __getattr__(self, name: str) -> Any:
+        return self._breaker._guarded(self._target, name)

@@ -170,6 +170,8 @@ def test_a_stalled_redis_costs_one_timeout_then_requests_fail_fast_until_it_answ
         started = time.monotonic()
         [who] = core.handle(b"A", _frame(type="who", room="lobby"), NOW)
         assert who.message.code == "unavailable"  # type: ignore[union-attr]
+        [topic] = core.handle(b"A", _frame(type="topic", room="lobby"), NOW)  # topics too
+        assert topic.message.code == "unavailable"  # type: ignore[union-attr]
         assert time.monotonic() - started < 0.2 * SCALE < took  # no second timeout
     finally:
         stall.join(10 * SCALE)
