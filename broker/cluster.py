@@ -382,7 +382,9 @@ class ClusterCore(BrokerCore):
     def _enter(self, session: _Session, name: str, now: float) -> list[Action]:
         join = JoinNotice(room=name, nick=session.nick, ts=now)
         notice = encode_body(join)
-        self.engine.join(name, self._member(session), notice)
+        # False: a member already (a session taken over from another broker):
+        # nothing is announced, for the others it never left
+        added = self.engine.join(name, self._member(session), notice)
         room = self._rooms.get(name)
         if room is None:
             meta = self.engine.meta([name])[name]
@@ -395,7 +397,7 @@ class ClusterCore(BrokerCore):
         session.rooms.add(name)
         self._save(session)
         actions: list[Action] = []
-        if not self.follower.live(name):
+        if added and not self.follower.live(name):
             # The bus will not bring the notice back here: the joiner (and any
             # member who joined as early) would not see it, as in SQLite mode.
             self._echoes.setdefault(name, set()).add(notice)

@@ -166,3 +166,30 @@ def test_topic_records_are_fenced_and_unavailable_like_every_engine_write(
             topics.get("lobby")
     finally:
         engine.close()
+
+
+def test_a_session_resumed_on_a_broker_new_to_its_room_is_not_announced_even_there(
+    redis_server: RedisServer, clients: Callable[[BrokerProcess], RawClient]
+) -> None:
+    def start() -> BrokerProcess:
+        return spawn_broker("--engine", redis_server.url, "--engine-lease", "2")
+
+    a, b = start(), start()
+    try:
+        alice = clients(a)
+        welcome = alice.hello("alice", ["dev"])
+        alice.subscribe_after_welcome(welcome, ["dev"])
+        alice.reply(joined_to("dev"))
+        a.stop(signal.SIGKILL)
+        # B has nobody in dev: the resumed member is its first there, but
+        # for the room it never left (docs/CLUSTER.md, sessions)
+        moved = clients(b)
+        answer = moved.hello("alice", ["dev"], resume=welcome["session"])
+        assert answer["session"] == welcome["session"], answer
+        moved.subscribe_after_welcome(answer, ["dev"])
+        assert moved.reply(joined_to("dev"))["members"] == ["alice"]
+        moved.watch(QUIET)
+        assert not [m for _, m in moved.broadcasts if m["type"] == "join"], moved.broadcasts
+    finally:
+        for broker in (a, b):
+            broker.stop(signal.SIGKILL if broker.proc.poll() is None else signal.SIGTERM)
