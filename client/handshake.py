@@ -1,4 +1,5 @@
-"""Watching the security handshake while a client joins (docs/CLIENT.md "Security").
+"""Watching the security handshake while a client joins (docs/SECURITY.md,
+"Deploying with CURVE").
 
 With CURVE, a broker that refuses our key (or speaks plain text to our
 CURVE, or the other way round) says nothing on the connection: ZeroMQ just
