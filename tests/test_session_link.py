@@ -35,8 +35,15 @@ def test_a_welcome_from_another_broker_is_a_restart() -> None:
     link.welcome(welcome(broker="b1"), 0.0)
     link.welcome(welcome(broker="b1"), 1.0)
     assert not link.restarted
-    link.welcome(welcome(broker="b2"), 2.0)
-    assert link.restarted
+    link.welcome(welcome(broker="b2", session="new"), 2.0)
+    assert link.restarted and not link.moved
+
+
+def test_another_broker_that_resumed_our_session_is_a_move() -> None:
+    link = _link(A, B)
+    link.welcome(welcome(broker="b1", session="tok"), 0.0)
+    link.welcome(welcome(broker="b2", session="tok"), 1.0)  # the same token: taken over
+    assert link.moved
 
 
 def test_the_pub_override_wins_over_the_welcome() -> None:
