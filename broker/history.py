@@ -18,14 +18,20 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from protocol import ChatMessage
+from protocol import Broadcast, ChatMessage
 
-__all__ = ["HistoryStore", "MemoryHistory", "StorageError", "Unstored", "new_epoch"]
+__all__ = ["HistoryStore", "MemoryHistory", "Published", "StorageError", "Unstored", "new_epoch"]
 
 #: Lines a failed flush could not store, with their idempotency keys.
 Unstored = list[tuple[ChatMessage, str | None]]
+#: What the loop will publish to each room once a flush succeeds: the room's
+#: broadcasts of the turn, in order, and the frames they were encoded into
+#: (protocol.pack_messages). A store may keep those bytes rather than encode
+#: the same lines again (protocol.join_frames).
+Published = Mapping[str, tuple[Sequence[Broadcast], Sequence[bytes]]]
 
 
 class StorageError(Exception):
@@ -57,10 +63,11 @@ class HistoryStore(Protocol):
         """Add a line (buffered until :meth:`flush`)."""
         ...
 
-    def flush(self) -> Unstored:
+    def flush(self, published: Published | None = None) -> Unstored:
         """Make every appended line durable. Returns the lines that could not be
         stored (empty when all went well): none of them is stored, and
-        :meth:`last_seq` is back to what is."""
+        :meth:`last_seq` is back to what is. ``published``: what the loop
+        will publish once this returns, encoded (may be used, never required)."""
         ...
 
     def fetch(
@@ -104,7 +111,7 @@ class MemoryHistory:
         lines.append(message)
         self._last_seq[message.room] = message.seq
 
-    def flush(self) -> Unstored:
+    def flush(self, published: Published | None = None) -> Unstored:
         """Nothing to do: memory is as durable as this store gets."""
         return []
 

@@ -187,10 +187,7 @@ class BrokerServer:
                     if actions:
                         self._execute(actions)
                 elif actions:
-                    refused = core.history.flush()
-                    if refused:  # nothing of them goes out (broker/storage.py)
-                        actions = core.unstored(refused, actions)
-                    self._execute(actions)
+                    self._store_and_execute(actions)
         finally:
             self._close()
 
@@ -240,38 +237,36 @@ class BrokerServer:
             (log.debug if reply[2] == b"200" else log.warning)("ZAP: %s", note)
             zap.send_multipart(reply)
 
+    def _store_and_execute(self, actions: list[Action]) -> None:
+        """SQLite (or memory) mode: make the turn's lines durable, then send
+        what the turn decided. The rooms' frames are encoded first and handed
+        to the store, which keeps those bytes instead of encoding the same
+        lines again (docs/PERFORMANCE.md); if it refuses lines, nothing of
+        them goes out (broker/storage.py) and the rest is encoded anew."""
+        core = self.core
+        rooms, clients = _group(actions)
+        frames = {room: pack_messages(messages) for room, messages in rooms.items()}
+        refused = core.history.flush(
+            {room: (rooms[room], room_frames) for room, room_frames in frames.items()}
+        )
+        if refused:
+            self._execute(core.unstored(refused, actions))
+        else:
+            self._send(frames, clients)
+
     def _execute(self, actions: list[Action]) -> None:
-        # Everything one turn produced for the same room, or the same client,
-        # goes out together in as few frames as fit (protocol.pack): per
-        # frame, ZeroMQ's I/O thread and the kernel cost far more than the
-        # bytes, and a busy room's turn holds dozens of lines
-        # (docs/PERFORMANCE.md). Order is kept per room and per client.
-        # Each group is encoded with one call per frame (pack_messages), not
-        # one per message: about 2 600 instructions less per line.
-        rooms: dict[str, list[Broadcast]] = {}
-        clients: dict[bytes, list[Reply]] = {}
-        for action in actions:
-            if type(action) is Publish:
-                message = action.message
-                group = rooms.get(message.room)
-                if group is None:
-                    rooms[message.room] = [message]
-                else:
-                    group.append(message)
-            else:
-                identity = action.identity  # type: ignore[union-attr]
-                replies = clients.get(identity)
-                if replies is None:
-                    clients[identity] = [action.message]  # type: ignore[list-item]
-                else:
-                    replies.append(action.message)  # type: ignore[arg-type]
+        rooms, clients = _group(actions)
+        self._send({room: pack_messages(messages) for room, messages in rooms.items()}, clients)
+
+    def _send(self, rooms: dict[str, list[bytes]], clients: dict[bytes, list[Reply]]) -> None:
+        """Each room's frames to its topic, then each client's replies, packed."""
         router, xpub = self._router, self._xpub
         # pyzmq's Socket.send is a Python wrapper (for DRAFT routing ids and
         # groups) around the compiled send: calling the compiled one directly
         # saves 0.2 µs per frame (docs/PERFORMANCE.md).
         send = _send
         topics = self._topics
-        for room, messages in rooms.items():
+        for room, frames in rooms.items():
             topic = topics.get(room)
             if topic is None:
                 if len(topics) >= _TOPIC_CACHE:
@@ -279,7 +274,7 @@ class BrokerServer:
                 topic = topics[room] = room_topic(room)
             # Frame by frame with int flags: send_multipart costs over a
             # microsecond more per message in flag arithmetic.
-            for frame in pack_messages(messages):
+            for frame in frames:
                 send(xpub, topic, _SNDMORE)
                 send(xpub, frame)
         for identity, replies in clients.items():
@@ -314,6 +309,34 @@ class BrokerServer:
             if self._own_context:
                 self._ctx.term()
             log.info("broker stopped")
+
+
+def _group(actions: list[Action]) -> tuple[dict[str, list[Broadcast]], dict[bytes, list[Reply]]]:
+    """What a turn decided, by room and by client, in order.
+
+    Everything one turn produced for the same room, or the same client, goes
+    out together in as few frames as fit (protocol.pack_messages, one encoder
+    call per frame): per frame, ZeroMQ's I/O thread and the kernel cost far
+    more than the bytes, and a busy room's turn holds dozens of lines
+    (docs/PERFORMANCE.md). Order is kept per room and per client."""
+    rooms: dict[str, list[Broadcast]] = {}
+    clients: dict[bytes, list[Reply]] = {}
+    for action in actions:
+        if type(action) is Publish:
+            message = action.message
+            group = rooms.get(message.room)
+            if group is None:
+                rooms[message.room] = [message]
+            else:
+                group.append(message)
+        else:
+            identity = action.identity  # type: ignore[union-attr]
+            replies = clients.get(identity)
+            if replies is None:
+                clients[identity] = [action.message]  # type: ignore[list-item]
+            else:
+                replies.append(action.message)  # type: ignore[arg-type]
+    return rooms, clients
 
 
 # Plain ints: combining pyzmq's enum flags per frame is slow on the hot path.

@@ -21,18 +21,20 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import operator
 import os
 import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 
 from broker.filelock import HeldLock
-from broker.history import StorageError, Unstored, new_epoch
-from protocol import ChatMessage
+from broker.history import Published, StorageError, Unstored, new_epoch
+from protocol import Broadcast, ChatMessage, join_frames
 
 __all__ = ["SqliteHistory", "default_history_path", "describe_error"]
 
@@ -222,7 +224,7 @@ class SqliteHistory:
         self._last[message.room] = message.seq
         self._dirty.add(message.room)
 
-    def flush(self) -> Unstored:
+    def flush(self, published: Published | None = None) -> Unstored:
         refused, self._refused = self._refused, []
         if not self._pending:
             return refused
@@ -250,7 +252,7 @@ class SqliteHistory:
                 lines[0].seq,
                 lines[-1].seq,
                 max(line.ts for line in lines),
-                _encode(lines),
+                _encoded(lines, published.get(room) if published else None),
                 _encode(keys) if any(key is not None for key in keys) else None,
             )
             for room, (lines, keys) in rooms.items()
@@ -576,6 +578,21 @@ class SqliteHistory:
                 self._checkpointer.join()
             self._db.close()
             self._release()
+
+
+def _encoded(
+    lines: list[ChatMessage], published: tuple[Sequence[Broadcast], Sequence[bytes]] | None
+) -> bytes:
+    """The room's lines as one JSON array: the bytes the loop encoded to
+    publish them when it publishes exactly these lines and nothing else to
+    the room this turn (docs/PERFORMANCE.md), otherwise encoded here. The
+    messages are compared by identity, so a line flushed earlier in the turn
+    (a history request in between) or a notice among them means encoding."""
+    if published is not None:
+        messages, frames = published
+        if len(messages) == len(lines) and all(map(operator.is_, messages, lines)):
+            return join_frames(frames)
+    return _encode(lines)
 
 
 def describe_error(exc: BaseException) -> str:

@@ -29,6 +29,7 @@ __all__ = [
     "describe_request",
     "encode",
     "encode_broadcast",
+    "join_frames",
     "pack",
     "pack_messages",
     "room_topic",
@@ -183,6 +184,18 @@ def pack_messages(
         frames.append(frame)
         start += len(chunk)
     return frames
+
+
+def join_frames(frames: Sequence[bytes]) -> bytes:
+    """The JSON array of every message in ``frames`` (from :func:`pack` or
+    :func:`pack_messages`: each a lone message or a batch), in order: the
+    same bytes as encoding the list of those messages, made by joining bytes
+    instead of encoding again (the broker stores a room's lines of a turn as
+    that array, docs/PERFORMANCE.md)."""
+    if len(frames) == 1:
+        frame = frames[0]
+        return frame if frame[:1] == b"[" else b"[" + frame + b"]"
+    return b"[" + b",".join([f[1:-1] if f[:1] == b"[" else f for f in frames]) + b"]"
 
 
 def unpack(frame: bytes) -> list[bytes]:

@@ -32,6 +32,7 @@ from protocol import (
     decode_request,
     encode,
     encode_broadcast,
+    join_frames,
     nick_key,
     pack,
     pack_messages,
@@ -307,6 +308,19 @@ def test_messages_packed_with_one_encoding_per_frame_are_valid_batches(
     assert [body for frame in frames for body in unpack(frame)] == bodies
     if len(frames) == 1:
         assert frames == pack(bodies, limit)  # byte for byte when all fit
+
+
+@FUZZ
+@given(replies=st.lists(ANY_REPLY, min_size=1, max_size=40), limit=st.integers(1, 3000))
+def test_joined_frames_are_the_encoding_of_all_their_messages(
+    replies: list[Any], limit: int
+) -> None:
+    # The broker stores a room's lines of a turn as the bytes it packed
+    # them into for publishing: they must be exactly what encoding the
+    # list of those messages gives, whether packed with pack_messages or pack.
+    whole = msgspec.json.encode(replies)
+    assert join_frames(pack_messages(replies, limit)) == whole
+    assert join_frames(pack([encode(reply) for reply in replies], limit)) == whole
 
 
 def test_messages_packed_past_the_limit_fill_frames_nearly_as_full() -> None:

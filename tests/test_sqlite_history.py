@@ -9,11 +9,12 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from broker.history import StorageError
 from broker.sqlite_history import SqliteHistory
-from protocol import ChatMessage
+from protocol import ChatMessage, LeaveNotice, encode
 
 
 def _line(room: str, seq: int, ts: float) -> ChatMessage:
@@ -444,3 +445,61 @@ def test_one_store_per_file_and_the_lock_names_its_holder(tmp_path: Path) -> Non
     SqliteHistory(path).close()  # free again once closed
     memory = SqliteHistory(":memory:")  # memory stores need no lock
     assert memory.epoch and memory.epoch != SqliteHistory(":memory:").epoch
+
+
+def _stored_blobs(path: Path) -> list[bytes]:
+    db = sqlite3.connect(path)
+    try:
+        return [bytes(blob) for (blob,) in db.execute("SELECT lines FROM batches ORDER BY rowid")]
+    finally:
+        db.close()
+
+
+def test_a_flush_keeps_the_published_bytes_only_for_exactly_its_lines(tmp_path: Path) -> None:
+    # The loop hands the frames it will publish to the flush, so the store
+    # need not encode the same lines again (docs/PERFORMANCE.md). Frames
+    # that are not the lines' encoding show which bytes were kept.
+    path = tmp_path / "h.sqlite3"
+    store = SqliteHistory(path)
+    one, two, three = (_line("a", seq, 1.0 + seq) for seq in (1, 2, 3))
+    notice = LeaveNotice(room="a", nick="bob", reason="part", ts=3.5)
+    try:
+        for line in (one, two):
+            store.append(line, None)
+        assert store.flush({"a": ([one, two], [b"[1]", b"[2,3]"])}) == []
+        # A notice among the room's broadcasts: the lines are encoded here.
+        store.append(three, None)
+        assert store.flush({"a": ([three, notice], [b"[4]"])}) == []
+        # Equal messages that are not these very lines: encoded here too.
+        four = _line("a", 4, 5.0)
+        store.append(four, None)
+        assert store.flush({"a": ([_line("a", 4, 5.0)], [b"{5}"])}) == []
+        # A lone line published as itself is stored as an array of one.
+        five = _line("a", 5, 6.0)
+        store.append(five, None)
+        assert store.flush({"a": ([five], [encode(five)])}) == []
+    finally:
+        store.close()
+    assert _stored_blobs(path) == [
+        b"[1,2,3]",
+        msgspec.json.encode([three]),
+        msgspec.json.encode([four]),
+        msgspec.json.encode([five]),
+    ]
+
+
+def test_a_history_request_within_a_turn_does_not_take_the_turns_frames(tmp_path: Path) -> None:
+    # A fetch flushes the lines appended so far; the loop's flush then holds
+    # only the later ones, while the frames carry the whole turn.
+    path = tmp_path / "h.sqlite3"
+    store = SqliteHistory(path)
+    one, two = _line("a", 1, 1.0), _line("a", 2, 2.0)
+    try:
+        store.append(one, None)
+        assert [line.seq for line in store.fetch("a", 0, None, 10)[0]] == [1]
+        store.append(two, None)
+        assert store.flush({"a": ([one, two], [b"[1,2]"])}) == []
+        assert _seqs(store, "a") == [1, 2]
+    finally:
+        store.close()
+    assert _stored_blobs(path) == [msgspec.json.encode([one]), msgspec.json.encode([two])]
