@@ -2,46 +2,47 @@
 
 Two parts, as in SQLite mode:
 
-* :class:`ClusterCore` decides, as :class:`~broker.core.BrokerCore` does and
-  mostly by it, with sequencing, history, nicknames and membership moved to
-  the engine. A line is not numbered here: ``say`` proposes it
-  (:class:`Append`) and the shell hands back the engine's result (a seq, a
-  duplicate's seq, or ``unavailable``). Notices go out on the engine's bus,
-  never straight to XPUB, so every broker relays one order per room.
+* :class:`ClusterCore` is :class:`~broker.core.BrokerCore` with its parts on
+  the engine (broker/cluster_parts.py: rooms and membership, sequencing and
+  history, nicknames and sessions beyond this broker), so every request is
+  decided by the same code in both modes. A line is not numbered here:
+  ``say`` proposes it (:class:`Append`) and the shell hands back the engine's
+  result (a seq, a duplicate's seq, or ``unavailable``). Notices go out on the
+  engine's bus, never straight to XPUB, so every broker relays one order per
+  room. What the class adds are the events only a cluster has: the bus's
+  notices, the inbox, losing sessions to another broker, and winning them
+  back after being fenced.
 * :class:`ClusterShell` runs what the core proposed against the engine
-  (every room's lines of one loop turn in one pipelined round trip), turns
-  what the bus brings into broadcasts, and keeps the timers: heartbeat,
-  stale-bus check, nickname leases, the reaper.
+  (every room's lines of one loop turn in one pipelined round trip, private
+  lines into other brokers' inboxes), turns what the bus brings into
+  broadcasts, and keeps the timers: heartbeat, stale-bus check, nickname
+  leases, the reaper.
 
-The engine's control calls (claim a nickname, join, leave, who) are made by
-the core directly: they are rare next to lines, and each needs its answer
-before the core can reply. Both parts run on the broker's one thread.
-
-Importing this module imports redis: SQLite mode never does (broker/cli.py
-imports it only for ``--engine``).
+Both parts run on the broker's one thread. Importing this module imports
+redis: SQLite mode never does (broker/cli.py imports it only for ``--engine``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Final, cast
 
-import msgspec
 import zmq
 
-from broker.core import (
-    Action,
-    BrokerConfig,
-    BrokerCore,
-    Publish,
-    Send,
-    _Room,
-    _Session,
+from broker.actions import Forward
+from broker.cluster_parts import (
+    UNAVAILABLE_MESSAGE,
+    Append,
+    EngineDirectory,
+    EngineLedger,
+    EngineRooms,
+    PublishHere,
+    line_of,
+    member_of,
 )
+from broker.core import Action, BrokerConfig, BrokerCore, Publish, Send
 from broker.engine import (
     BusReader,
     Engine,
@@ -50,11 +51,9 @@ from broker.engine import (
     Fenced,
     Follower,
     InboxLine,
-    Member,
     NewLine,
     ReapReport,
     RedisEngine,
-    SessionRecord,
 )
 from broker.engine.breaker import Breaker
 from broker.engine.bus import Bell, BusDown, BusNotice, BusUp
@@ -66,39 +65,20 @@ from protocol import (
     Ack,
     AwayNotice,
     Broadcast,
-    ChatMessage,
     Error,
     ErrorCode,
-    Hello,
-    History,
-    HistoryReply,
-    Joined,
     JoinNotice,
     LeaveNotice,
-    Ping,
-    Pong,
     PrivateMessage,
     ProtocolError,
-    Rename,
-    RoomInfo,
-    RoomList,
-    Say,
-    SendPrivate,
-    Who,
-    WhoReply,
     decode_broadcast,
     decode_reply,
     nick_key,
     room_topic,
-    validate_key,
-    validate_nick,
-    validate_room,
-    validate_text,
 )
 from protocol.codec import describe_request, encode_body
-from protocol.validation import MAX_TEXT_BYTES
 
-__all__ = ["Append", "ClusterCore", "ClusterShell", "PublishHere"]
+__all__ = ["Append", "ClusterCore", "ClusterShell", "PublishHere", "line_of"]
 
 log = logging.getLogger("broker")
 
@@ -107,32 +87,6 @@ CLUSTER_TICK: Final = 1.0
 #: Seconds the engine is not asked again after it was unavailable
 #: (broker/engine/breaker.py): a stalled Redis costs one timeout, not one per call.
 BREAKER_COOLDOWN: Final = 1.0
-#: Most lines one history request returns (as in SQLite mode).
-MAX_HISTORY_LIMIT: Final = 1000
-
-UNAVAILABLE_MESSAGE: Final = (
-    "the broker cannot reach its cluster engine now; nothing was stored, send it again later"
-)
-
-
-@dataclass(slots=True)
-class Append:
-    """A proposed line: the shell appends it to the engine, then acknowledges
-    it to ``identity`` (when the client gave a ``key``) or refuses it."""
-
-    identity: bytes
-    line: ChatMessage  # seq 0: the engine numbers it
-    key: str | None  # the client's idempotency key
-    engine_key: str  # the key the engine de-duplicates on (the client's or ours)
-
-
-@dataclass(slots=True)
-class PublishHere:
-    """Publish ``message`` to this broker's subscribers only, not on the bus:
-    a join notice the bus cannot bring back, because this broker's
-    subscription to the room was not live yet when it was published."""
-
-    message: Broadcast
 
 
 class ClusterCore(BrokerCore):
@@ -140,18 +94,22 @@ class ClusterCore(BrokerCore):
     in the engine shared by every broker of the cluster."""
 
     def __init__(self, config: BrokerConfig, engine: Engine, follower: Follower) -> None:
-        super().__init__(config, MemoryHistory(per_room=1), broker_id=engine.broker_id)
+        history = MemoryHistory(per_room=1)  # unused: history lives in the engine
+        directory = EngineDirectory(engine)
+        #: The rooms part, with what only the cluster has (relayed seqs,
+        #: away messages from the bus, leaves to retry).
+        self.engine_rooms = EngineRooms(engine, follower, directory)
+        super().__init__(
+            config,
+            history,
+            broker_id=engine.broker_id,
+            rooms=self.engine_rooms,
+            ledger=EngineLedger(engine, history.epoch),
+            directory=directory,
+        )
         self.engine = engine
         self.follower = follower
-        #: Each followed room's epoch, as the relay last saw it.
-        self._epochs: dict[str, str] = {}
-        #: Leaves the engine did not take (it was down): retried by tick.
-        self._unleft: list[tuple[str, Member, bytes]] = []
-        #: Join notices published here too (PublishHere), per room: their
-        #: copy from the bus, if the subscription was live after all, is dropped.
-        self._echoes: dict[str, set[bytes]] = {}
-        #: Away messages seen on the bus: nick key -> text (docs/PROTOCOL.md "Away").
-        self._away_seen: dict[str, str] = {}
+        self._directory = directory
         #: Set when the engine refused a write because our lease expired.
         self.fenced = False
 
@@ -178,24 +136,34 @@ class ClusterCore(BrokerCore):
         """Expire sessions (as in SQLite mode) and retry leaves the engine missed."""
         try:
             actions = super().tick(now)
-            unleft, self._unleft = self._unleft, []
-            for index, (room, member, notice) in enumerate(unleft):
-                try:
-                    self.engine.leave(room, member, notice)
-                except EngineUnavailable:
-                    self._unleft += unleft[index:]
-                    break
+            self.engine_rooms.retry_leaves()
             return actions
         except Fenced:
             self.fenced = True
             return []
 
+    # --- events only a cluster has ------------------------------------------
+
     def delivered(self, room: str, epoch: str, seq: int) -> None:
         """The shell relayed a room's lines up to ``seq`` (pong and joined use it)."""
-        known = self._rooms.get(room)
-        if known is not None:
-            known.seq = seq
-            self._epochs[room] = epoch
+        self.engine_rooms.delivered(room, epoch, seq)
+
+    def echoed(self, room: str, payload: bytes) -> bool:
+        """Whether a bus notice is one already published here (PublishHere)."""
+        return self.engine_rooms.echoed(room, payload)
+
+    def noticed(self, notice: Broadcast) -> None:
+        """A notice from the bus: keep what replies need from it (who is
+        away), whichever broker it came from. Topics are in the engine."""
+        kind = type(notice)
+        away = self.engine_rooms.away_seen
+        if kind is AwayNotice:
+            if notice.text:  # type: ignore[union-attr]
+                away[nick_key(notice.nick)] = notice.text  # type: ignore[union-attr]
+            else:
+                away.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
+        elif kind is LeaveNotice:
+            away.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
 
     def inbox(self, lines: list[InboxLine]) -> list[Action]:
         """Private lines other brokers sent to sessions of ours."""
@@ -213,6 +181,12 @@ class ClusterCore(BrokerCore):
             actions.append(Send(session.identity, message))
         return actions
 
+    def unforwarded(self, forward: Forward) -> None:
+        """The shell could not hand a private line to its broker: forget its
+        key, so that the resend is sent."""
+        if forward.line.key is not None:
+            self.keys.forget(forward.line.key, forward.line.id)
+
     def leases(self) -> dict[str, str]:
         """This broker's nickname leases: nick key -> session token."""
         return {nick_key(s.nick): s.token for s in self.sessions}
@@ -228,7 +202,7 @@ class ClusterCore(BrokerCore):
         broker did, and announced the leaves): those members come back
         silently, as if never gone; the others are announced as joining."""
         self.fenced = False
-        self._unleft.clear()
+        self.engine_rooms.forget_leaves()
         ours = set()
         if reaped is not None:
             ours = {(r.room, r.member.session) for r in reaped.members}
@@ -239,71 +213,16 @@ class ClusterCore(BrokerCore):
                     if (name, session.token) in ours:
                         notice = LeaveNotice(room=name, nick=session.nick, reason="timeout", ts=now)
                         self.engine.publish(name, encode_body(notice))
-                    self._drop_member(session, name)
+                    self.engine_rooms.drop(session, name)
                 self.sessions.remove(session)
                 continue
             for name in session.rooms:
                 join: bytes | None = None
                 if (name, session.token) not in ours:
                     join = encode_body(JoinNotice(room=name, nick=session.nick, ts=now))
-                self.engine.join(name, self._member(session), join)
-            self._save(session)
+                self.engine.join(name, member_of(self.engine, session), join)
+            self._directory.save(session)
         return []
-
-    # --- sessions and nicknames -------------------------------------------
-
-    def _hello(
-        self,
-        identity: bytes,
-        session: _Session | None,
-        hello: object,
-        now: float,
-        peer: str | None = None,
-    ) -> list[Action]:
-        actions = super()._hello(identity, session, hello, now, peer)  # type: ignore[arg-type]
-        made = self.sessions.by_identity.get(identity)
-        if made is None or made.token == getattr(hello, "resume", None):
-            # refused, or a resume: of a session we held, or one we took over
-            # from another broker with its nickname lease (_new_token)
-            if made is not None:
-                self._save(made)
-            return actions
-        try:
-            claimed = self.engine.claim_nick(nick_key(made.nick), made.token)
-        except EngineError:
-            self.sessions.remove(made)
-            raise
-        if not claimed:
-            self.sessions.remove(made)
-            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {made.nick!r} is taken")
-        self._save(made)
-        return actions
-
-    def _new_token(self, hello: Hello, nick: str, peer: str | None) -> str:
-        # A client resuming a session another broker held (that broker died,
-        # or the client moved): take it over with its nickname lease and
-        # memberships, no notices: for the others it never left.
-        if hello.resume:
-            record = self.engine.take_session(hello.resume)
-            if record is not None:
-                if record.nick_key == nick_key(nick) and record.key == (peer or ""):
-                    log.info("%s resumed its session from broker %s", nick, record.broker)
-                    return record.token
-                self.engine.drop_session(record.token)  # not this client's: start afresh
-                self.engine.release_nick(record.nick_key, record.token)
-        return super()._new_token(hello, nick, peer)
-
-    def _save(self, session: _Session) -> None:
-        """Store the session's record, so that its client can resume on any broker."""
-        record = SessionRecord(
-            token=session.token,
-            broker=self.engine.broker_id,
-            nick=session.nick,
-            nick_key=nick_key(session.nick),
-            rooms=tuple(sorted(session.rooms)),
-            key=session.peer or "",
-        )
-        self.engine.save_session(record)
 
     def lost_sessions(self, tokens: list[str]) -> None:
         """Sessions whose records we no longer hold: taken over by another
@@ -314,243 +233,12 @@ class ClusterCore(BrokerCore):
             if session is None:
                 continue
             if self.engine.nick_holder(nick_key(session.nick)) == (self.engine.broker_id, token):
-                self._save(session)  # still ours: the record was lost, not taken
+                self._directory.save(session)  # still ours: the record was lost, not taken
                 continue
             log.info("%s moved to another broker", session.nick)
             for name in list(session.rooms):
-                self._drop_member(session, name)
+                self.engine_rooms.drop(session, name)
             self.sessions.remove(session)
-
-    def _remove(self, session: _Session, reason: str, now: float) -> list[Action]:
-        actions = super()._remove(session, reason, now)
-        # Failing that, the lease and record lapse on their own: nobody
-        # renews them any more.
-        with contextlib.suppress(EngineUnavailable):
-            self.engine.release_nick(nick_key(session.nick), session.token)
-            self.engine.drop_session(session.token)
-        return actions
-
-    def _rename(self, session: _Session, request: Rename, now: float) -> list[Action]:
-        new = validate_nick(request.nick)
-        old_key, new_key = nick_key(session.nick), nick_key(new)
-        if new_key != old_key and not self.engine.claim_nick(new_key, session.token):
-            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
-        old = self._member(session)
-        try:
-            actions = super()._rename(session, request, now)
-        except ProtocolError:
-            if new_key != old_key:
-                self.engine.release_nick(new_key, session.token)
-            raise
-        if new_key != old_key:
-            self.engine.release_nick(old_key, session.token)
-        member = self._member(session)
-        for name in sorted(session.rooms):
-            self.engine.leave(name, old)
-            self.engine.join(name, member)
-        self._save(session)
-        return actions  # the nick notices go out on the bus (ClusterShell.settle)
-
-    def _member(self, session: _Session) -> Member:
-        return Member(nick_key(session.nick), session.nick, self.engine.broker_id, session.token)
-
-    # --- rooms and membership ---------------------------------------------
-
-    def _synced(self, session: _Session, number: int, now: float) -> list[Action]:
-        rooms, _ = session.pending.pop(number)
-        actions: list[Action] = []
-        if not session.active:
-            session.active = True
-            log.info("%s joined", session.nick)
-        for name in rooms:
-            try:
-                if name in session.rooms:
-                    actions.append(Send(session.identity, self._joined(self._rooms[name])))
-                else:
-                    actions += self._enter(session, name, now)
-            except EngineUnavailable as exc:
-                log.warning("join of %s to %s failed: %s", session.nick, name, exc)
-                error = Error(
-                    code=ErrorCode.UNAVAILABLE,
-                    message=UNAVAILABLE_MESSAGE,
-                    req="join",
-                    room=name,
-                )
-                actions.append(Send(session.identity, error))
-        return actions
-
-    def _enter(self, session: _Session, name: str, now: float) -> list[Action]:
-        join = JoinNotice(room=name, nick=session.nick, ts=now)
-        notice = encode_body(join)
-        # False: a member already (a session taken over from another broker):
-        # nothing is announced, for the others it never left
-        added = self.engine.join(name, self._member(session), notice)
-        room = self._rooms.get(name)
-        if room is None:
-            meta = self.engine.meta([name])[name]
-            room = self._rooms[name] = _Room(name=name, seq=meta.seq)
-            self._epochs[name] = meta.epoch
-            # relay from the seq `joined` tells the client: nothing between
-            # it and the bus going live is skipped
-            self.follower.follow(name, meta)
-        room.members[session.token] = session
-        session.rooms.add(name)
-        self._save(session)
-        actions: list[Action] = []
-        if added and not self.follower.live(name):
-            # The bus will not bring the notice back here: the joiner (and any
-            # member who joined as early) would not see it, as in SQLite mode.
-            self._echoes.setdefault(name, set()).add(notice)
-            actions.append(PublishHere(join))  # type: ignore[arg-type]
-        actions.append(Send(session.identity, self._joined(room)))
-        return actions
-
-    def echoed(self, room: str, payload: bytes) -> bool:
-        """Whether a bus notice is one already published here (PublishHere)."""
-        echoes = self._echoes.get(room)
-        if echoes is None or payload not in echoes:
-            return False
-        echoes.discard(payload)
-        return True
-
-    def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
-        member = self._member(session)
-        notice = encode_body(LeaveNotice(room=name, nick=session.nick, reason=reason, ts=now))
-        try:
-            self.engine.leave(name, member, notice)
-        except EngineUnavailable:
-            self._unleft.append((name, member, notice))
-        self._drop_member(session, name)
-        if reason == "part":  # (otherwise the whole session goes)
-            with contextlib.suppress(EngineUnavailable):
-                self._save(session)
-        return []
-
-    def _drop_member(self, session: _Session, name: str) -> None:
-        room = self._rooms[name]
-        del room.members[session.token]
-        session.rooms.discard(name)
-        if not room.members:
-            del self._rooms[name]
-            self._epochs.pop(name, None)
-            self._echoes.pop(name, None)
-            self.follower.unfollow(name)
-
-    def _joined(self, room: _Room) -> Joined:
-        members = [m.nick for m in self.engine.members(room.name)]
-        return Joined(
-            room=room.name,
-            seq=room.seq,
-            members=members,
-            epoch=self._epochs.get(room.name, ""),
-            topic=self.topics.get(room.name).text,
-            away=self._away_of(members),
-        )
-
-    def _who(self, session: _Session, request: Who, now: float) -> list[Action]:
-        name = validate_room(request.room)
-        members = [m.nick for m in self.engine.members(name)]
-        reply = WhoReply(room=name, members=members, away=self._away_of(members))
-        return [Send(session.identity, reply)]
-
-    def _away_of(self, nicks: list[str]) -> dict[str, str]:
-        away = self._away_seen
-        return {n: away[nick_key(n)] for n in nicks if nick_key(n) in away}
-
-    def noticed(self, notice: Broadcast) -> None:
-        """A notice from the bus: keep what replies need from it (who is
-        away), whichever broker it came from. Topics are in the engine."""
-        kind = type(notice)
-        if kind is AwayNotice:
-            if notice.text:  # type: ignore[union-attr]
-                self._away_seen[nick_key(notice.nick)] = notice.text  # type: ignore[union-attr]
-            else:
-                self._away_seen.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
-        elif kind is LeaveNotice:
-            self._away_seen.pop(nick_key(notice.nick), None)  # type: ignore[union-attr]
-
-    def _list_rooms(self, session: _Session, request: object, now: float) -> list[Action]:
-        rooms = [RoomInfo(room=r, members=n) for r, n in sorted(self.engine.rooms().items())]
-        return [Send(session.identity, RoomList(rooms=rooms))]
-
-    # --- sequencing and history -------------------------------------------
-
-    def _say(self, session: _Session, request: Say, now: float) -> list[Action]:
-        name = request.room
-        if name not in session.rooms:
-            name = validate_room(name)
-            if name not in session.rooms:
-                raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
-        text = request.text
-        if not text.isascii() or len(text) > MAX_TEXT_BYTES or not text or text.isspace():
-            validate_text(text)
-        key = request.key
-        if key is not None:
-            validate_key(key)
-        line = ChatMessage(
-            room=name,
-            nick=session.nick,
-            text=text,
-            ts=now,
-            id=self._next_id(),
-            seq=0,
-            action=request.action,
-        )
-        # Our own key where the client gave none: a resend after an
-        # indeterminate failure is then de-duplicated too (docs/CLUSTER.md).
-        engine_key = key if key is not None else "!" + line.id
-        return [Append(session.identity, line, key, engine_key)]  # type: ignore[list-item]
-
-    def _history(self, session: _Session, request: History, now: float) -> list[Action]:
-        name = validate_room(request.room)
-        if name not in session.rooms:
-            raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
-        limit = max(0, min(request.limit, MAX_HISTORY_LIMIT))
-        found = self.engine.fetch(
-            name, max(0, request.after), request.before, limit, forward=request.forward
-        )
-        lines = [line_of(name, stored.seq, stored.payload) for stored in found.lines]
-        reply = HistoryReply(
-            room=name,
-            messages=[line for line in lines if line is not None],
-            missed=found.missed,
-            seq=found.meta.seq,
-            epoch=found.meta.epoch,
-        )
-        return [Send(session.identity, reply)]
-
-    def _ping(self, session: _Session, request: Ping, now: float) -> list[Action]:
-        seqs = {name: self._rooms[name].seq for name in session.rooms}
-        epochs = {name: self._epochs.get(name, "") for name in session.rooms}
-        return [Send(session.identity, Pong(broker=self.broker_id, seqs=seqs, epochs=epochs))]
-
-    # --- private lines ----------------------------------------------------
-
-    def _private(self, session: _Session, request: SendPrivate, now: float) -> list[Action]:
-        try:
-            return super()._private(session, request, now)
-        except ProtocolError as exc:
-            if exc.code != ErrorCode.NO_SUCH_NICK:
-                raise
-        holder = self.engine.nick_holder(nick_key(request.to))
-        if holder is None:
-            raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"nobody called {request.to!r} is here")
-        broker, token = holder
-        line = PrivateMessage(
-            nick=session.nick,
-            to=request.to,
-            text=request.text,
-            ts=now,
-            id=self._next_id(),
-            action=request.action,
-            key=request.key,
-        )
-        self.engine.send_private(broker, token.encode() + b"\n" + encode_body(line))
-        actions: list[Action] = [Send(session.identity, line)]
-        if request.key is not None:
-            ack = self._remember(Ack(key=request.key, id=line.id))
-            actions.append(Send(session.identity, ack))
-        return actions
 
     # --- helpers ------------------------------------------------------------
 
@@ -567,19 +255,6 @@ class ClusterCore(BrokerCore):
             room=room,
         )
         return Send(identity, error)
-
-
-def line_of(room: str, seq: int, payload: bytes) -> ChatMessage | None:
-    """A stored payload as the line it is, numbered ``seq``; None if it is not
-    one (a payload another version of the broker wrote)."""
-    try:
-        message = decode_broadcast([room_topic(room), payload])
-    except ProtocolError:
-        log.warning("room %s: seq %d holds something that is not a line", room, seq)
-        return None
-    if type(message) is not ChatMessage:
-        return None
-    return msgspec.structs.replace(message, seq=seq)
 
 
 def notice_of(room: str, payload: bytes) -> Broadcast | None:
@@ -640,19 +315,25 @@ class ClusterShell:
     def settle(self, actions: list[Action]) -> list[Action]:
         """Run this turn's proposals against the engine: every room's lines in
         one round trip, then their acks or ``unavailable`` errors; notices
-        onto the bus. Returns what the loop sends now."""
+        onto the bus; private lines into their brokers' inboxes. Returns what
+        the loop sends now."""
         out: list[Action] = []
         batches: dict[str, list[Append]] = {}
         notices: list[Broadcast] = []
+        forwards: list[Forward] = []
         for action in cast(list[object], actions):
             if isinstance(action, Append):
                 batches.setdefault(action.line.room, []).append(action)
             elif isinstance(action, Publish):
                 notices.append(action.message)
+            elif isinstance(action, Forward):
+                forwards.append(action)
             elif isinstance(action, PublishHere):
                 out.append(Publish(action.message))
             else:
                 out.append(cast(Action, action))
+        if forwards:
+            out = self._forward(forwards, out)
         for notice in notices:
             try:
                 self.engine.publish(notice.room, encode_body(notice))
@@ -665,6 +346,38 @@ class ClusterShell:
         if self.core is not None and self.core.fenced:
             out += self._fenced()
         return out
+
+    def _forward(self, forwards: list[Forward], out: list[Action]) -> list[Action]:
+        """Private lines to sessions on other brokers, into their inboxes.
+        One the engine did not take is refused: its sender gets
+        ``unavailable`` (with the key) instead of its copy and its ack."""
+        assert self.core is not None
+        failed: set[str] = set()
+        for forward in forwards:
+            line = forward.line
+            try:
+                self.engine.send_private(
+                    forward.broker, forward.token.encode() + b"\n" + encode_body(line)
+                )
+            except (EngineUnavailable, Fenced) as exc:
+                if isinstance(exc, Fenced):
+                    self.core.fenced = True
+                log.warning("refused msg: engine: %s", exc)
+                self.core.unforwarded(forward)
+                failed.add(line.id)
+                error = Error(
+                    code=ErrorCode.UNAVAILABLE, message=UNAVAILABLE_MESSAGE, req="msg", key=line.key
+                )
+                out.append(Send(forward.identity, error))
+        if not failed:
+            return out
+        return [
+            a
+            for a in out
+            if not (
+                type(a.message) in (PrivateMessage, Ack) and a.message.id in failed  # type: ignore[union-attr]
+            )
+        ]
 
     def _append(self, batches: dict[str, list[Append]]) -> list[Action]:
         todo = {

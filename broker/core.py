@@ -26,18 +26,21 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from broker import storage
+from broker.actions import Action, Forward, Publish, Send
+from broker.directory import Directory, LocalDirectory
 from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
-from broker.idempotency import KEY_MEMORY, KeyMemory
-from broker.presence import away_notices, away_reply_once, joined_reply, topic_request
+from broker.idempotency import KeyMemory
+from broker.ledger import Ledger, LocalLedger
+from broker.presence import away_notices, away_reply_once, topic_request
 from broker.ratelimit import TokenBucket
-from broker.sessions import SessionTable
+from broker.rooms import LocalRooms, Room, Rooms
+from broker.sessions import Session, SessionTable
 from broker.topics import MemoryTopics, TopicStore
 from protocol import (
     PROTOCOL_VERSION,
     SYNC_PREFIX,
     Ack,
     Away,
-    Broadcast,
     Bye,
     ChatMessage,
     Error,
@@ -45,12 +48,9 @@ from protocol import (
     Goodbye,
     Hello,
     History,
-    HistoryReply,
     Join,
-    Joined,
     JoinNotice,
     JoinsNotice,
-    LeaveNotice,
     Limits,
     ListRooms,
     NickNotice,
@@ -62,8 +62,6 @@ from protocol import (
     ProtocolError,
     Rename,
     Renamed,
-    Reply,
-    RoomInfo,
     RoomList,
     Say,
     SendPrivate,
@@ -71,7 +69,6 @@ from protocol import (
     Topic,
     Welcome,
     Who,
-    WhoReply,
     decode_request,
     nick_key,
     validate_key,
@@ -98,27 +95,6 @@ MAX_HISTORY_LIMIT: Final = 1000
 JOINS_PER_NOTICE: Final = 100
 
 
-# Not frozen: a frozen dataclass's __init__ goes through object.__setattr__
-# and costs 0.2 µs more per action, two actions per line (docs/PERFORMANCE.md).
-# Treat them as read-only all the same; unsafe_hash keeps them hashable.
-@dataclass(slots=True, unsafe_hash=True)
-class Send:
-    """Send ``message`` privately to the client with this ROUTER identity."""
-
-    identity: bytes
-    message: Reply
-
-
-@dataclass(slots=True, unsafe_hash=True)
-class Publish:
-    """Publish ``message`` on its room's PUB topic."""
-
-    message: Broadcast
-
-
-Action = Send | Publish
-
-
 @dataclass(slots=True)
 class BrokerConfig:
     """Tunable limits; every field has a command-line flag (broker/cli.py)."""
@@ -141,49 +117,22 @@ class BrokerConfig:
     nick_keys: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(slots=True, eq=False)
-class _Session:
-    identity: bytes
-    nick: str
-    token: str
-    last_seen: float
-    active: bool = False
-    rooms: set[str] = field(default_factory=set)
-    # sync number -> (rooms waiting for it, when asked)
-    pending: dict[int, tuple[list[str], float]] = field(default_factory=dict)
-    #: Made only when a sync overtakes its join (rare): an empty set per
-    #: session would cost 216 bytes (docs/PERFORMANCE.md, memory).
-    early_syncs: set[int] | None = None
-    #: The CURVE public key (ZAP User-Id) of the connection that said hello,
-    #: or None without CURVE: requests from any other key are refused.
-    peer: str | None = None
-    #: Flood control of lines, joins, parts and renames (anything that publishes).
-    flood: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
-    #: Flood control of history, who and room-list requests.
-    queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
-    #: The away message ("" : here), and the tokens of those already told it
-    #: after a private line (docs/PROTOCOL.md "Away": once per away); the set
-    #: is made when first needed (an empty one costs 216 bytes a session).
-    away: str = ""
-    away_told: set[str] | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Room:
-    name: str
-    seq: int
-    # session token -> session, in joining order
-    members: dict[str, _Session] = field(default_factory=dict)
-    #: The members' nicknames in joining order, or None until asked for
-    #: again after a part or a rename (see _nicks).
-    nicks: list[str] | None = None
-    #: Its away members' messages by nickname, or None until asked for
-    #: again after a member went away or came back, parted or was renamed.
-    away: dict[str, str] | None = None
+# The parts' types under the names the core's helpers know them by.
+_Session = Session
+_Room = Room
 
 
 class BrokerCore:
-    """All broker state and every decision, driven by the event loop."""
+    """Every decision, driven by the event loop; the state lives in its parts.
+
+    The parts, each owning one thing: ``sessions`` (this broker's sessions
+    and nicknames), ``rooms`` (membership and each room's numbering),
+    ``ledger`` (sequencing and history), ``directory`` (nicknames and sessions
+    beyond this broker) and ``keys`` (idempotency keys of private lines, and
+    of lines where the ledger shares them). Without ``rooms``, ``ledger`` and
+    ``directory`` the core is one broker on its history store (SQLite or
+    memory); cluster mode gives it parts on the engine (broker/cluster.py).
+    """
 
     def __init__(
         self,
@@ -191,21 +140,35 @@ class BrokerCore:
         history: HistoryStore | None = None,
         broker_id: str | None = None,
         topics: TopicStore | None = None,
+        *,
+        rooms: Rooms | None = None,
+        ledger: Ledger | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self.config = config or BrokerConfig()
-        self.topics: TopicStore = topics if topics is not None else MemoryTopics()
         self.history: HistoryStore = history if history is not None else MemoryHistory()
         self.broker_id = broker_id or secrets.token_hex(8)
         #: Sessions and nicknames (broker/sessions.py keeps the indices in step).
         self.sessions: SessionTable[_Session] = SessionTable()
         # The table's identity index, for the hot path's one lookup per request.
         self._sessions = self.sessions.by_identity
-        self._rooms: dict[str, _Room] = {}
-        self._ids = 0
         #: Idempotency keys (broker/idempotency.py).
         self.keys = KeyMemory.of(self.history)
-        # Its table, for the hot path's inline lookups.
-        self._keys = self.keys.acks
+        topics = topics if topics is not None else MemoryTopics()
+        self.rooms: Rooms = rooms if rooms is not None else LocalRooms(self.history, topics)
+        self.rooms.topics = topics
+        # The rooms by name, for the hot path's inline lookups.
+        self._rooms = self.rooms.by_name
+        self.ledger: Ledger = (
+            ledger
+            if ledger is not None
+            else LocalLedger(self.history, self._rooms, self.keys, self.broker_id)
+        )
+        # The ledger's keys (the key memory's table in SQLite mode), and its
+        # record, for the hot path's inline lookups.
+        self._keys = self.ledger.say_keys
+        self._record = self.ledger.record
+        self.directory: Directory = directory if directory is not None else LocalDirectory()
         self._limits = Limits(
             text_bytes=MAX_TEXT_BYTES,
             nick_length=MAX_NICK_LENGTH,
@@ -229,6 +192,15 @@ class BrokerCore:
             Topic: lambda session, request, now: topic_request(self, session, request, now),
             Away: self._away,
         }
+
+    @property
+    def topics(self) -> TopicStore:
+        """The room topics (kept by the rooms part, which ``joined`` needs)."""
+        return self.rooms.topics
+
+    @topics.setter
+    def topics(self, topics: TopicStore) -> None:
+        self.rooms.topics = topics
 
     # --- what the loop calls ---------------------------------------------
 
@@ -337,36 +309,9 @@ class BrokerCore:
                 continue
             if not session.pending:  # almost every session, every tick
                 continue
-            for number, (rooms, since) in list(session.pending.items()):
-                if now - since <= timeout:
-                    continue
-                del session.pending[number]
-                if not session.active:
-                    log.info("%s never subscribed; join abandoned", session.nick)
-                    actions.append(
-                        Send(
-                            session.identity,
-                            Error(
-                                code=ErrorCode.SYNC_TIMEOUT,
-                                message="your SUB socket never subscribed to the sync "
-                                f"topic on {self.config.pub_endpoint}; join again",
-                                req="hello",
-                            ),
-                        )
-                    )
-                    actions += self._remove(session, "timeout", now)
-                    break
-                actions.append(
-                    Send(
-                        session.identity,
-                        Error(
-                            code=ErrorCode.SYNC_TIMEOUT,
-                            message="your SUB socket never subscribed to the sync topic",
-                            req="join",
-                            room=rooms[0],
-                        ),
-                    )
-                )
+            actions += _expire_syncs(session, now, timeout, self.config.pub_endpoint)
+            if not session.active and not session.pending:
+                actions += self._remove(session, "timeout", now)  # its hello's sync never came
         return actions
 
     def shutdown(self, now: float) -> list[Action]:
@@ -438,6 +383,7 @@ class BrokerCore:
             resumed.pending = {0: (rooms, now)}
             resumed.early_syncs = None
             log.info("%s resumed its session", nick)
+            self.directory.save(resumed)
             return [Send(identity, self._welcome(resumed))]
         if self.sessions.with_nick(nick) is not None:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is taken")
@@ -447,7 +393,13 @@ class BrokerCore:
                 ErrorCode.TOO_MANY_CLIENTS,
                 f"the broker is full ({self.config.max_clients} clients)",
             )
-        token = self._new_token(hello, nick, peer)
+        # A session another broker held comes with its nickname (cluster mode);
+        # a new one claims the nickname beyond this broker too.
+        token = self.directory.adopt(hello, nick, peer) if hello.resume else None
+        if token is None:
+            token = secrets.token_urlsafe(18)
+            if not self.directory.claim(nick, token):
+                raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is taken")
         session = _Session(
             identity=identity,
             nick=nick,
@@ -462,12 +414,8 @@ class BrokerCore:
             ),
         )
         self.sessions.add(session)
+        self.directory.save(session)
         return [Send(identity, self._welcome(session))]
-
-    def _new_token(self, hello: Hello, nick: str, peer: str | None) -> str:
-        """The token of a session about to be made (cluster mode may adopt the
-        one a client resumes with from another broker)."""
-        return secrets.token_urlsafe(18)
 
     def _welcome(self, session: _Session) -> Welcome:
         return Welcome(
@@ -479,7 +427,7 @@ class BrokerCore:
             heartbeat=self.config.heartbeat,
             timeout=self.config.client_timeout,
             limits=self._limits,
-            epoch=self.history.epoch,
+            epoch=self.ledger.epoch,
         )
 
     def _synced(self, session: _Session, number: int, now: float) -> list[Action]:
@@ -492,37 +440,15 @@ class BrokerCore:
         if not session.active:
             session.active = True
             log.info("%s joined", session.nick)
+        enter = self.rooms.enter
         for name in rooms:
-            if name in session.rooms:
-                room = self._rooms[name]
-                actions.append(Send(session.identity, self._joined(room)))
-            else:
-                actions += self._enter(session, name, now)
+            actions += enter(session, name, now)
         return actions
-
-    def _enter(self, session: _Session, name: str, now: float) -> list[Action]:
-        room = self._rooms.get(name)
-        if room is None:
-            room = self._rooms[name] = _Room(name=name, seq=self.history.last_seq(name))
-        room.members[session.token] = session
-        if room.nicks is not None:
-            room.nicks.append(session.nick)
-        if session.away:
-            room.away = None
-        # The room's own string, not this request's equal copy: one object
-        # per room name instead of one per member (docs/PERFORMANCE.md, memory).
-        name = room.name
-        session.rooms.add(name)
-        return [
-            Publish(JoinNotice(room=name, nick=session.nick, ts=now)),
-            Send(session.identity, self._joined(room)),
-        ]
 
     def _join(self, session: _Session, request: Join, now: float) -> list[Action]:
         name = validate_room(request.room)
         if name in session.rooms:
-            room = self._rooms[name]
-            return [Send(session.identity, self._joined(room))]
+            return [Send(session.identity, self.rooms.joined(name))]
         waiting = sum(len(rooms) for rooms, _ in session.pending.values())
         if len(session.rooms) + waiting >= self.config.rooms_per_client:
             raise ProtocolError(
@@ -545,7 +471,7 @@ class BrokerCore:
         name = validate_room(request.room)
         if name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
-        actions = self._leave_room(session, name, "part", now)
+        actions = self.rooms.leave(session, name, "part", now)
         actions.append(Send(session.identity, Parted(room=name)))
         return actions
 
@@ -558,21 +484,13 @@ class BrokerCore:
     def _remove(self, session: _Session, reason: str, now: float) -> list[Action]:
         actions: list[Action] = []
         for name in list(session.rooms):
-            actions += self._leave_room(session, name, reason, now)
+            actions += self.rooms.leave(session, name, reason, now)
         self.sessions.remove(session)
+        self.directory.drop(session)
         if session.active:
             log.info("%s left (%s)", session.nick, reason)
         session.active = False
         return actions
-
-    def _leave_room(self, session: _Session, name: str, reason: str, now: float) -> list[Action]:
-        room = self._rooms[name]
-        del room.members[session.token]
-        room.nicks = room.away = None
-        session.rooms.discard(name)
-        if not room.members:
-            del self._rooms[name]  # its sequence number lives on in the history store
-        return [Publish(LeaveNotice(room=name, nick=session.nick, reason=reason, ts=now))]
 
     # --- talking ---------------------------------------------------------
 
@@ -595,53 +513,46 @@ class BrokerCore:
             earlier = self._keys.get(key)
             if earlier is not None:
                 return [Send(session.identity, earlier)]  # a resend: never publish twice
-        room = self._rooms[name]
-        room.seq = seq = room.seq + 1
-        self._ids = ids = self._ids + 1
-        line = ChatMessage(
-            room=name,
-            nick=session.nick,
-            text=text,
-            ts=now,
-            id=f"{self.broker_id}-{ids:x}",
-            seq=seq,
-            action=request.action,
-        )
-        self.history.append(line, key)
-        if key is None:
-            return [Publish(line)]
-        keys = self._keys  # KeyMemory.remember, inlined: once per keyed line
-        keys[key] = ack = Ack(key=key, id=line.id, room=name, seq=seq)
-        if len(keys) > KEY_MEMORY:
-            keys.popitem(last=False)
-        return [Publish(line), Send(session.identity, ack)]
+        # Numbered and stored here, or proposed to the engine (broker/ledger.py).
+        return self._record(session, name, request, now)
 
     def _private(self, session: _Session, request: SendPrivate, now: float) -> list[Action]:
         validate_text(request.text)
         key = request.key
         if key is not None:
             validate_key(key)
-            earlier = self._keys.get(key)
+            earlier = self.keys.get(key)
             if earlier is not None:
                 return [Send(session.identity, earlier)]
         target = self.sessions.with_nick(request.to)
+        route = None
         if target is None or not target.active:
-            raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"nobody called {request.to!r} is here")
+            # Not here: maybe on another broker of the cluster.
+            route = self.directory.locate(request.to)
+            if route is None:
+                raise ProtocolError(ErrorCode.NO_SUCH_NICK, f"nobody called {request.to!r} is here")
         line = PrivateMessage(
             nick=session.nick,
-            to=target.nick,
+            to=request.to if target is None or route is not None else target.nick,
             text=request.text,
             ts=now,
-            id=self._next_id(),
+            id=self.ledger.next_id(),
             action=request.action,
             key=key,
         )
-        actions: list[Action] = [Send(target.identity, line)]
-        if target is not session:
-            actions.append(Send(session.identity, line))  # the sender's copy
-            actions += away_reply_once(session, target)
+        actions: list[Action] = []
+        if route is not None:
+            forward = Forward(session.identity, route[0], route[1], line)
+            actions.append(forward)  # type: ignore[arg-type]  # the cluster shell's
+            actions.append(Send(session.identity, line))
+        else:
+            assert target is not None
+            actions.append(Send(target.identity, line))
+            if target is not session:
+                actions.append(Send(session.identity, line))  # the sender's copy
+                actions += away_reply_once(session, target)
         if key is not None:
-            actions.append(Send(session.identity, self._remember(Ack(key=key, id=line.id))))
+            actions.append(Send(session.identity, self.keys.remember(Ack(key=key, id=line.id))))
         return actions
 
     def _rename(self, session: _Session, request: Rename, now: float) -> list[Action]:
@@ -651,12 +562,16 @@ class BrokerCore:
         if holder is not None and holder is not session:
             raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
         self._check_registered(new, session.peer)
+        renamed = nick_key(new) != nick_key(old)
+        if renamed and not self.directory.claim(new, session.token):
+            raise ProtocolError(ErrorCode.NICK_TAKEN, f"the nickname {new!r} is taken")
         self.sessions.rename(session, new)
-        for name in session.rooms:
-            room = self._rooms[name]
-            room.nicks = room.away = None
+        self.rooms.renamed(session, old)
+        if renamed:
+            self.directory.release(old, session.token)
+        self.directory.save(session)
         log.info("%s is now %s", old, new)
-        notice_id = self._next_id()
+        notice_id = self.ledger.next_id()
         actions: list[Action] = [
             Publish(NickNotice(room=name, old=old, new=new, ts=now, id=notice_id))
             for name in sorted(session.rooms)
@@ -667,52 +582,32 @@ class BrokerCore:
     # --- asking ----------------------------------------------------------
 
     def _who(self, session: _Session, request: Who, now: float) -> list[Action]:
-        name = validate_room(request.room)
-        room = self._rooms.get(name)
-        if room is None:
-            return [Send(session.identity, WhoReply(room=name, members=[]))]
-        return [
-            Send(session.identity, WhoReply(room=name, members=_nicks(room), away=_away_map(room)))
-        ]
+        return [Send(session.identity, self.rooms.who(validate_room(request.room)))]
 
     def _list_rooms(self, session: _Session, request: ListRooms, now: float) -> list[Action]:
-        rooms = [
-            RoomInfo(room=r.name, members=len(r.members))
-            for r in sorted(self._rooms.values(), key=lambda r: r.name)
-        ]
-        return [Send(session.identity, RoomList(rooms=rooms))]
+        return [Send(session.identity, RoomList(rooms=self.rooms.listing()))]
 
     def _history(self, session: _Session, request: History, now: float) -> list[Action]:
         name = validate_room(request.room)
         if name not in session.rooms:
             raise ProtocolError(ErrorCode.NOT_IN_ROOM, f"you are not in {name}")
         limit = max(0, min(request.limit, MAX_HISTORY_LIMIT))
-        lines, missed = self.history.fetch(
+        reply = self.ledger.fetch(
             name, max(0, request.after), request.before, limit, request.forward
-        )
-        seq = self._rooms[name].seq
-        reply = HistoryReply(
-            room=name, messages=lines, missed=missed, seq=seq, epoch=self.history.room_epoch(name)
         )
         return [Send(session.identity, reply)]
 
     def _ping(self, session: _Session, request: Ping, now: float) -> list[Action]:
         seqs = {name: self._rooms[name].seq for name in session.rooms}
-        epoch = self.history.room_epoch
+        epoch = self.rooms.epoch
         epochs = {name: epoch(name) for name in session.rooms}
         return [Send(session.identity, Pong(broker=self.broker_id, seqs=seqs, epochs=epochs))]
 
     # --- helpers ---------------------------------------------------------
 
-    def _joined(self, room: _Room) -> Joined:
-        return joined_reply(
-            self, room, self.history.room_epoch(room.name), _nicks(room), _away_map(room)
-        )
-
     def _away(self, session: _Session, request: Away, now: float) -> list[Action]:
         actions = away_notices(session, request, now)
-        for name in session.rooms:
-            self._rooms[name].away = None
+        self.rooms.away_changed(session)
         return actions
 
     def _check_registered(self, nick: str, peer: str | None) -> None:
@@ -721,13 +616,6 @@ class BrokerCore:
             raise ProtocolError(
                 ErrorCode.NICK_TAKEN, f"the nickname {nick!r} is registered to another key"
             )
-
-    def _next_id(self) -> str:
-        self._ids += 1
-        return f"{self.broker_id}-{self._ids:x}"
-
-    def _remember(self, ack: Ack) -> Ack:
-        return self.keys.remember(ack)
 
 
 #: Requests that publish to a room (or reach another client): the flood bucket.
@@ -742,6 +630,30 @@ def _throttled(bucket: TokenBucket, what: str) -> ProtocolError:
         f"too many {what}: at most {bucket.rate:g} a second (bursts of {bucket.burst:g}); "
         f"not delivered, try again in {max(bucket.retry_after(), 0.01):.2f} s",
     )
+
+
+def _expire_syncs(session: _Session, now: float, timeout: float, pub: str) -> list[Action]:
+    """Errors for ``session``'s syncs older than ``timeout`` (forgotten). A
+    session still syncing its hello has only the one; it is then abandoned."""
+    actions: list[Action] = []
+    for number, (rooms, since) in list(session.pending.items()):
+        if now - since <= timeout:
+            continue
+        del session.pending[number]
+        if not session.active:
+            log.info("%s never subscribed; join abandoned", session.nick)
+            message = f"your SUB socket never subscribed to the sync topic on {pub}; join again"
+            error = Error(code=ErrorCode.SYNC_TIMEOUT, message=message, req="hello")
+            session.pending.clear()
+            return [Send(session.identity, error)]
+        error = Error(
+            code=ErrorCode.SYNC_TIMEOUT,
+            message="your SUB socket never subscribed to the sync topic",
+            req="join",
+            room=rooms[0],
+        )
+        actions.append(Send(session.identity, error))
+    return actions
 
 
 def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
@@ -766,27 +678,3 @@ def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
             else:
                 merged.append(Publish(JoinsNotice(room=room, nicks=chunk, ts=now)))
     return merged + others
-
-
-def _away_map(room: _Room) -> dict[str, str]:
-    """The away members' messages by nickname, for ``joined`` and ``who``:
-    kept per room like :func:`_nicks`, so a join does not walk the room. Never
-    changed in place (only dropped and made anew), so replies may share it."""
-    away = room.away
-    if away is None:
-        away = room.away = {s.nick: s.away for s in room.members.values() if s.away}
-    return away
-
-
-def _nicks(room: _Room) -> list[str]:
-    """The members' nicknames in joining order, for ``joined`` and ``who``.
-
-    Kept per room and extended on every join, so that a join does not walk
-    the whole room in Python (docs/PERFORMANCE.md, sequential joins); the
-    copy (a C loop over pointers) keeps each reply as it was when decided,
-    however many joins follow in the same turn.
-    """
-    nicks = room.nicks
-    if nicks is None:
-        nicks = room.nicks = [s.nick for s in room.members.values()]
-    return nicks.copy()

@@ -16,7 +16,6 @@ from protocol import (
     AwayNotice,
     AwayReply,
     ErrorCode,
-    Joined,
     ProtocolError,
     Topic,
     TopicNotice,
@@ -27,27 +26,11 @@ from protocol import (
 )
 
 if TYPE_CHECKING:
-    from broker.core import Action, BrokerCore, _Room, _Session
+    from broker.core import Action, BrokerCore, _Session
 
-__all__ = ["away_notices", "away_reply_once", "joined_reply", "topic_request"]
+__all__ = ["away_notices", "away_reply_once", "topic_request"]
 
 log = logging.getLogger("broker")
-
-
-def joined_reply(
-    core: BrokerCore, room: _Room, epoch: str, members: list[str], away: dict[str, str]
-) -> Joined:
-    """The ``joined`` reply for ``room``: members, numbering, topic and who is
-    away (``members`` and ``away`` as the core keeps them per room, so that a
-    join does not walk the room; docs/PERFORMANCE.md)."""
-    return Joined(
-        room=room.name,
-        seq=room.seq,
-        members=members,
-        epoch=epoch,
-        topic=core.topics.get(room.name).text,
-        away=away,
-    )
 
 
 def topic_request(core: BrokerCore, session: _Session, request: Topic, now: float) -> list[Action]:

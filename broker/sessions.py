@@ -10,11 +10,42 @@ is in all three indices or in none, under its current identity and nickname.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from broker.ratelimit import TokenBucket
 from protocol import nick_key
 
-__all__ = ["SessionTable"]
+__all__ = ["Session", "SessionTable"]
+
+
+@dataclass(slots=True, eq=False)
+class Session:
+    """One client's session: its connection, nickname, rooms and limits."""
+
+    identity: bytes
+    nick: str
+    token: str
+    last_seen: float
+    active: bool = False
+    rooms: set[str] = field(default_factory=set)
+    # sync number -> (rooms waiting for it, when asked)
+    pending: dict[int, tuple[list[str], float]] = field(default_factory=dict)
+    #: Made only when a sync overtakes its join (rare): an empty set per
+    #: session would cost 216 bytes (docs/PERFORMANCE.md, memory).
+    early_syncs: set[int] | None = None
+    #: The CURVE public key (ZAP User-Id) of the connection that said hello,
+    #: or None without CURVE: requests from any other key are refused.
+    peer: str | None = None
+    #: Flood control of lines, joins, parts and renames (anything that publishes).
+    flood: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    #: Flood control of history, who and room-list requests.
+    queries: TokenBucket = field(default_factory=lambda: TokenBucket(0, 1))
+    #: The away message ("" : here), and the tokens of those already told it
+    #: after a private line (docs/PROTOCOL.md "Away": once per away); the set
+    #: is made when first needed (an empty one costs 216 bytes a session).
+    away: str = ""
+    away_told: set[str] | None = None
 
 
 class _Keyed(Protocol):
