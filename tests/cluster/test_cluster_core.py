@@ -19,7 +19,7 @@ import zmq
 from broker.cluster import Append, ClusterCore, ClusterShell
 from broker.core import Action, BrokerConfig, Publish, Send
 from broker.engine import EngineSettings, RedisEngine
-from protocol import Ack, ChatMessage, Error, JoinNotice, Welcome
+from protocol import Ack, ChatMessage, Error, JoinNotice, PrivateMessage, Welcome
 from tests.redis_server import SCALE, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,3 +218,39 @@ def test_a_join_before_the_rooms_bus_is_live_is_published_here_once(
     core.follower.live = lambda room: True  # type: ignore[method-assign]
     assert _joins(shell.settle(_synced(core, b"D", "dave"))) == []
     assert _joins(_pump_until(shell, lambda seen: bool(_joins(seen)))) == ["dave"]
+
+
+def _replies(actions: list[Action], identity: bytes) -> list[object]:
+    return [a.message for a in actions if isinstance(a, Send) and a.identity == identity]
+
+
+def test_a_private_line_to_another_broker_is_forwarded_by_the_shell_or_refused_with_its_key(
+    shells: Callable[[], tuple[ClusterShell, ClusterCore]],
+    redis_server: RedisServer,
+) -> None:
+    shell_a, core_a = shells()
+    shell_b, core_b = shells()
+    _join(core_a, b"A", "alice")
+    _join(core_b, b"B", "bob")
+
+    def msg(text: str, key: str) -> list[Action]:
+        return core_a.handle(b"A", _frame(type="msg", to="Bob", text=text, key=key), NOW)
+
+    # the core decides; the shell puts it into bob's broker's inbox
+    out = shell_a.settle(msg("hi", "k1"))
+    copy, ack = _replies(out, b"A")
+    assert isinstance(copy, PrivateMessage) and copy.to == "Bob"
+    assert ack == Ack(key="k1", id=copy.id)
+    got = _pump_until(shell_b, lambda seen: bool(_replies(seen, b"B")))
+    assert _replies(got, b"B") == [copy]
+    # Redis gone between the decision and the shell: the sender gets
+    # `unavailable` with its key instead of its copy and ack, and the key is
+    # not remembered, so that the resend is sent (nothing acked that was not)
+    decided = msg("are you there?", "k2")
+    assert any(type(a).__name__ == "Forward" for a in decided)
+    redis_server.kill()
+    out = shell_a.settle(decided)
+    [error] = _replies(out, b"A")
+    assert isinstance(error, Error)
+    assert (error.code, error.key, error.req) == ("unavailable", "k2", "msg")
+    assert core_a.keys.get("k2") is None
