@@ -33,7 +33,7 @@ from broker.idempotency import KeyMemory
 from broker.ledger import Ledger, LocalLedger
 from broker.presence import away_notices, away_reply_once, topic_request
 from broker.ratelimit import TokenBucket
-from broker.rooms import LocalRooms, Room, Rooms
+from broker.rooms import LocalRooms, Rooms
 from broker.sessions import Session, SessionTable
 from broker.topics import MemoryTopics, TopicStore
 from protocol import (
@@ -117,9 +117,8 @@ class BrokerConfig:
     nick_keys: dict[str, str] = field(default_factory=dict)
 
 
-# The parts' types under the names the core's helpers know them by.
+# The session's type under the name the core's helpers know it by.
 _Session = Session
-_Room = Room
 
 
 class BrokerCore:
