@@ -3,8 +3,9 @@
 The event loop (broker/server.py) owns the sockets. For every request it calls
 :meth:`BrokerCore.handle`, for every XPUB subscription notice
 :meth:`BrokerCore.subscribed`, and a few times a second :meth:`BrokerCore.tick`;
-it then sends what they return. All state lives here and is touched only from
-that one loop, so there are no locks.
+it then sends what they return. All state lives in the core and its parts
+(see :class:`BrokerCore`) and is touched only from that one loop, so there
+are no locks.
 
 A session goes through two states (docs/PROTOCOL.md §5.1):
 
@@ -15,7 +16,8 @@ A session goes through two states (docs/PROTOCOL.md §5.1):
   (the slow-joiner problem).
 * active: a member of its rooms; others were told it joined.
 
-``join`` for a further room waits the same way for ``sync/<session>/<n>/``.
+``join`` for a further room waits the same way for ``sync/<session>/<n>/``
+(broker/handshake.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Final
 from broker import storage
 from broker.actions import Action, Forward, Publish, Send
 from broker.directory import Directory, LocalDirectory
+from broker.handshake import coalesce_joins, expire_syncs, overtaken, sync_of
 from broker.history import HistoryStore, MemoryHistory, StorageError, Unstored
 from broker.idempotency import KeyMemory
 from broker.ledger import Ledger, LocalLedger
@@ -38,7 +41,6 @@ from broker.sessions import Session, SessionTable
 from broker.topics import MemoryTopics, TopicStore
 from protocol import (
     PROTOCOL_VERSION,
-    SYNC_PREFIX,
     Ack,
     Away,
     Bye,
@@ -49,8 +51,6 @@ from protocol import (
     Hello,
     History,
     Join,
-    JoinNotice,
-    JoinsNotice,
     Limits,
     ListRooms,
     NickNotice,
@@ -86,13 +86,8 @@ log = logging.getLogger("broker")
 #: Largest frame the ROUTER accepts (ZMQ_MAXMSGSIZE): a 4 KiB line even with
 #: every character JSON-escaped fits comfortably.
 MAX_FRAME_BYTES: Final = 64 * 1024
-#: Sync topics seen before their request, per session, before we forget them.
-EARLY_SYNC_LIMIT: Final = 64
 #: Most lines one history request returns.
 MAX_HISTORY_LIMIT: Final = 1000
-#: Most nicknames one ``joins`` notice lists (a 32-character nickname can take
-#: 130 bytes of JSON, so 100 of them stay far below any frame limit).
-JOINS_PER_NOTICE: Final = 100
 
 
 @dataclass(slots=True)
@@ -261,23 +256,15 @@ class BrokerCore:
 
     def subscribed(self, notice: bytes, now: float) -> list[Action]:
         """React to an XPUB notice (``\\x01`` + topic for a subscription)."""
-        if not notice.startswith(b"\x01" + SYNC_PREFIX):
+        sync = sync_of(notice)
+        if sync is None:
             return []
-        parts = notice[1 + len(SYNC_PREFIX) :].split(b"/")
-        if len(parts) != 3 or parts[2] != b"" or not parts[1].isdigit():
-            return []
-        session = self.sessions.with_token(parts[0].decode("ascii", "replace"))
+        token, number = sync
+        session = self.sessions.with_token(token)
         if session is None:
             return []
-        number = int(parts[1])
         if number not in session.pending:
-            # The subscription overtook its join request: remember it briefly.
-            early = session.early_syncs
-            if early is None:
-                early = session.early_syncs = set()
-            elif len(early) >= EARLY_SYNC_LIMIT:
-                early.clear()
-            early.add(number)
+            overtaken(session, number)
             return []
         return self._synced(session, number, now)
 
@@ -293,7 +280,7 @@ class BrokerCore:
         actions: list[Action] = []
         for notice in notices:
             actions += self.subscribed(notice, now)
-        return _coalesce_joins(actions, now)
+        return coalesce_joins(actions, now)
 
     def tick(self, now: float) -> list[Action]:
         """Expire silent clients and syncs that never came."""
@@ -308,7 +295,7 @@ class BrokerCore:
                 continue
             if not session.pending:  # almost every session, every tick
                 continue
-            actions += _expire_syncs(session, now, timeout, self.config.pub_endpoint)
+            actions += expire_syncs(session, now, timeout, self.config.pub_endpoint)
             if not session.active and not session.pending:
                 actions += self._remove(session, "timeout", now)  # its hello's sync never came
         return actions
@@ -629,51 +616,3 @@ def _throttled(bucket: TokenBucket, what: str) -> ProtocolError:
         f"too many {what}: at most {bucket.rate:g} a second (bursts of {bucket.burst:g}); "
         f"not delivered, try again in {max(bucket.retry_after(), 0.01):.2f} s",
     )
-
-
-def _expire_syncs(session: _Session, now: float, timeout: float, pub: str) -> list[Action]:
-    """Errors for ``session``'s syncs older than ``timeout`` (forgotten). A
-    session still syncing its hello has only the one; it is then abandoned."""
-    actions: list[Action] = []
-    for number, (rooms, since) in list(session.pending.items()):
-        if now - since <= timeout:
-            continue
-        del session.pending[number]
-        if not session.active:
-            log.info("%s never subscribed; join abandoned", session.nick)
-            message = f"your SUB socket never subscribed to the sync topic on {pub}; join again"
-            error = Error(code=ErrorCode.SYNC_TIMEOUT, message=message, req="hello")
-            session.pending.clear()
-            return [Send(session.identity, error)]
-        error = Error(
-            code=ErrorCode.SYNC_TIMEOUT,
-            message="your SUB socket never subscribed to the sync topic",
-            req="join",
-            room=rooms[0],
-        )
-        actions.append(Send(session.identity, error))
-    return actions
-
-
-def _coalesce_joins(actions: list[Action], now: float) -> list[Action]:
-    """``actions`` with the join notices of each room merged into ``joins``
-    notices, ahead of everything else (a turn of subscriptions publishes
-    nothing but join notices, so no broadcast is reordered)."""
-    joins: dict[str, list[str]] = {}
-    others: list[Action] = []
-    for action in actions:
-        if type(action) is Publish and type(action.message) is JoinNotice:
-            joins.setdefault(action.message.room, []).append(action.message.nick)
-        else:
-            others.append(action)
-    if all(len(nicks) < 2 for nicks in joins.values()):
-        return actions
-    merged: list[Action] = []
-    for room, nicks in joins.items():
-        for start in range(0, len(nicks), JOINS_PER_NOTICE):
-            chunk = nicks[start : start + JOINS_PER_NOTICE]
-            if len(chunk) == 1:
-                merged.append(Publish(JoinNotice(room=room, nick=chunk[0], ts=now)))
-            else:
-                merged.append(Publish(JoinsNotice(room=room, nicks=chunk, ts=now)))
-    return merged + others

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from broker import BrokerConfig, BrokerCore, Publish, Send
-from broker.core import JOINS_PER_NOTICE, Action
+from broker.core import Action
+from broker.handshake import JOINS_PER_NOTICE
 from broker.history import HistoryStore, MemoryHistory
 from protocol import (
     Broadcast,
