@@ -265,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         "more (default 5)",
     )
     parser.add_argument(
+        "--engine-replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="cluster mode: acknowledge a line only once N Redis replicas have it "
+        "(WAIT), so a failover cannot lose it; lines not confirmed in time are "
+        "stored but not acknowledged, and the client's resend asks again (default 0)",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -400,7 +409,9 @@ def _serve_cluster(
             "--history %s is unused in cluster mode: history is in the engine", args.history
         )
     try:
-        settings = EngineSettings(broker_ttl=round(args.engine_lease * 1000))
+        settings = EngineSettings(
+            broker_ttl=round(args.engine_lease * 1000), replicas=args.engine_replicas
+        )
         engine = RedisEngine.connect(args.engine, settings)
     except ValueError as exc:  # a malformed URL
         print(f"chat-broker: --engine: {exc}", file=sys.stderr)

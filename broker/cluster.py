@@ -417,6 +417,8 @@ class ClusterShell:
                     )
                     out.append(Send(a.identity, error))
                 continue
+            if not result.confirmed:  # type: ignore[attr-defined]
+                continue  # stored, not yet on enough replicas: the resend asks again
             seqs = result.seqs  # type: ignore[attr-defined]
             for a, seq in zip(items, seqs, strict=True):
                 if a.key is not None:

@@ -74,10 +74,19 @@ def _free_port() -> int:
 class RedisServer:
     """One redis-server process in ``directory``; restartable on the same data."""
 
-    def __init__(self, directory: Path, *, aof: bool = True, binary: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        aof: bool = True,
+        binary: str | None = None,
+        replica_of: RedisServer | None = None,
+    ) -> None:
         self.directory = directory
         self.aof = aof
         self.binary = binary or redis_server_binary()
+        #: the primary this server replicates (``--replicaof``), if any
+        self.replica_of = replica_of
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = directory / "redis.log"
@@ -107,6 +116,8 @@ class RedisServer:
                 "--logfile", str(self._log),
                 "--daemonize", "no",
             ]  # fmt: skip
+            if self.replica_of is not None:
+                args += ["--replicaof", "127.0.0.1", str(self.replica_of.port)]
             self.proc = subprocess.Popen(
                 args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -189,6 +200,41 @@ class RedisServer:
             probe.close()
         raise AssertionError("DEBUG SLEEP never stalled the server")
 
+    def replication(self) -> dict[str, object]:
+        """``INFO replication`` as a dict."""
+        with self.client() as c:
+            info: dict[str, object] = c.info("replication")
+            return info
+
+    def wait_replicated(self, replica: RedisServer, timeout: float = 10.0) -> None:
+        """Wait until ``replica`` is linked and has everything this primary wrote."""
+        deadline = time.monotonic() + timeout * SCALE
+        while time.monotonic() < deadline:
+            mine, theirs = self.replication(), replica.replication()
+            if theirs.get("master_link_status") == "up" and int(
+                str(theirs.get("slave_repl_offset", -1))
+            ) >= int(str(mine["master_repl_offset"])):
+                return
+            time.sleep(0.01)  # polling for a condition, with a deadline
+        raise AssertionError(f"replica on {replica.port} did not catch up in {timeout} s")
+
+    def cut_replicas(self) -> None:
+        """Stop replicating to every replica, deterministically: the replicas'
+        PSYNC and SYNC are refused (ACL) and their links killed, so they stay
+        disconnected (retrying) while this primary takes writes."""
+        with self.client() as c:
+            c.execute_command("ACL", "SETUSER", "default", "-psync", "-sync")
+            c.execute_command("CLIENT", "KILL", "TYPE", "replica")
+        deadline = time.monotonic() + 10 * SCALE
+        while int(str(self.replication().get("connected_slaves", 0))):
+            assert time.monotonic() < deadline, "replicas still connected"
+            time.sleep(0.01)  # polling for a condition, with a deadline
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal (SIGSTOP, SIGCONT) to the process."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
     def kill_pubsub(self) -> int:
         """CLIENT KILL TYPE pubsub; returns how many connections it cut."""
         with self.client() as c:
@@ -198,10 +244,19 @@ class RedisServer:
 class SentinelServer:
     """A Sentinel (``redis-server --sentinel``) watching ``primary`` as ``service``."""
 
-    def __init__(self, directory: Path, primary: RedisServer, service: str = "chat") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        primary: RedisServer,
+        service: str = "chat",
+        *,
+        down_after_ms: int = 30_000,
+    ) -> None:
         self.directory = directory
         self.primary = primary
         self.service = service
+        #: how long the primary must be silent before it is down (and failed over)
+        self.down_after_ms = down_after_ms
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -219,6 +274,8 @@ class SentinelServer:
             f"port {self.port}\nbind 127.0.0.1\ndir {self.directory}\n"
             f"logfile {self.directory / 'sentinel.log'}\n"
             f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+            f"sentinel failover-timeout {self.service} {max(3 * self.down_after_ms, 3000)}\n"
         )
         self.proc = subprocess.Popen(
             [self.primary.binary, str(config), "--sentinel"],
@@ -243,6 +300,27 @@ class SentinelServer:
         finally:
             probe.close()
         raise AssertionError(f"Sentinel on {self.port} not ready in {timeout} s")
+
+    def primary_port(self) -> int:
+        """The port of the primary this Sentinel names now."""
+        with _client(self.port, 5 * SCALE) as c:
+            _, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            return int(port)
+
+    def wait_replicas(self, count: int, timeout: float = 10.0) -> None:
+        """Wait until it knows ``count`` replicas of the primary."""
+        deadline = time.monotonic() + timeout * SCALE
+        with _client(self.port, 5 * SCALE) as c:
+            while len(c.execute_command("SENTINEL", "REPLICAS", self.service)) < count:
+                assert time.monotonic() < deadline, f"Sentinel knows no {count} replicas"
+                time.sleep(0.01)  # polling for a condition, with a deadline
+
+    def wait_primary(self, port: int, timeout: float = 20.0) -> None:
+        """Wait until it names the server on ``port`` as the primary (failover done)."""
+        deadline = time.monotonic() + timeout * SCALE
+        while self.primary_port() != port:
+            assert time.monotonic() < deadline, f"no failover to {port} in {timeout} s"
+            time.sleep(0.02)  # polling for a condition, with a deadline
 
     def kill(self) -> None:
         """Stop it by its handle."""

@@ -110,12 +110,17 @@ class AppendResult:
     """The outcome of one room's batch.
 
     ``seqs[i]`` is line i's seq (the original's for a duplicate); ``epoch``
-    the room's numbering they belong to.
+    the room's numbering they belong to. ``confirmed`` is false when the
+    engine was asked to wait for replicas (``EngineSettings.replicas``) and
+    not enough confirmed in time: the lines are stored on the primary (and
+    published) but may be lost in a failover, so they must not be
+    acknowledged yet; a resend with the same keys asks again.
     """
 
     epoch: str
     seqs: tuple[int, ...]
     duplicates: tuple[Duplicate, ...] = ()
+    confirmed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,13 @@ class Engine(Protocol):
 
     def meta(self, rooms: Sequence[str]) -> dict[str, RoomMeta]:
         """Each room's numbering (a room never seen gets its epoch now)."""
+        ...
+
+    def saw(self, room: str, meta: RoomMeta) -> None:
+        """The broker relayed a room's lines up to ``meta`` (from the bus): the
+        engine passes the highest seq seen as a floor, so that a Redis that
+        lost acknowledged lines (a failover) starts a new epoch instead of
+        numbering new lines with seqs clients saw (docs/CLUSTER.md "Failover")."""
         ...
 
     def publish(self, room: str, payload: bytes) -> None:

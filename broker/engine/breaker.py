@@ -22,7 +22,7 @@ __all__ = ["Breaker"]
 _T = TypeVar("_T")
 
 #: Methods that do not ask Redis for anything: never refused.
-_LOCAL = frozenset({"close", "renew_id"})
+_LOCAL = frozenset({"close", "renew_id", "saw"})
 
 
 class Breaker:

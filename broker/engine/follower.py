@@ -95,6 +95,8 @@ class Follower:
         while todo:
             action = todo.popleft()
             if isinstance(action, Deliver | Reset):
+                if isinstance(action, Deliver):
+                    self.engine.saw(action.room, RoomMeta(action.lines[-1].seq, action.epoch))
                 out.append(action)
                 continue
             try:

@@ -63,10 +63,14 @@ class RedisEngine:
         self, client: redis.Redis, url: EngineURL, settings: EngineSettings | None = None
     ) -> None:
         self._io = RedisIO(client, url, settings or EngineSettings())
-        #: The highest (epoch, seq) seen per room, to notice a seq that went
-        #: down under the same epoch (a failover to a replica that missed writes).
+        #: The highest (epoch, seq) seen per room: every call on a room passes
+        #: it as a floor, and the functions start a new epoch when the room's
+        #: seq is below it under the same epoch (a failover to a replica that
+        #: missed acknowledged writes; docs/CLUSTER.md "Failover").
         self._seen: dict[str, RoomMeta] = {}
         self.warnings: list[str] = []
+        #: The last WAIT saw fewer replicas than required.
+        self._replicas_short = False
 
     @classmethod
     def connect(cls, url: str | EngineURL, settings: EngineSettings | None = None) -> RedisEngine:
@@ -148,11 +152,20 @@ class RedisEngine:
                 s.history_lines,
                 s.key_memory,
                 self.keys.bus(room),
+                *self._floor(room),
             ]
             for line in batches[room]:
                 args += [line.key or "", line.payload]
             calls.append(("zc_append", [*self.keys.room(room), self.keys.brokers], args))
-        results = self._io.pipelined(calls, write=True)
+        wait = (s.replicas, self._replica_wait()) if s.replicas else None
+        results = self._io.pipelined(calls, write=True, wait=wait)
+        confirmed = True
+        if wait is not None:
+            replicas = results.pop()
+            confirmed = not isinstance(replicas, Exception) and int(replicas) >= s.replicas
+            self._replicas_short = not confirmed
+            if not confirmed:
+                log.warning("only %s of %d replicas confirmed: not acknowledged", replicas, wait[0])
         out: dict[str, AppendResult | EngineUnavailable] = {}
         for room, result in zip(rooms, results, strict=True):
             if isinstance(result, Exception):
@@ -166,27 +179,51 @@ class RedisEngine:
             dups = tuple(Duplicate(i, -int(s)) for i, s in enumerate(result[1]) if int(s) < 0)
             if len(dups) < len(seqs):  # new lines: the newest is the room's seq now
                 epoch = self._observe(room, epoch, max(seqs))
-            out[room] = AppendResult(epoch, seqs, dups)
+            out[room] = AppendResult(epoch, seqs, dups, confirmed)
         return out
+
+    def _replica_wait(self) -> int:
+        """How long this turn's WAIT may block the broker's loop: the full
+        ``replica_wait`` normally; while the replicas fall short, a few ms, so
+        that a replica outage does not slow every turn (resends ask again)."""
+        return (
+            min(10, self.settings.replica_wait)
+            if self._replicas_short
+            else (self.settings.replica_wait)
+        )
 
     def fetch(
         self, room: str, after: int, before: int | None, limit: int, *, forward: bool = False
     ) -> History:
-        args = [new_epoch(), after, -1 if before is None else before, limit, int(forward)]
+        upper = -1 if before is None else before
+        args = [new_epoch(), after, upper, limit, int(forward), *self._floor(room)]
+        # write=False although a floor may start a new epoch: unconfirmed,
+        # the next call on the room starts it (the floor is still there)
         epoch, seq, missed, entries = self._io.call(
             "zc_fetch", self.keys.room(room), args, write=False
         )
-        lines = [
-            StoredLine(int(eid.split(b"-", 1)[0]), stream_field(f, b"d")) for eid, f in entries
-        ]
+        lines: list[StoredLine] = []
+        missed = int(missed)
+        for eid, fields in entries:
+            seq_of = int(eid.split(b"-", 1)[0])
+            hole = _hole(fields)
+            if hole:  # seqs lost in a failover: missed, as trimmed lines are
+                low, high = seq_of - hole + 1, seq_of if upper < 0 else min(seq_of, upper - 1)
+                missed += max(0, high - max(low, after + 1) + 1)
+            else:
+                lines.append(StoredLine(seq_of, stream_field(fields, b"d")))
         if not forward:
             lines.reverse()
         meta = RoomMeta(int(seq), self._observe(room, epoch.decode(), int(seq)))
-        return History(tuple(lines), int(missed), meta)
+        return History(tuple(lines), missed, meta)
 
     def meta(self, rooms: Sequence[str]) -> dict[str, RoomMeta]:
         results = self._io.pipelined(
-            [("zc_meta", self.keys.room(room), [new_epoch()]) for room in rooms], write=False
+            [
+                ("zc_meta", self.keys.room(room), [new_epoch(), *self._floor(room)])
+                for room in rooms
+            ],
+            write=False,  # see fetch
         )
         out: dict[str, RoomMeta] = {}
         for room, result in zip(rooms, results, strict=True):
@@ -196,16 +233,19 @@ class RedisEngine:
             out[room] = RoomMeta(seq, self._observe(room, result[0].decode(), seq))
         return out
 
-    def _observe(self, room: str, epoch: str, seq: int) -> str:
-        """Track the room's numbering; a seq lower than one seen under the same
-        epoch means Redis lost writes (failover): declare a new epoch."""
+    def saw(self, room: str, meta: RoomMeta) -> None:
+        self._observe(room, meta.epoch, meta.seq)
+
+    def _floor(self, room: str) -> tuple[str, int]:
+        """The floor passed with every call on a room: the highest seq seen."""
         seen = self._seen.get(room)
-        if seen is not None and seen.epoch == epoch and seq < seen.seq:
-            log.warning("room %s: seq went down from %d to %d: new epoch", room, seen.seq, seq)
-            bumped = self._io.call(
-                "zc_bump_epoch", [self.keys.room(room)[0]], [epoch, new_epoch()], write=True
-            )
-            epoch = bumped.decode()
+        return ("", 0) if seen is None else (seen.epoch, seen.seq)
+
+    def _observe(self, room: str, epoch: str, seq: int) -> str:
+        """Track the room's numbering (the next calls' floor)."""
+        seen = self._seen.get(room)
+        if seen is not None and seen.epoch != epoch and seq >= seen.seq:
+            log.warning("room %s: new epoch %s from seq %d", room, epoch, seq)
         if seen is None or seen.epoch != epoch or seq > seen.seq:
             self._seen[room] = RoomMeta(seq, epoch)
         return epoch
@@ -353,6 +393,14 @@ class RedisEngine:
 
     def close(self) -> None:
         self._io.r.close()
+
+
+def _hole(fields: Any) -> int:
+    """How many seqs a hole entry (field ``h``, made when a failover lost
+    lines) stands for; 0 for a line."""
+    if isinstance(fields, dict):
+        return int(fields.get(b"h", 0))
+    return int(fields[1]) if fields and fields[0] == b"h" else 0
 
 
 def _conforms(engine: RedisEngine) -> Engine:

@@ -61,6 +61,9 @@ class EngineSettings:
     fenced). ``nick_lease`` (ms): a nickname lease lapses unless refreshed.
     ``session_ttl`` (ms): a session record lapses unless refreshed: it must
     outlive a broker's death long enough for its clients to resume elsewhere.
+    ``replicas``: acknowledge a line only once this many replicas have it
+    (Redis ``WAIT``, after each turn's appends); ``replica_wait`` (ms): how
+    long one turn waits for them, at most (docs/CLUSTER.md "Failover").
     """
 
     def __init__(
@@ -75,9 +78,15 @@ class EngineSettings:
         key_memory: int = 10_000,
         inbox_lines: int = 10_000,
         session_ttl: int = 60_000,
+        replicas: int = 0,
+        replica_wait: int = 500,
     ) -> None:
         if key_memory < 1 or history_lines < 1 or inbox_lines < 1:
             raise ValueError("history_lines, key_memory and inbox_lines must be at least 1")
+        if replicas < 0 or not 0 < replica_wait < timeout * 1000:
+            raise ValueError(
+                "replicas must be at least 0 and replica_wait between 0 and the timeout"
+            )
         self.prefix = prefix
         self.timeout = timeout
         self.broker_ttl = broker_ttl
@@ -87,6 +96,8 @@ class EngineSettings:
         self.key_memory = key_memory
         self.inbox_lines = inbox_lines
         self.session_ttl = session_ttl
+        self.replicas = replicas
+        self.replica_wait = replica_wait
 
 
 class Keys:
@@ -208,14 +219,22 @@ class RedisIO:
                 return self.r.fcall(fn, len(keys), *keys, *args)
 
     def pipelined(
-        self, calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]], *, write: bool
+        self,
+        calls: Sequence[tuple[str, Sequence[str], Sequence[Any]]],
+        *,
+        write: bool,
+        wait: tuple[int, int] | None = None,
     ) -> list[Any]:
-        """Several function calls in one round trip; each result or its exception."""
+        """Several function calls in one round trip; each result or its
+        exception. ``wait`` (replicas, ms): a ``WAIT`` after them, in the same
+        round trip; its answer (how many replicas have the writes) comes last."""
         with self.errors(write=write):
             for attempt in range(2):
                 pipe = self.r.pipeline(transaction=False)
                 for fn, keys, args in calls:
                     pipe.fcall(fn, len(keys), *keys, *args)
+                if wait is not None:
+                    pipe.execute_command("WAIT", *wait)  # type: ignore[no-untyped-call]
                 results: list[Any] = pipe.execute(raise_on_error=False)
                 missing = any(
                     isinstance(r, rx.ResponseError) and "Function not found" in str(r)

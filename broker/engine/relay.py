@@ -163,9 +163,18 @@ class Relay:
             track.fetch_before = 0
 
     def _reset(self, room: str, track: _Track, epoch: str, seq: int) -> list[RelayAction]:
-        track.epoch, track.last, track.fetch_before = epoch, seq, 0
+        """A new numbering whose newest seq is ``seq``. Its lines above the
+        last one relayed are still relayed (after a failover that lost lines
+        the new epoch continues above every seq seen: docs/CLUSTER.md
+        "Failover"); the clients learn of the reset from the room's epoch."""
+        start = min(track.last, seq)
+        track.epoch, track.last, track.fetch_before = epoch, start, 0
         track.held.clear()  # lines of the old numbering
-        return [Reset(room, epoch, seq)]
+        actions: list[RelayAction] = [Reset(room, epoch, start)]
+        if seq > start:
+            track.fetch_before = seq + 1
+            actions.append(NeedRange(room, start, seq + 1))
+        return actions
 
     def _drain(self, room: str, track: _Track) -> list[RelayAction]:
         ready: list[StoredLine] = []

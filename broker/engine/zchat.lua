@@ -25,36 +25,54 @@ local FENCED = 'FENCED this broker\'s lease expired; register again'
 -- use, or a Redis that lost its data): a new numbering, never a silent reuse
 -- of seqs. A log whose top is above meta's seq (meta regressed) also gets a
 -- new epoch, with seq moved up to the log's top.
-local function ensure_epoch(meta, log, idem, new_epoch)
+--
+-- floor_epoch, floor_seq: the highest seq the calling broker has seen in this
+-- room ("" and 0: none). A floor above meta's seq under the same epoch means
+-- this Redis lost acknowledged writes (a failover to a replica that missed
+-- them: replication is asynchronous). Then the numbering restarts, atomically,
+-- before anything else is numbered: a new epoch, and seq moved up to the floor
+-- so that no new line takes a seq that clients saw for a lost one. The lost
+-- seqs are marked by one "hole" entry at the floor (field h: how many) so that
+-- history counts them as missed.
+local function ensure_epoch(meta, log, idem, new_epoch, floor_epoch, floor_seq)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     redis.call('DEL', log, idem)
     redis.call('HSET', meta, 'epoch', new_epoch, 'seq', 0)
     return new_epoch
   end
+  local seq = tonumber(redis.call('HGET', meta, 'seq') or '0')
   local top = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
   if top then
     local top_seq = tonumber(string.match(top[1], '^(%d+)'))
-    if top_seq > tonumber(redis.call('HGET', meta, 'seq') or '0') then
+    if top_seq > seq then
       redis.call('HSET', meta, 'epoch', new_epoch, 'seq', top_seq)
       return new_epoch
     end
+  end
+  floor_seq = tonumber(floor_seq or '0') or 0
+  if floor_epoch == epoch and floor_seq > seq then
+    -- an XADD at or below the stream's last id fails: then no hole entry
+    redis.pcall('XADD', log, floor_seq .. '-0', 'h', floor_seq - seq, 'd', '')
+    redis.call('HSET', meta, 'epoch', new_epoch, 'seq', floor_seq)
+    return new_epoch
   end
   return epoch
 end
 
 -- KEYS: meta, log, keys, brokers
--- ARGV: broker, ttl_ms, new_epoch, maxlen, keymem, channel, then key, payload pairs
--- ("" = no key). Returns {epoch, {seq or -original_seq for a duplicate, ...}}.
+-- ARGV: broker, ttl_ms, new_epoch, maxlen, keymem, channel, floor_epoch, floor_seq,
+-- then key, payload pairs ("" = no key).
+-- Returns {epoch, {seq or -original_seq for a duplicate, ...}}.
 -- Bus message: "L" epoch "\n" then per new line: seq "\n" #payload "\n" payload.
 local function append(keys, args)
   local meta, log, idem = keys[1], keys[2], keys[3]
   if not alive(keys[4], args[1], args[2]) then return redis.error_reply(FENCED) end
-  local epoch = ensure_epoch(meta, log, idem, args[3])
+  local epoch = ensure_epoch(meta, log, idem, args[3], args[7], args[8])
   local maxlen, keymem = args[4], tonumber(args[5])
   local out, bus = {}, {}
   local seq = nil
-  for i = 7, #args, 2 do
+  for i = 9, #args, 2 do
     local key, payload = args[i], args[i + 1]
     local old = nil
     if key ~= '' then old = redis.call('ZSCORE', idem, key) end
@@ -76,11 +94,13 @@ local function append(keys, args)
   return {epoch, out}
 end
 
--- KEYS: meta, log, keys  ARGV: new_epoch, after, before (-1: none), limit, forward (0/1)
--- Returns {epoch, seq, missed, entries}; entries as XRANGE gives them.
+-- KEYS: meta, log, keys
+-- ARGV: new_epoch, after, before (-1: none), limit, forward (0/1), floor_epoch, floor_seq
+-- Returns {epoch, seq, missed, entries}; entries as XRANGE gives them, hole
+-- entries (field h) included: the caller counts their seqs as missed.
 local function fetch(keys, args)
   local meta, log = keys[1], keys[2]
-  local epoch = ensure_epoch(meta, log, keys[3], args[1])
+  local epoch = ensure_epoch(meta, log, keys[3], args[1], args[6], args[7])
   local seq = tonumber(redis.call('HGET', meta, 'seq'))
   local after, before, limit = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local upper = seq + 1
@@ -88,8 +108,19 @@ local function fetch(keys, args)
   if upper <= after + 1 or limit <= 0 then return {epoch, seq, 0, {}} end
   local first = redis.call('XRANGE', log, '-', '+', 'COUNT', 1)[1]
   local first_seq = upper
-  if first then first_seq = tonumber(string.match(first[1], '^(%d+)')) end
+  if first then
+    first_seq = tonumber(string.match(first[1], '^(%d+)'))
+    if first[2][1] == 'h' then first_seq = first_seq - tonumber(first[2][2]) + 1 end
+  end
   local missed = math.max(0, math.min(first_seq, upper) - (after + 1))
+  -- a hole entry above the range may stand for seqs inside it (those within
+  -- the entries returned are counted by the caller)
+  local above = redis.call('XRANGE', log, upper .. '-0', '+', 'COUNT', 1)[1]
+  if above and above[2][1] == 'h' then
+    local top = tonumber(string.match(above[1], '^(%d+)'))
+    local low = math.max(top - tonumber(above[2][2]) + 1, after + 1)
+    if low < upper then missed = missed + upper - low end
+  end
   local entries
   if args[5] == '1' then
     entries = redis.call('XRANGE', log, '(' .. after .. '-0', '(' .. upper .. '-0', 'COUNT', limit)
@@ -99,22 +130,10 @@ local function fetch(keys, args)
   return {epoch, seq, missed, entries}
 end
 
--- KEYS: meta, log, keys  ARGV: new_epoch. Returns {epoch, seq}.
+-- KEYS: meta, log, keys  ARGV: new_epoch, floor_epoch, floor_seq. Returns {epoch, seq}.
 local function meta(keys, args)
-  local epoch = ensure_epoch(keys[1], keys[2], keys[3], args[1])
+  local epoch = ensure_epoch(keys[1], keys[2], keys[3], args[1], args[2], args[3])
   return {epoch, tonumber(redis.call('HGET', keys[1], 'seq'))}
-end
-
--- A broker saw this room's seq go down under the same epoch (a failover to a
--- replica that missed writes): declare a new numbering, once, whoever asks.
--- KEYS: meta  ARGV: seen_epoch, new_epoch. Returns the epoch now in force.
-local function bump_epoch(keys, args)
-  local epoch = redis.call('HGET', keys[1], 'epoch')
-  if epoch == args[1] then
-    redis.call('HSET', keys[1], 'epoch', args[2])
-    return args[2]
-  end
-  return epoch
 end
 
 -- KEYS: brokers  ARGV: broker. 1 when registered, 0 when the id exists.
@@ -314,7 +333,6 @@ redis.register_function('zc_append', append)
 redis.register_function('zc_publish', publish)
 redis.register_function{function_name = 'zc_fetch', callback = fetch}
 redis.register_function('zc_meta', meta)
-redis.register_function('zc_bump_epoch', bump_epoch)
 redis.register_function('zc_register', register)
 redis.register_function('zc_heartbeat', heartbeat)
 redis.register_function('zc_dead', dead)

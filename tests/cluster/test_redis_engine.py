@@ -163,18 +163,50 @@ def test_seq_regression_under_the_same_epoch_means_a_new_epoch(
     redis_server: RedisServer, make_engine: Make
 ) -> None:
     a, b = make_engine(), make_engine()
-    r = a.append({"r": lines("a", "b", "c")})["r"]
+    r = a.append({"r": lines("a", "b", "c", "d")})["r"]
     assert not isinstance(r, EngineUnavailable)
-    assert a.meta(["r"])["r"] == RoomMeta(3, r.epoch)
-    with redis_server.client() as c:  # a failover to a replica that missed line 3
-        c.xtrim("zc:{r}:log", minid="3-0")
-        c.xdel("zc:{r}:log", "3-0")
+    assert a.meta(["r"])["r"] == RoomMeta(4, r.epoch)
+    with redis_server.client() as c:  # a failover to a replica that missed lines 3 and 4
+        kept = c.xrange("zc:{r}:log", "-", "2-0")
+        c.delete("zc:{r}:log")
+        for entry_id, fields in kept:
+            c.xadd("zc:{r}:log", fields, id=entry_id)
         c.hset("zc:{r}:meta", "seq", 2)
+    # b saw nothing: it cannot tell; a saw seq 4, so its next call starts a
+    # new numbering that continues above 4 (no seq a client saw is reused)
+    assert b.meta(["r"])["r"] == RoomMeta(2, r.epoch)
     bumped = a.meta(["r"])["r"]
-    assert bumped.seq == 2 and bumped.epoch != r.epoch
+    assert bumped.seq == 4 and bumped.epoch != r.epoch
     # every broker sees the one new epoch, never the old numbering again
     assert b.meta(["r"])["r"].epoch == bumped.epoch
     assert a.meta(["r"])["r"].epoch == bumped.epoch
+    # history counts the lost seqs as missed, as trimmed ones
+    h = b.fetch("r", 0, None, 10, forward=True)
+    assert [x.payload for x in h.lines] == [b"a", b"b"] and h.missed == 2
+    assert b.fetch("r", 3, None, 10).missed == 1
+    assert b.fetch("r", 0, 4, 10).missed == 1
+    after = b.append({"r": lines("e")})["r"]
+    assert not isinstance(after, EngineUnavailable)
+    assert after.epoch == bumped.epoch and after.seqs == (5,)
+    assert [x.seq for x in b.fetch("r", 2, None, 10).lines] == [5]
+    assert b.fetch("r", 2, None, 10).missed == 2
+
+
+def test_a_floor_from_the_bus_alone_starts_the_new_epoch_at_append(
+    redis_server: RedisServer, make_engine: Make
+) -> None:
+    a, b = make_engine(), make_engine()
+    r = a.append({"r": lines("a", "b", "c")})["r"]
+    assert not isinstance(r, EngineUnavailable)
+    b.saw("r", RoomMeta(3, r.epoch))  # b relayed line 3 from the bus
+    with redis_server.client() as c:  # lost: line 3
+        c.delete("zc:{r}:log", "zc:{r}:keys")
+        c.xadd("zc:{r}:log", {"d": "a", "k": "a"}, id="1-0")
+        c.xadd("zc:{r}:log", {"d": "b", "k": "b"}, id="2-0")
+        c.hset("zc:{r}:meta", "seq", 2)
+    got = b.append({"r": lines("d")})["r"]
+    assert not isinstance(got, EngineUnavailable)
+    assert got.epoch != r.epoch and got.seqs == (4,)
 
 
 # -- nicknames -------------------------------------------------------------------

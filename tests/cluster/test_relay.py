@@ -111,3 +111,15 @@ def test_any_bus_order_loss_or_repeat_relays_each_line_once_in_order(
             run(list(relay.on_lines("r", E, tuple(store[s] for s in seqs))))
     run(list(relay.on_meta("r", RoomMeta(total, E))))
     assert out == list(range(snapshot + 1, total + 1))
+
+
+def test_a_new_epoch_above_the_last_relayed_seq_is_relayed_from_there() -> None:
+    # a failover lost lines 6..13: the engine's new epoch continues above 13
+    relay = Relay()
+    relay.follow("r")
+    relay.on_meta("r", RoomMeta(13, E))
+    got = relay.on_meta("r", RoomMeta(15, "e2"))
+    assert got == [Reset("r", "e2", 13), NeedRange("r", 13, 16)]
+    assert delivered(relay.on_range("r", History(L(14, 15), 0, RoomMeta(15, "e2")))) == [14, 15]
+    got = relay.on_lines("r", "e3", L(16))  # a bus message of yet another numbering
+    assert got[0] == Reset("r", "e3", 15) and delivered(got) == [16]
