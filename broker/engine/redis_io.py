@@ -83,10 +83,10 @@ class EngineSettings:
     ) -> None:
         if key_memory < 1 or history_lines < 1 or inbox_lines < 1:
             raise ValueError("history_lines, key_memory and inbox_lines must be at least 1")
-        if replicas < 0 or not 0 < replica_wait < timeout * 1000:
-            raise ValueError(
-                "replicas must be at least 0 and replica_wait between 0 and the timeout"
-            )
+        if replicas < 0:
+            raise ValueError("replicas must be at least 0")
+        if replicas and not 0 < replica_wait < timeout * 1000:
+            raise ValueError("replica_wait must be above 0 and below the timeout")
         self.prefix = prefix
         self.timeout = timeout
         self.broker_ttl = broker_ttl

@@ -21,6 +21,23 @@ end
 
 local FENCED = 'FENCED this broker\'s lease expired; register again'
 
+-- The functions that write for a broker: fn refused (FENCED) unless the
+-- broker (ARGV[1]) is alive in the registry KEYS[at] with the lease ARGV[2].
+local function fenced(at, fn)
+  return function(keys, args)
+    if not alive(keys[at], args[1], args[2]) then return redis.error_reply(FENCED) end
+    return fn(keys, args)
+  end
+end
+
+-- Delete key (and its member in set) if it still holds mine: 1, else 0.
+local function delete_if_mine(key, holder, mine, set, member)
+  if holder ~= mine then return 0 end
+  redis.call('DEL', key)
+  redis.call('SREM', set, member)
+  return 1
+end
+
 -- The room's epoch, created with seq 0 when the meta hash is missing (first
 -- use, or a Redis that lost its data): a new numbering, never a silent reuse
 -- of seqs. A log whose top is above meta's seq (meta regressed) also gets a
@@ -67,7 +84,6 @@ end
 -- Bus message: "L" epoch "\n" then per new line: seq "\n" #payload "\n" payload.
 local function append(keys, args)
   local meta, log, idem = keys[1], keys[2], keys[3]
-  if not alive(keys[4], args[1], args[2]) then return redis.error_reply(FENCED) end
   local epoch = ensure_epoch(meta, log, idem, args[3], args[7], args[8])
   local maxlen, keymem = args[4], tonumber(args[5])
   local out, bus = {}, {}
@@ -143,7 +159,6 @@ end
 
 -- KEYS: brokers  ARGV: broker, ttl_ms
 local function heartbeat(keys, args)
-  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
   redis.call('ZADD', keys[1], 'XX', now_ms(), args[1])
   return 1
 end
@@ -155,7 +170,6 @@ end
 
 -- KEYS: nick, brokers, broker_nicks  ARGV: broker, ttl_ms, holder, lease_ms, nick_key
 local function claim_nick(keys, args)
-  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
   if redis.call('SET', keys[1], args[3], 'NX', 'PX', args[4]) then
     redis.call('SADD', keys[3], args[5])
     return 1
@@ -171,7 +185,6 @@ end
 -- (nick_key, holder) pairs. A lease that lapsed (a Redis restarted without
 -- data) is taken again if free. Returns the indexes (0-based) of leases lost.
 local function refresh_nicks(keys, args)
-  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
   local lost = {}
   for i = 3, #keys do
     local nick_key, holder = args[2 * i - 2], args[2 * i - 1]
@@ -190,12 +203,7 @@ end
 
 -- KEYS: nick, broker_nicks  ARGV: holder, nick_key. Delete-if-mine.
 local function release_nick(keys, args)
-  if redis.call('GET', keys[1]) == args[1] then
-    redis.call('DEL', keys[1])
-    redis.call('SREM', keys[2], args[2])
-    return 1
-  end
-  return 0
+  return delete_if_mine(keys[1], redis.call('GET', keys[1]), args[1], keys[2], args[2])
 end
 
 -- Member values: order "\n" broker "\n" session "\n" nick; order is a
@@ -203,7 +211,6 @@ end
 -- KEYS: members, meta, brokers, broker_rooms
 -- ARGV: broker, ttl_ms, nick_key, session, nick, room, channel, notice ("" none)
 local function join(keys, args)
-  if not alive(keys[3], args[1], args[2]) then return redis.error_reply(FENCED) end
   local old = redis.call('HGET', keys[1], args[3])
   local prefix = '\n' .. args[1] .. '\n' .. args[4] .. '\n'
   if old and string.find(old, prefix, 1, true) then return 0 end
@@ -244,7 +251,6 @@ end
 
 -- KEYS: brokers, inbox  ARGV: broker, ttl_ms, maxlen, payload, bell channel
 local function send_private(keys, args)
-  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
   local id = redis.call('XADD', keys[2], 'MAXLEN', '~', args[3], '*', 'd', args[4])
   redis.call('PUBLISH', args[5], id)
   return id
@@ -252,7 +258,6 @@ end
 
 -- KEYS: brokers  ARGV: broker, ttl_ms, channel, notice
 local function publish(keys, args)
-  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
   return redis.call('PUBLISH', args[3], 'N' .. args[4])
 end
 
@@ -260,7 +265,6 @@ end
 -- KEYS: session, brokers, broker_sessions
 -- ARGV: broker, ttl_ms, session_ttl_ms, token, nick, nick_key, rooms ("\n"-joined), key
 local function save_session(keys, args)
-  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
   redis.call('HSET', keys[1], 'broker', args[1], 'nick', args[5], 'nick_key', args[6],
     'rooms', args[7], 'key', args[8])
   redis.call('PEXPIRE', keys[1], args[3])
@@ -271,7 +275,6 @@ end
 -- KEYS: brokers, session...  ARGV: broker, ttl_ms, session_ttl_ms. Renews the
 -- sessions this broker holds; returns the indexes (0-based) of those it lost.
 local function refresh_sessions(keys, args)
-  if not alive(keys[1], args[1], args[2]) then return redis.error_reply(FENCED) end
   local lost = {}
   for i = 2, #keys do
     if redis.call('HGET', keys[i], 'broker') == args[1] then
@@ -285,12 +288,7 @@ end
 
 -- KEYS: session, broker_sessions  ARGV: broker, token. Delete-if-mine.
 local function drop_session(keys, args)
-  if redis.call('HGET', keys[1], 'broker') == args[1] then
-    redis.call('DEL', keys[1])
-    redis.call('SREM', keys[2], args[2])
-    return 1
-  end
-  return 0
+  return delete_if_mine(keys[1], redis.call('HGET', keys[1], 'broker'), args[1], keys[2], args[2])
 end
 
 -- Move a session from old_broker to this one, with its nickname lease and
@@ -300,7 +298,6 @@ end
 -- ARGV: broker, ttl_ms, old_broker, token, lease_ms, session_ttl_ms, nick_key, nick,
 --       then the rooms' names
 local function take_session(keys, args)
-  if not alive(keys[2], args[1], args[2]) then return redis.error_reply(FENCED) end
   if redis.call('HGET', keys[1], 'broker') ~= args[3] then return 0 end
   redis.call('HSET', keys[1], 'broker', args[1])
   redis.call('PEXPIRE', keys[1], args[6])
@@ -325,21 +322,21 @@ local function take_session(keys, args)
   return 1
 end
 
-redis.register_function('zc_save_session', save_session)
-redis.register_function('zc_refresh_sessions', refresh_sessions)
+redis.register_function('zc_save_session', fenced(2, save_session))
+redis.register_function('zc_refresh_sessions', fenced(1, refresh_sessions))
 redis.register_function('zc_drop_session', drop_session)
-redis.register_function('zc_take_session', take_session)
-redis.register_function('zc_append', append)
-redis.register_function('zc_publish', publish)
+redis.register_function('zc_take_session', fenced(2, take_session))
+redis.register_function('zc_append', fenced(4, append))
+redis.register_function('zc_publish', fenced(1, publish))
 redis.register_function{function_name = 'zc_fetch', callback = fetch}
 redis.register_function('zc_meta', meta)
 redis.register_function('zc_register', register)
-redis.register_function('zc_heartbeat', heartbeat)
+redis.register_function('zc_heartbeat', fenced(1, heartbeat))
 redis.register_function('zc_dead', dead)
-redis.register_function('zc_claim_nick', claim_nick)
-redis.register_function('zc_refresh_nicks', refresh_nicks)
+redis.register_function('zc_claim_nick', fenced(2, claim_nick))
+redis.register_function('zc_refresh_nicks', fenced(1, refresh_nicks))
 redis.register_function('zc_release_nick', release_nick)
-redis.register_function('zc_join', join)
+redis.register_function('zc_join', fenced(3, join))
 redis.register_function('zc_leave', leave)
 redis.register_function('zc_reap_room', reap_room)
-redis.register_function('zc_send_private', send_private)
+redis.register_function('zc_send_private', fenced(1, send_private))

@@ -145,18 +145,31 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """Primary, replica, Sentinel (1 s to declare the primary down), two brokers."""
+def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A primary and one replica, linked and caught up."""
     primary = RedisServer(tmp_path / "primary")
     replica = RedisServer(tmp_path / "replica", replica_of=primary)
-    sentinel: SentinelServer | None = None
-    brokers: list[BrokerProcess] = []
     try:
         for server in (primary, replica):
             server.directory.mkdir()
         primary.start()
         replica.start()
         primary.wait_replicated(replica)
+        yield primary, replica
+    finally:
+        if replica.proc is not None:
+            replica.send_signal(signal.SIGCONT)  # a test stopped it
+        replica.kill()
+        primary.kill()
+
+
+@pytest.fixture
+def cluster(replicated: tuple[RedisServer, RedisServer], tmp_path: Path) -> Iterator[Cluster]:
+    """Primary and replica, a Sentinel (1 s to declare the primary down), two brokers."""
+    primary, replica = replicated
+    sentinel: SentinelServer | None = None
+    brokers: list[BrokerProcess] = []
+    try:
         sentinel = SentinelServer(tmp_path / "sentinel", primary, down_after_ms=1000).start()
         sentinel.wait_replicas(1)
         for _ in range(2):
@@ -170,8 +183,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             print(f"--- broker {n}:", "".join(broker.log[-40:]))  # shown when it failed
         if sentinel is not None:
             sentinel.kill()
-        replica.kill()
-        primary.kill()
 
 
 @pytest.fixture
@@ -251,24 +262,6 @@ def test_a_failover_that_loses_acknowledged_lines_changes_the_epoch_never_renumb
                     assert who.acks[text]["seq"] in seqs
     finally:
         engine.close()
-
-
-@pytest.fixture
-def replicated(tmp_path: Path) -> Iterator[tuple[RedisServer, RedisServer]]:
-    """A primary and one replica, linked and caught up."""
-    primary = RedisServer(tmp_path / "primary")
-    replica = RedisServer(tmp_path / "replica", replica_of=primary)
-    try:
-        for server in (primary, replica):
-            server.directory.mkdir()
-        primary.start()
-        replica.start()
-        primary.wait_replicated(replica)
-        yield primary, replica
-    finally:
-        replica.send_signal(signal.SIGCONT) if replica.proc is not None else None
-        replica.kill()
-        primary.kill()
 
 
 def test_with_replicas_required_a_line_is_confirmed_only_once_a_replica_has_it(
