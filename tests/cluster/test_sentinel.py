@@ -24,7 +24,7 @@ import pytest
 import zmq
 
 from broker.engine import EngineSettings, RedisEngine
-from broker.engine.api import AppendResult, NewLine
+from broker.engine.api import AppendResult, EngineUnavailable, NewLine, RoomMeta
 from tests.conformance.rawchat import WAIT, Message, RawClient, joined_to
 from tests.conftest import BrokerProcess, spawn_broker
 from tests.redis_server import SCALE, RedisServer, SentinelServer
@@ -320,3 +320,39 @@ def test_a_broker_with_engine_replicas_acknowledges_only_replicated_lines(
         assert alice.texts() == ["stored", "pending"]
     finally:
         broker.stop(signal.SIGKILL)
+
+
+def test_a_failover_resets_exactly_the_rooms_that_lost_lines(
+    replicated: tuple[RedisServer, RedisServer], tmp_path: Path
+) -> None:
+    primary, replica = replicated
+    sentinel = SentinelServer(tmp_path / "sentinel", primary, down_after_ms=1000).start()
+    engine: RedisEngine | None = None
+    try:
+        sentinel.wait_replicas(1)
+        engine = RedisEngine.connect(sentinel.url, EngineSettings(timeout=1.0))
+        engine.register()
+        both = engine.append({r: [NewLine(f"{r}1", b"1")] for r in ("kept", "lost")})
+        primary.wait_replicated(replica)
+        primary.cut_replicas()
+        engine.append({"lost": [NewLine("lost2", b"2"), NewLine("lost3", b"3")]})
+        primary.kill()
+        sentinel.wait_primary(replica.port)
+        deadline = time.monotonic() + 10 * SCALE
+        while True:  # the engine finds the new primary through Sentinel
+            try:
+                metas = engine.meta(["kept", "lost"])
+                break
+            except EngineUnavailable:
+                assert time.monotonic() < deadline, "the new primary never answered"
+                time.sleep(0.05)  # polling for a condition, with a deadline
+        kept, lost = both["kept"], both["lost"]
+        assert isinstance(kept, AppendResult) and isinstance(lost, AppendResult)
+        assert metas["kept"] == RoomMeta(1, kept.epoch)  # lost nothing: unchanged
+        assert metas["lost"].epoch != lost.epoch and metas["lost"].seq == 3
+        history = engine.fetch("lost", 0, None, 10, forward=True)
+        assert [x.seq for x in history.lines] == [1] and history.missed == 2
+    finally:
+        if engine is not None:
+            engine.close()
+        sentinel.kill()
