@@ -29,7 +29,7 @@ from tests.conformance.rawchat import WAIT, Message, RawClient, joined_to
 from tests.conftest import BrokerProcess, spawn_broker
 from tests.redis_server import SCALE, RedisServer, SentinelServer
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.chaos]
+pytestmark = [pytest.mark.timeout(60), pytest.mark.chaos]
 
 ROOM = "lobby"
 
