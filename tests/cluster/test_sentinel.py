@@ -308,7 +308,7 @@ def test_a_broker_with_engine_replicas_acknowledges_only_replicated_lines(
     try:
         alice = watchers(broker)
         alice.join("alice")
-        alice.say_until_acked("stored")
+        alice.say_until_acked("stored", resend_every=0.5)  # as a client's timer does
         replica.send_signal(signal.SIGSTOP)
         alice.say("pending")
         alice.until(lambda: "pending" in alice.texts(), "the line published")
@@ -320,6 +320,7 @@ def test_a_broker_with_engine_replicas_acknowledges_only_replicated_lines(
         assert alice.texts() == ["stored", "pending"]
     finally:
         broker.stop(signal.SIGKILL)
+        print("--- broker:", "".join(broker.log[-40:]))  # shown when it failed
 
 
 def test_a_failover_resets_exactly_the_rooms_that_lost_lines(
