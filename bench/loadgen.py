@@ -45,6 +45,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,38 +97,48 @@ _LINE_PREFIX = b'{"type":"message",'
 _TEXT_FIELD = b'"text":"'
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        data = f.read()
-    fields = data[data.rindex(b")") + 2 :].split()
-    # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14, 15.
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+def _pids(pid: int | Sequence[int]) -> Sequence[int]:
+    return (pid,) if isinstance(pid, int) else pid
 
 
-def cpu_ns(pid: int, main_only: bool = False) -> int:
+def cpu_seconds(pid: int | Sequence[int]) -> float:
+    """utime + stime of process ``pid`` (all its threads), in seconds; of
+    several processes (the brokers of a cluster), their sum."""
+    total = 0
+    for one in _pids(pid):
+        with open(f"/proc/{one}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2 :].split()
+        # fields[0] is field 3 (state) of proc(5); utime and stime are fields 14, 15.
+        total += int(fields[11]) + int(fields[12])
+    return total / _CLK_TCK
+
+
+def cpu_ns(pid: int | Sequence[int], main_only: bool = False) -> int:
     """CPU time of process ``pid`` in nanoseconds, from the scheduler's own
     accounting (/proc/PID/task/*/schedstat): of every thread, or of the main
     (Python) thread only. Unlike utime + stime, which tick in 10 ms steps,
-    this resolves the few hundred microseconds of a single join."""
-    tasks = [str(pid)] if main_only else os.listdir(f"/proc/{pid}/task")
+    this resolves the few hundred microseconds of a single join. Of several
+    processes, their sum."""
     total = 0
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):
-            pass  # a thread that ended meanwhile
+    for one in _pids(pid):
+        tasks = [str(one)] if main_only else os.listdir(f"/proc/{one}/task")
+        for tid in tasks:
+            try:
+                with open(f"/proc/{one}/task/{tid}/schedstat", "rb") as f:
+                    total += int(f.read().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # a thread that ended meanwhile
     return total
 
 
-def rss_kib(pid: int) -> int:
-    """Resident set size of process ``pid`` in KiB (VmRSS)."""
-    with open(f"/proc/{pid}/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+def rss_kib(pid: int | Sequence[int]) -> int:
+    """Resident set size of process ``pid`` in KiB (VmRSS); of several, their sum."""
+    total = 0
+    for one in _pids(pid):
+        with open(f"/proc/{one}/status", "rb") as f:
+            total += next(int(line.split()[1]) for line in f if line.startswith(b"VmRSS:"))
+    return total
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float | None:
@@ -150,16 +161,25 @@ class Tally:
     duplicated: int = 0
     out_of_order: int = 0
     latencies: list[float] = field(default_factory=list)
+    #: Receivers whose latencies are kept apart (``cross``): in a cluster, those
+    #: on another broker than the senders'.
+    apart: frozenset[int] = frozenset()
+    cross: list[float] = field(default_factory=list)
+    #: Each receiver's latency list: ``latencies``, or ``cross`` for those apart.
+    latency_of: list[list[float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.last = [[0] * self.senders for _ in range(self.receivers)]
+        self.latency_of = [
+            self.cross if r in self.apart else self.latencies for r in range(self.receivers)
+        ]
 
     def deliver(self, receiver: int, sender: int, counter: int, latency: float) -> None:
         """Record that ``receiver`` got line ``counter`` of ``sender``."""
         row = self.last[receiver]
         previous = row[sender]
         self.received += 1
-        self.latencies.append(latency)
+        self.latency_of[receiver].append(latency)
         if counter == previous + 1:
             row[sender] = counter
         elif counter > previous + 1:
@@ -191,7 +211,11 @@ class LoadGen:
         self.chat = args.mode == "chat"
         self.n = args.clients
         self.s = min(args.senders, args.clients)
-        self.pid: int = args.server_pid
+        self.pid: tuple[int, ...] = tuple(int(p) for p in args.server_pid.split(","))
+        self.engine_pid: int | None = args.engine_pid
+        # Several brokers (a cluster): client i talks to broker place(i).
+        self.routers = args.router.split(",")
+        self.pubs = args.pub.split(",")
         self.ctx = zmq.Context()
         self.ctx.max_sockets = 2 * self.n + 64
         self.dealers: list[zmq.Socket[bytes]] = []
@@ -200,7 +224,11 @@ class LoadGen:
         self.dealer_poller: zmq.Poller | None = None
         self.next_dealer_read = 0.0
         self.index: dict[zmq.Socket[bytes], int] = {}
-        self.tally = Tally(self.n, self.s)
+        self.tally = Tally(
+            self.n,
+            self.s,
+            apart=frozenset(i for i in range(self.n) if self.place(i) != self.place(0)),
+        )
         self.sent = [0] * self.s
         self.acks = 0
         self.errors: list[str] = []
@@ -219,18 +247,26 @@ class LoadGen:
 
     # --- sockets ---------------------------------------------------------
 
+    def place(self, i: int) -> int:
+        """Which broker client ``i`` talks to: round robin, but with
+        ``--senders-first`` every sender on the first (so the others'
+        latencies are cross-broker)."""
+        if self.args.senders_first and i < self.s:
+            return 0
+        return i % len(self.routers)
+
     def open(self, count: int | None = None) -> None:
         """Open and connect the sockets of the next ``count`` clients (all)."""
         start = len(self.dealers)
         for i in range(start, self.n if count is None else start + count):
             dealer = self.ctx.socket(zmq.DEALER)
             dealer.linger = 0
-            dealer.connect(self.args.router)
+            dealer.connect(self.routers[self.place(i)])
             sub = self.ctx.socket(zmq.SUB)
             sub.linger = 0
             # The generator's own queue never drops: any loss is the server's.
             sub.rcvhwm = 0
-            sub.connect(self.args.pub)
+            sub.connect(self.pubs[self.place(i)])
             if not self.chat:
                 sub.subscribe(b"")
             self.dealers.append(dealer)
@@ -265,7 +301,7 @@ class LoadGen:
                 # A batch: several broadcasts in one frame (PROTOCOL.md §3).
                 # The in-order case of Tally.deliver inline: a million times a run.
                 row = tally.last[receiver]
-                latencies = tally.latencies
+                latencies = tally.latency_of[receiver]
                 for body in _decode_broadcasts(payload):
                     if body.type != "message":
                         self.other += 1
@@ -509,6 +545,20 @@ class LoadGen:
         self.ping_start = time.perf_counter()
         return took, figures
 
+    def idle(self, poller: zmq.Poller) -> dict[str, float]:
+        """The servers' and the engine's CPU per second with every client
+        joined and idle (pinging): what the clients cost when nobody talks."""
+        cpu0, engine0 = cpu_ns(self.pid), cpu_ns(self.engine_pid or ())
+        start = time.perf_counter()
+        while (now := time.perf_counter()) < start + IDLE_WINDOW:
+            self.ping_due(now)
+            self.pump(poller, 5)
+        took = time.perf_counter() - start
+        return {
+            "idle_cpu_ms_per_s": (cpu_ns(self.pid) - cpu0) / 1e6 / took,
+            "engine_idle_ms_per_s": (cpu_ns(self.engine_pid or ()) - engine0) / 1e6 / took,
+        }
+
     def full_poller(self) -> zmq.Poller:
         """A poller of the SUBs. Once joined, a chat client's DEALER carries
         only acks and pongs, which nothing waits for: they are read every
@@ -561,6 +611,7 @@ class LoadGen:
         interval = 1.0 / args.rate if paced else 0.0
         server0 = cpu_seconds(self.pid)
         main0 = cpu_ns(self.pid, main_only=True)
+        engine0 = cpu_ns(self.engine_pid) if self.engine_pid else 0
         gen0 = time.process_time()
         start = time.perf_counter()
         stop_sending = start + args.duration
@@ -604,12 +655,14 @@ class LoadGen:
         end = time.perf_counter()
         server_cpu = cpu_seconds(self.pid) - server0
         main_cpu = (cpu_ns(self.pid, main_only=True) - main0) / 1e9
+        engine_cpu = (cpu_ns(self.engine_pid) - engine0) / 1e9 if self.engine_pid else None
         gen_cpu = time.process_time() - gen0
         wall = end - start
         lines_sent = sum(sent)
         accepted = self.acks if chat else lines_sent
         deliveries = tally.received
-        lat = sorted(tally.latencies)
+        lat = sorted(tally.latencies + tally.cross)
+        cross = sorted(tally.cross)
         return {
             "wall_s": wall,
             "send_s": sending_stopped - start,
@@ -633,6 +686,20 @@ class LoadGen:
             "latency_p50_ms": _ms(percentile(lat, 0.50)),
             "latency_p99_ms": _ms(percentile(lat, 0.99)),
             "latency_max_ms": _ms(lat[-1] if lat else None),
+            # Receivers on another broker than the senders (a cluster, senders first).
+            "cross_latency_p50_ms": _ms(percentile(cross, 0.50)),
+            "cross_latency_p99_ms": _ms(percentile(cross, 0.99)),
+            "cross_deliveries": len(cross),
+            # The engine (Redis) process, if given: its CPU per accepted line.
+            **(
+                {
+                    "engine_cpu_s": engine_cpu,
+                    "engine_cpu_us_per_line": engine_cpu * 1e6 / accepted if accepted else None,
+                    "engine_util": engine_cpu / wall,
+                }
+                if engine_cpu is not None
+                else {}
+            ),
         }
 
     def run(self) -> dict[str, Any]:
@@ -649,6 +716,8 @@ class LoadGen:
             poller = self.full_poller()
             self.settle(poller)
             rss_after = rss_kib(self.pid)
+            if self.args.measure_idle:
+                join_figures.update(self.idle(poller))
             result: dict[str, Any] = {
                 "mode": self.args.mode,
                 "clients": self.n,
@@ -679,9 +748,20 @@ def build_parser() -> argparse.ArgumentParser:
     """Options of ``python -m bench.loadgen`` (normally set by bench/run.py)."""
     parser = argparse.ArgumentParser(prog="bench.loadgen", description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=["chat", "raw"], required=True)
-    parser.add_argument("--router", required=True)
-    parser.add_argument("--pub", required=True)
-    parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--router", required=True, help="ROUTER endpoint(s), comma-separated")
+    parser.add_argument("--pub", required=True, help="PUB endpoint(s), in the same order")
+    parser.add_argument("--server-pid", required=True, help="server pid(s), comma-separated")
+    parser.add_argument("--engine-pid", type=int, help="the engine's pid (Redis): its CPU too")
+    parser.add_argument(
+        "--measure-idle",
+        action="store_true",
+        help="once joined, a second of idling: the servers' (and engine's) CPU per second",
+    )
+    parser.add_argument(
+        "--senders-first",
+        action="store_true",
+        help="several brokers: every sender on the first (the others' latency is cross-broker)",
+    )
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--senders", type=int, default=0)
     parser.add_argument("--duration", type=float, default=0.0, help="seconds of sending")

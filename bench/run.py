@@ -25,10 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -162,6 +162,11 @@ class Server:
     pub: str
     log: Path
 
+    @property
+    def pids(self) -> str:
+        """The process ids the generator measures (bench/loadgen.py --server-pid)."""
+        return str(self.proc.pid)
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -218,10 +223,27 @@ def start_server(
     return server
 
 
+class Measured(Protocol):
+    """What the generator is pointed at: a Server, or several (bench/cluster.py)."""
+
+    @property
+    def router(self) -> str: ...
+    @property
+    def pub(self) -> str: ...
+    @property
+    def pids(self) -> str: ...
+
+
 def run_loadgen(
-    scenario: Scenario, server: Server, mode: str, core: int | None, timeout: float
+    scenario: Scenario,
+    server: Measured,
+    mode: str,
+    core: int | None,
+    timeout: float,
+    extra: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run bench/loadgen.py for one scenario; its JSON result."""
+    """Run bench/loadgen.py for one scenario (``extra``: more of its options);
+    its JSON result."""
     command = [
         sys.executable,
         "-m",
@@ -233,7 +255,7 @@ def run_loadgen(
         "--pub",
         server.pub,
         "--server-pid",
-        str(server.proc.pid),
+        server.pids,
         "--clients",
         str(scenario.clients),
         "--senders",
@@ -247,6 +269,7 @@ def run_loadgen(
     ]
     if scenario.sequential:
         command += ["--sequential", "--join-timeout", str(timeout * 0.6)]
+    command += extra
     try:
         proc = subprocess.run(
             command,
@@ -483,6 +506,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[s.name for s in SCENARIOS],
         help="which scenarios (default all)",
     )
+    parser.add_argument(
+        "--only",
+        choices=["single", "cluster"],
+        help="one group: the single-broker scenarios, or the cluster ones (bench/cluster.py)",
+    )
     parser.add_argument("--targets", nargs="+", choices=TARGETS + EXTRA_TARGETS, default=TARGETS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="JSON directory")
     parser.add_argument(
@@ -495,8 +523,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run everything, print the table, write the JSON; 1 if any delivery fault."""
+    """Run everything, print the tables, write the JSON; 1 if any delivery fault.
+
+    Both groups by default: the single-broker scenarios, then the cluster ones
+    (bench/cluster.py); ``--only`` picks one, and naming ``--scenarios``
+    means the single-broker group only."""
     args = build_parser().parse_args(argv)
+    only = args.only or ("single" if args.scenarios else None)
+    status = 0
+    if only in (None, "single"):
+        status |= run_single(args)
+    if only in (None, "cluster"):
+        from bench.cluster import run_group
+
+        status |= run_group(args)
+    return status
+
+
+def run_single(args: argparse.Namespace) -> int:
+    """The single-broker scenarios against the broker and the baselines."""
     table = SMOKE if args.smoke else SCENARIOS
     scenarios = [s for s in table if not args.scenarios or s.name in args.scenarios]
     runs = args.runs or (1 if args.smoke else 3)
