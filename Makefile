@@ -10,7 +10,7 @@ MIN_VENV := .venv-min
 MIN_STAMP := $(MIN_VENV)/.installed
 LOCK := requirements-dev.lock
 
-.PHONY: run client test test-min chaos lint bench clean redis-server
+.PHONY: run client test test-min chaos lint bench bench-cluster clean redis-server
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -58,8 +58,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check protocol broker client tests examples bench
 	$(BIN)/mypy
 
+# Both groups: the single-broker scenarios (~8 min), then the cluster ones
+# (~5 min, needs redis-server). One group: ARGS="--only single|cluster".
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(ARGS)
+
+bench-cluster: $(STAMP) redis-server
+	$(BIN)/python -m bench.run --only cluster $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(MIN_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
