@@ -60,7 +60,7 @@ lint: $(STAMP)
 
 # Both groups: the single-broker scenarios (~8 min), then the cluster ones
 # (~5 min, needs redis-server). One group: ARGS="--only single|cluster".
-bench: $(STAMP)
+bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.run $(ARGS)
 
 bench-cluster: $(STAMP) redis-server
