@@ -654,10 +654,10 @@ def render(
             out.append(f"{label:30}{_fmt(row.get(key), pattern):>10}")
         out.append(f"{'p95 over all runs s':30}{_fmt(row.get('catch_up_p95_all_s'), '{:.2f}'):>10}")
         out.append(f"{'never caught up':30}{row.get('never_caught_up', 0):>10}")
-        faults = f"{row['lost']}/{row['duplicated']}"
-        runs = f"{row['runs']} ({row['failed_runs']})"
-        out.append(f"{'lost/dup':30}{faults:>10}")
-        out.append(f"{'runs ok (failed)':30}{runs:>10}")
+        lost_dup = f"{row['lost']}/{row['duplicated']}"
+        ran = f"{row['runs']} ({row['failed_runs']})"
+        out.append(f"{'lost/dup':30}{lost_dup:>10}")
+        out.append(f"{'runs ok (failed)':30}{ran:>10}")
     out.append("\n== targets (issue 14)")
     if smoke:
         out.append("  (smoke run: tiny scenarios, so these verdicts mean nothing)")
