@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -167,6 +168,16 @@ class BrokerProcess:
             seen = len(self.log)
             time.sleep(0.02)
         raise AssertionError(f"broker never logged {pattern!r}; log:\n" + "".join(self.log))
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this host can bind ::1 (some CI containers have no IPv6 at all)."""
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def spawn_broker(

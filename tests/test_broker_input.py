@@ -6,14 +6,13 @@ is not JSON."""
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 
 import pytest
 import zmq
 
 from tests.conformance.rawchat import RawClient, unique_nick
-from tests.conftest import BrokerProcess, spawn_broker
+from tests.conftest import BrokerProcess, has_ipv6_loopback, spawn_broker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -132,16 +131,7 @@ def test_the_broker_answers_after_all_of_it(raw: RawClient) -> None:
     assert raw.reply_of("pong")["type"] == "pong"
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this host has no IPv6 loopback (::1)")
 def test_an_ipv6_broker_advertises_its_pub_in_brackets_and_works() -> None:
     # PROTOCOL.md §1: an IPv6 pub is written tcp://[addr]:port; a client sets
     # ZMQ_IPV6 on its sockets to reach it.

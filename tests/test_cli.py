@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.conftest import SCALE, BrokerProcess, script, spawn_broker
+from tests.conftest import SCALE, BrokerProcess, has_ipv6_loopback, script, spawn_broker
 from tests.jsonclient import Event, JsonClient, start_json_client
 
 
@@ -538,17 +538,8 @@ def test_json_client_whose_stdout_is_not_read_stays_alive_and_counts_what_it_dro
         broker.stop()
 
 
-def _has_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
 @pytest.mark.timeout(40)
-@pytest.mark.skipif(not _has_ipv6(), reason="this host has no IPv6 at all (cannot bind ::1)")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="this host has no IPv6 (cannot bind ::1)")
 @pytest.mark.parametrize("pub", ["tcp://[::1]:*", "tcp://[::]:*"], ids=["loopback", "wildcard"])
 def test_the_client_talks_to_a_broker_on_ipv6(clients: Callable[..., JsonClient], pub: str) -> None:
     # docs/PROTOCOL.md §1: a bracketed IPv6 endpoint needs ZMQ_IPV6 on the
