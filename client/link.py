@@ -57,6 +57,9 @@ class Link:
         # timeout from then on.
         self._reset_at = 0.0
         self._told_nick_wait = False
+        #: Endpoints that refused our key since the latest welcome
+        #: (:meth:`refused_by`): told once each, and skipped while others remain.
+        self.refused: set[str] = set()
 
     @property
     def server(self) -> str:
@@ -78,6 +81,7 @@ class Link:
             self.restarted = True
             self.moved = reply.session == self.session_token
         self.session_token = reply.session
+        self.refused.clear()  # a broker took us: a later refusal is news again
         self.broker_id = reply.broker
         self.limits = reply.limits
         self.heartbeat = reply.heartbeat
@@ -127,6 +131,8 @@ class Link:
             # a try left behind holding our nickname expires within the
             # timeout from the latest one).
             self.endpoints.advance()
+            while self.server in self.refused and len(self.refused) < len(self.endpoints):
+                self.endpoints.advance()  # it refused our key: try the others first
         elif attempt > 1:
             # A fresh SUB (it keeps its subscriptions) and DEALER (the broker
             # may know the old routing id no more) for the first try only.
@@ -135,6 +141,15 @@ class Link:
             return False
         self._reset_at = now
         return True
+
+    def refused_by(self, server: str) -> bool | None:
+        """``server`` refused our key while reconnecting: None if it was told
+        already; else whether another endpoint remains to try (docs/SECURITY.md,
+        "A refusal while reconnecting")."""
+        if server in self.refused or server not in self.endpoints.all:
+            return None
+        self.refused.add(server)
+        return len(self.refused) < len(self.endpoints)
 
     def wait_for_nick(self, now: float) -> list[ev.Event] | None:
         """A rejoin refused as ``nick_taken``: our old session (or one an

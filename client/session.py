@@ -437,6 +437,26 @@ class ClientSession:
             self.move(State.CLOSED)
         return [error_event(reply)]
 
+    def handshake_refused(self, server: str, message: str, now: float) -> list[ev.Event]:
+        """The broker at ``server`` refused our key (or CURVE itself) while we
+        reconnect: a broker restarted with another key, or one of the cluster
+        that does not know ours. Say so, naming it, and go on with the other
+        endpoints; with none left, give up (``auth_failed``): trying again
+        cannot help until someone changes a key. While joining, ``connect``
+        fails instead (client/aio.py); while joined the broker is still
+        there, and a fresh try will tell."""
+        if self.state is not State.RECONNECTING:
+            return []
+        others = self.link.refused_by(server)
+        if others is None:
+            return []
+        if others:
+            return [ev.Connection(state="auth_failed", endpoint=server, message=message)]
+        self.close_reason = "auth_failed"
+        self.move(State.CLOSED)
+        more = "every broker refused it; giving up" if len(self.link.endpoints) > 1 else "giving up"
+        return [ev.Error(code="auth_failed", message=f"{message} (while reconnecting; {more})")]
+
     def on_shutdown(self, reply: Shutdown, now: float) -> list[ev.Event]:
         """The broker is going: stay ready to reconnect, a restarted broker
         will take us back."""

@@ -234,3 +234,56 @@ def test_a_broker_that_could_not_resume_the_session_is_told_as_a_restart() -> No
     for room in ("lobby", "dev"):
         events += session.on_reply(Joined(room=room, seq=0, members=["me"]), again + 0.02)
     assert ev.Connection(state="reconnected", endpoint=server) in events
+
+
+# --- a broker refusing our key while we reconnect (docs/SECURITY.md) ----------
+
+REFUSED = "authentication failed: the broker at {} refused our key"
+
+
+def test_a_refusal_while_reconnecting_is_told_once_and_the_others_are_tried() -> None:
+    session = _joined([A, B, C])
+    session.tick(10.0)
+    events = session.handshake_refused(B, REFUSED.format(B), 10.1)
+    assert events == [ev.Connection(state="auth_failed", endpoint=B, message=REFUSED.format(B))]
+    assert session.handshake_refused(B, REFUSED.format(B), 10.2) == []  # told already
+    assert session.state is State.RECONNECTING
+    # B is skipped while others remain: the tries go to C and A only.
+    assert {server for _, server, _ in _tries(session, 10.2, 20.0)} == {A, C}
+
+
+def test_when_every_broker_refused_our_key_the_session_ends_auth_failed() -> None:
+    session = _joined([A, B])
+    session.say("typed before the refusals")
+    session.tick(10.0)
+    assert session.handshake_refused(A, REFUSED.format(A), 10.1)[0].state == "auth_failed"
+    (error,) = session.handshake_refused(B, REFUSED.format(B), 10.2)
+    assert isinstance(error, ev.Error) and error.code == "auth_failed"
+    assert B in error.message and "every broker refused it" in error.message
+    assert session.state is State.CLOSED and session.close_reason == "auth_failed"
+    (lost,) = session.undelivered("not delivered")  # the front-end reports it
+    assert isinstance(lost, ev.Error) and lost.text == "typed before the refusals"
+
+
+def test_with_one_broker_a_refusal_while_reconnecting_ends_the_session() -> None:
+    session = _joined([A])
+    session.tick(10.0)
+    (error,) = session.handshake_refused(A, REFUSED.format(A), 10.1)
+    assert isinstance(error, ev.Error) and error.code == "auth_failed"
+    assert A in error.message and "giving up" in error.message
+    assert session.state is State.CLOSED
+
+
+def test_a_refusal_is_news_again_after_a_welcome_and_ignored_while_joined() -> None:
+    session = _joined([A, B])
+    # Joined: the broker still answers; a fresh try would tell (ignored).
+    assert session.handshake_refused(A, REFUSED.format(A), 1.0) == []
+    session.tick(10.0)
+    assert session.handshake_refused(B, REFUSED.format(B), 10.1)[0].state == "auth_failed"
+    session.on_reply(welcome(session="tok"), 10.5)
+    for room in ("lobby", "dev"):
+        session.on_reply(Joined(room=room, seq=0, members=["me"]), 10.5)
+    assert session.state is State.JOINED
+    session.tick(30.0)
+    events = session.handshake_refused(B, REFUSED.format(B), 30.1)
+    assert [e.state for e in events if isinstance(e, ev.Connection)] == ["auth_failed"]
