@@ -104,8 +104,9 @@ class AsyncClient:
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
         self._pump_task: asyncio.Task[None] | None = None
         self._join_waiter: asyncio.Future[ev.Welcome] | None = None
-        #: Watches each DEALER's handshake while connect() waits (client/handshake.py).
-        self._watch: HandshakeWatch | None = None
+        #: Watches each DEALER's handshake, from before it connects until it
+        #: is closed (client/handshake.py): a refused key is told, not silence.
+        self._watch = HandshakeWatch(self._handshake_refused)
         self._closed = asyncio.Event()
         # Set each time the pump has handled input: settle() waits on it.
         self._progress = asyncio.Event()
@@ -154,20 +155,13 @@ class AsyncClient:
             self.session.hello(time.time(), nick)
         except ProtocolError as exc:
             raise JoinRefused(exc.code, exc.message) from None
-        self._watch = watch = HandshakeWatch(self._join_waiter)
         if self._dealer is None:
             self._open_sockets()  # watched before it connects (_open_sockets)
-        else:
-            watch.watch(self._dealer, self.server)
         self._flush()
         if self._pump_task is None:
             self._pump_task = asyncio.create_task(self._pump(), name="chat-client-pump")
         try:
-            try:
-                return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
-            finally:
-                await watch.stop()  # before _shut: the context waits for every socket
-                self._watch = None
+            return await asyncio.wait_for(asyncio.shield(self._join_waiter), timeout)
         except TimeoutError:
             await self._shut(reason="unreachable")
             raise BrokerUnreachable(
@@ -400,14 +394,15 @@ class AsyncClient:
             # session repairs from history.
             sub.rcvhwm = self._sub_hwm
         dealer.ipv6 = _ipv6(self.server)
-        if self._watch is not None:
-            # Joining: a refusal by this endpoint, whichever of several it
-            # is, is auth_failed, not silence (client/handshake.py).
-            self._watch.watch(dealer, self.server)
+        # A refusal by this endpoint, whichever of several it is, is
+        # auth_failed, not silence (client/handshake.py).
+        self._watch.watch(dealer, self.server)
         dealer.connect(self.server)
         self._dealer, self._sub = dealer, sub
 
     def _close_sockets(self) -> None:
+        if self._dealer is not None:
+            self._watch.forget(self._dealer)
         for sock in (self._dealer, self._sub):
             if sock is not None:
                 sock.close(linger=0)
@@ -478,6 +473,17 @@ class AsyncClient:
         # A restarted broker advertising a bad endpoint: nothing more can work.
         self._deliver([ev.Error(code="bad_endpoint", message=message)])
         self._fatal = asyncio.ensure_future(self._shut(reason="bad_endpoint"))
+
+    def _handshake_refused(self, server: str, message: str) -> None:
+        """A DEALER's security handshake with ``server`` failed (client/handshake.py)."""
+        waiter = self._join_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(JoinRefused("auth_failed", message))
+            return
+        # Reconnecting: the session tells the user and tries the other
+        # brokers, or gives up (then the pump ends, reporting what is left).
+        self._deliver(self.session.handshake_refused(server, message, time.time()))
+        self._progress.set()
 
     def _deliver(self, events: list[ev.Event]) -> None:
         waiter = self._join_waiter
@@ -571,14 +577,12 @@ class AsyncClient:
             # Whoever awaits it still gets the exception; if nobody does (a
             # connect that already gave up), asyncio must not log it as lost.
             waiter.exception()
-        if self._watch is not None:
-            # The monitor sockets must be closed, or the context never terminates.
-            await self._watch.stop()
-            self._watch = None
         if self._pump_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._pump_task
             self._pump_task = None
+        # The monitor sockets must be closed, or the context never terminates.
+        await self._watch.stop()
         self._closed.set()
         self._close_sockets()
         self._ctx.term()

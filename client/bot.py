@@ -479,7 +479,10 @@ class Bot:
             ctx = Context(self, event, event.nick, event.room, event.text)
             await self._run_all(self._handlers.topic, ctx, "on_topic")
         elif isinstance(event, ev.Connection):
-            log.info("connection %s %s", event.state, event.endpoint)
+            if event.state == "auth_failed":
+                log.warning("connection auth_failed: %s", event.message)
+            else:
+                log.info("connection %s %s", event.state, event.endpoint)
             # Hold the queue while reconnecting: a line's future then says when
             # the line reached a live session, and if the session ends for good
             # the lines still queued here go to the next one.

@@ -336,7 +336,9 @@ async def _run_json(args: argparse.Namespace, writer: EventWriter, stall: float)
     await asyncio.wait({reader, stopper, printer}, return_when=asyncio.FIRST_COMPLETED)
     for task in (reader, stopper):
         task.cancel()
-    ended_by_broker = printer.done() and client.session.close_reason not in (None, "exit")
+    # Not only once the printer is done: the end of input may win the race
+    # against the last events of a session the broker already ended.
+    ended_by_broker = client.session.close_reason not in (None, "exit")
     # Whatever is still unacknowledged now is reported, one not_delivered each.
     await client.close(settle=0)
     with contextlib.suppress(asyncio.CancelledError):
@@ -346,5 +348,7 @@ async def _run_json(args: argparse.Namespace, writer: EventWriter, stall: float)
     if writer.dropped:
         return EXIT_OVERFLOW
     if ended_by_broker:
-        return EXIT_UNREACHABLE
+        # A key refused while reconnecting is a refusal, as at the first join.
+        refused = client.session.close_reason == "auth_failed"
+        return EXIT_REFUSED if refused else EXIT_UNREACHABLE
     return EXIT_OK

@@ -181,7 +181,11 @@ class Connection(_Event, tag="connection", frozen=True):
     until that session must have timed out, and only then gives up.
     With several broker endpoints (brokers of one cluster), ``endpoint``
     names the broker's ROUTER endpoint: the one lost (``reconnecting``), the
-    one failed over to (``reconnected``); with one it is empty."""
+    one failed over to (``reconnected``); with one it is empty.
+    ``auth_failed``: while reconnecting, the broker at ``endpoint`` (always
+    set) refused our key (``message`` says how); the client goes on trying
+    the other endpoints. With none left it gives up with an ``auth_failed``
+    error instead (docs/SECURITY.md)."""
 
     state: str
     restarted: bool = False
@@ -189,6 +193,7 @@ class Connection(_Event, tag="connection", frozen=True):
     endpoint: str = ""
     moved: bool = False
     broker: str = ""
+    message: str = ""
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):

@@ -1,15 +1,17 @@
-"""Watching the security handshake while a client joins (docs/SECURITY.md,
-"Deploying with CURVE").
+"""Watching the security handshake of every DEALER the client makes
+(docs/SECURITY.md, "Deploying with CURVE").
 
 With CURVE, a broker that refuses our key (or speaks plain text to our
 CURVE, or the other way round) says nothing on the connection: ZeroMQ just
-retries. Only the socket monitor tells, so while ``connect`` waits for its
-welcome, :class:`HandshakeWatch` watches every DEALER the client makes, and
-fails the wait with ``auth_failed`` as soon as one of them is refused.
+retries. Only the socket monitor tells, so :class:`HandshakeWatch` watches
+each DEALER from before it connects until it is closed, and hands every
+refusal to a callback: while ``connect`` waits for its welcome, the refusal
+fails it with ``auth_failed``; while reconnecting, the session core decides
+(client/session.py, ``handshake_refused``: try the other brokers, or give up).
 
 Every DEALER: with several brokers (``--server A --server B``) the first
-``hello`` moves to the next endpoint on a fresh DEALER when one does not
-answer (client/failover.py), and a refusal by the second or third broker is
+``hello`` and every reconnect try move to the next endpoint on a fresh
+DEALER (client/failover.py), and a refusal by the second or third broker is
 as much a refusal as one by the first, not an unreachable broker.
 """
 
@@ -18,15 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-from typing import Any
+import time
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from protocol import JoinRefused
-
-__all__ = ["DROPS_BEFORE_GIVING_UP", "HandshakeWatch", "handshake_message"]
+__all__ = ["DROPS_BEFORE_GIVING_UP", "DROP_WINDOW", "HandshakeWatch", "handshake_message"]
 
 #: Handshake failures that end a connect at once: with CURVE a refusal is
 #: otherwise silent (ZeroMQ just retries), and we would wait for the timeout.
@@ -35,20 +36,29 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
-#: Handshakes dropped without detail before connect gives up (each retry
-#: takes ZeroMQ's reconnect interval, 0.1 s by default).
+#: Handshakes dropped without detail, in quick succession, that make a
+#: refusal (each retry takes ZeroMQ's reconnect interval, 0.1 s by default).
 DROPS_BEFORE_GIVING_UP = 3
+#: ... all within this many seconds. A broker that is frozen (SIGSTOP) or
+#: overloaded also drops handshakes without detail, but each only after the
+#: handshake timeout (ZMQ_HANDSHAKE_IVL, 30 s): that is a slow broker, not a
+#: refusal, and the session watches its sockets for hours.
+DROP_WINDOW = 10.0
 
 _monitor_ids = itertools.count()
 
 
 class HandshakeWatch:
-    """Fails ``waiter`` with JoinRefused("auth_failed") when the handshake of
-    any DEALER given to :meth:`watch` fails; :meth:`stop` ends the watching."""
+    """Calls ``refused(server, message)`` once for each DEALER given to
+    :meth:`watch` whose handshake fails; :meth:`forget` ends the watching of
+    one DEALER, :meth:`stop` of all."""
 
-    def __init__(self, waiter: asyncio.Future[Any]) -> None:
-        self._waiter = waiter
-        self._watched: list[tuple[zmq.asyncio.Socket, zmq.asyncio.Socket, asyncio.Task[None]]] = []
+    def __init__(
+        self, refused: Callable[[str, str], None], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._refused = refused
+        self._clock = clock
+        self._watched: dict[zmq.asyncio.Socket, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
 
     def watch(self, dealer: zmq.asyncio.Socket, server: str) -> None:
         """Watch ``dealer``, which talks to ``server``. Call it before the
@@ -61,35 +71,44 @@ class HandshakeWatch:
             _HANDSHAKE_FAILED, addr=f"inproc://chat-client-monitor-{next(_monitor_ids)}"
         )
         task = asyncio.create_task(self._watch(monitor, server), name="chat-client-handshake")
-        self._watched.append((dealer, monitor, task))
+        self._watched[dealer] = (monitor, task)
 
     async def _watch(self, monitor: zmq.asyncio.Socket, server: str) -> None:
-        waiter = self._waiter
-        dropped = 0
-        while not waiter.done():
+        dropped: list[float] = []
+        while True:
             event = parse_monitor_message(await monitor.recv_multipart())
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # A wrong server key, or a plain client meeting a CURVE
-                # broker, looks like this every time; a broker going away
-                # mid-handshake only once: wait for a pattern.
-                dropped += 1
-                if dropped < DROPS_BEFORE_GIVING_UP:
+                # broker, looks like this every time, at once; a broker going
+                # away mid-handshake only once, a frozen one every 30 s: wait
+                # for a quick pattern.
+                now = self._clock()
+                dropped = [at for at in dropped if now - at < DROP_WINDOW] + [now]
+                if len(dropped) < DROPS_BEFORE_GIVING_UP:
                     continue
-            if not waiter.done():
-                message = handshake_message(event["event"], event["value"], server)
-                waiter.set_exception(JoinRefused("auth_failed", message))
+            self._refused(server, handshake_message(event["event"], event["value"], server))
+            return  # told once per DEALER: libzmq may go on retrying it
+
+    def forget(self, dealer: zmq.asyncio.Socket) -> None:
+        """Stop watching ``dealer`` (before it is closed) and close its monitor."""
+        watched = self._watched.pop(dealer, None)
+        if watched is None:
+            return
+        monitor, task = watched
+        task.cancel()  # closing the monitor cancels the pending receive too
+        with contextlib.suppress(zmq.ZMQError):
+            dealer.disable_monitor()  # a DEALER closed meanwhile has none
+        monitor.close(linger=0)
 
     async def stop(self) -> None:
         """Stop watching every DEALER and close the monitors (the context
         waits for every socket). Safe to call twice."""
-        watched, self._watched = self._watched, []
-        for dealer, monitor, task in watched:
-            task.cancel()
+        tasks = [task for _, task in self._watched.values()]
+        for dealer in list(self._watched):
+            self.forget(dealer)
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            with contextlib.suppress(zmq.ZMQError):
-                dealer.disable_monitor()  # a DEALER closed meanwhile has none
-            monitor.close(linger=0)
 
 
 def handshake_message(event: int, value: int, server: str) -> str:

@@ -400,6 +400,13 @@ class Renderer:
                 where = f"reconnected to {escape_terminal(event.endpoint)}"
                 said = said.replace("reconnected", where, 1)
             return self.notice(said, _GOOD)
+        if event.state == "auth_failed":
+            # A refusal while reconnecting, others left to try (docs/SECURITY.md).
+            return self.notice(
+                f"the broker at {escape_terminal(event.endpoint)} refused our key "
+                "(authentication failed); trying the other brokers...",
+                _ERROR,
+            )
         if event.state == "waiting_for_nick":
             return self.notice(
                 "your old session still holds your nickname; waiting for it to time out"

@@ -61,6 +61,12 @@ _LEAVE_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 LEAVE_STALL = 5.0
 
 
+def _disconnected_status(reason: str) -> int:
+    """The exit status of a session the broker ended: a key refused while
+    reconnecting is a refusal, as at the first join (docs/CLIENT.md)."""
+    return _EXIT_REFUSED if reason == "auth_failed" else _EXIT_UNREACHABLE
+
+
 def colour_wanted(stream: object = None, environ: dict[str, str] | None = None) -> bool:
     """Colour only on a terminal, and never when ``NO_COLOR`` is set (no-color.org)."""
     stream = sys.stdout if stream is None else stream
@@ -450,7 +456,7 @@ class _Chat:
         reason = self.client.session.close_reason or "exit"
         if ended_by_broker and reason != "exit":
             self.notice(f"disconnected ({reason})")
-            return _EXIT_UNREACHABLE
+            return _disconnected_status(reason)
         self.notice("you left the chat; bye")
         return _EXIT_OK
 
@@ -484,7 +490,7 @@ class _Chat:
         reason = self.client.session.close_reason or "exit"
         if status != _EXIT_OK and reason != "exit":
             self.notice(f"disconnected ({reason})")
-            return _EXIT_UNREACHABLE
+            return _disconnected_status(reason)
         self.notice("you left the chat; bye")
         return _EXIT_OK
 

@@ -286,3 +286,19 @@ def test_the_topic_is_shown_on_joining_in_line_mode() -> None:
     joined = render.render(ev.Joined(room="dev", members=["alice"], topic="ops"))
     assert joined.text.endswith("-- topic of #dev: ops")
     assert "\n" not in render.render(ev.Joined(room="x", members=["alice"])).text
+
+
+def test_a_key_refused_while_reconnecting_names_the_broker_plainly() -> None:
+    text = (
+        renderer()
+        .render(
+            ev.Connection(
+                state="auth_failed", endpoint="tcp://b:5555\x1b[2J", message="dropped the handshake"
+            )
+        )
+        .text
+    )
+    assert text.endswith(
+        "-- the broker at tcp://b:5555\\x1b[2J refused our key (authentication failed);"
+        " trying the other brokers..."
+    )

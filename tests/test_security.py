@@ -15,6 +15,7 @@ import os
 import queue
 import signal
 import stat
+import struct
 import subprocess
 import threading
 import time
@@ -271,6 +272,20 @@ def test_encrypted_chat_and_eavesdroppers_see_nothing(
         ctx.term()
 
 
+def _alice(servers: str, keys: dict[str, Path]) -> JsonClient:
+    """``chat-client --json`` as alice (allowed), with our broker's server key."""
+    return JsonClient(
+        "--server",
+        servers,
+        "--nick",
+        "alice",
+        "--server-key",
+        f"{keys['server']}.key",
+        "--curve-secret",
+        f"{keys['alice']}.key_secret",
+    )
+
+
 def _refused(router: str, *args: str) -> tuple[int, float, list[dict[str, Any]]]:
     started = time.monotonic()
     client = JsonClient("--server", router, "--nick", "mallory", *args)
@@ -349,16 +364,7 @@ def test_a_refusal_by_the_second_server_of_several_is_auth_failed_naming_it(
     curve_broker.proc.send_signal(signal.SIGSTOP)
     try:
         started = time.monotonic()
-        client = JsonClient(
-            "--server",
-            f"{curve_broker.router},{other.router}",
-            "--nick",
-            "alice",
-            "--server-key",
-            f"{keys['server']}.key",
-            "--curve-secret",
-            f"{keys['alice']}.key_secret",
-        )
+        client = _alice(f"{curve_broker.router},{other.router}", keys)
         status = client.finish(timeout=20)
         took = time.monotonic() - started
         events = []
@@ -741,3 +747,110 @@ def test_curve_client_against_a_plain_broker_is_refused_fast(broker_process: Any
     assert status == 2
     assert took < 6 * SCALE
     assert [e["code"] for e in events] == ["auth_failed"]
+
+
+# --- a refusal while reconnecting (docs/SECURITY.md) ---------------------------
+
+
+@pytest.mark.timeout(60)
+def test_a_broker_restarted_with_another_key_is_auth_failed_not_endless_reconnecting(
+    keys: dict[str, Path],
+) -> None:
+    # The broker restarts at the same endpoints with another server key. Our
+    # DEALER's handshakes were watched only while joining, so the client said
+    # reconnecting for ever; now it says that broker refused our key and,
+    # with no other broker to try, ends with exit status 2.
+    first = spawn_broker("--curve-secret", f"{keys['server']}.key_secret")
+    client = _alice(first.router, keys)
+    client.expect("welcome", timeout=10)
+    second = None
+    try:
+        first.stop()
+        client.expect("connection", state="reconnecting")
+        second = spawn_broker(
+            "--curve-secret", f"{keys['other']}.key_secret", router=first.router, pub=first.pub
+        )
+        error = client.expect("error", timeout=15, code="auth_failed")
+        assert first.router in error["message"], error
+        assert "authentication failed" in error["message"], error
+        assert client.proc.wait(10 * SCALE) == 2  # it stops by itself
+        client.finish()
+    finally:
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.wait(5)
+        if second is not None:
+            second.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_failover_to_a_broker_refusing_our_key_is_told_and_the_others_still_tried(
+    keys: dict[str, Path],
+) -> None:
+    # Two brokers: A (our key) and B (another key). A stops; the reconnect
+    # tries go to B, which refuses us: that is said, naming B, and the client
+    # keeps trying: A comes back (same key, same endpoints) and takes us back.
+    a = spawn_broker("--curve-secret", f"{keys['server']}.key_secret")
+    b = spawn_broker("--curve-secret", f"{keys['other']}.key_secret")
+    client = _alice(f"{a.router},{b.router}", keys)
+    client.expect("welcome", timeout=10)
+    back = None
+    try:
+        a.stop()
+        client.expect("connection", state="reconnecting")
+        refused = client.expect("connection", timeout=15, state="auth_failed")
+        assert refused["endpoint"] == b.router, refused
+        assert b.router in refused["message"] and "authentication failed" in refused["message"]
+        back = spawn_broker(
+            "--curve-secret", f"{keys['server']}.key_secret", router=a.router, pub=a.pub
+        )
+        client.expect("connection", timeout=20, state="reconnected", endpoint=a.router)
+        assert client.proc.poll() is None
+        assert client.finish(timeout=10) == 0
+    finally:
+        if client.proc.poll() is None:
+            client.proc.kill()
+            client.proc.wait(5)
+        for broker in (b, back):
+            if broker is not None:
+                broker.stop()
+
+
+def test_only_quick_handshake_drops_make_a_refusal() -> None:
+    # A wrong server key drops every handshake at once (every ~0.1 s); a
+    # frozen broker drops one only at the 30 s handshake timeout. Watched for
+    # a whole session, the second must not become auth_failed after three.
+    def drop() -> list[bytes]:
+        return [struct.pack("=hi", zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, 0), b"tcp://b:1"]
+
+    class Monitor:
+        def __init__(self, frames: list[list[bytes]]) -> None:
+            self.frames = frames
+
+        async def recv_multipart(self) -> list[bytes]:
+            if not self.frames:
+                await asyncio.Event().wait()  # nothing more: until cancelled
+            return self.frames.pop(0)
+
+    def told(times: list[float]) -> list[str]:
+        said: list[str] = []
+        clock = iter(times)
+        watch = HandshakeWatch(lambda server, message: said.append(message), lambda: next(clock))
+
+        async def scenario() -> None:
+            monitor: Any = Monitor([drop() for _ in times])
+            task = asyncio.create_task(watch._watch(monitor, "tcp://b:1"))
+            while monitor.frames:
+                await asyncio.sleep(0)  # let the watcher take each frame
+            await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        asyncio.run(scenario())
+        return said
+
+    assert told([0.0, 30.0, 60.0, 90.0, 120.0]) == []  # a frozen broker
+    (said,) = told([0.0, 0.1, 0.2])  # a refusal
+    assert "tcp://b:1" in said and "authentication failed" in said
+    assert len(told([0.0, 30.0, 30.1, 30.2])) == 1
