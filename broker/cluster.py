@@ -266,6 +266,13 @@ def notice_of(room: str, payload: bytes) -> Broadcast | None:
         return None
 
 
+def _original_id(room: str, seq: int, payload: bytes | None) -> str | None:
+    """The id of the line a duplicate repeats, for the original ack
+    (docs/PROTOCOL.md §5.5); None when the engine no longer has it."""
+    line = None if payload is None else line_of(room, seq, payload)
+    return None if line is None else line.id
+
+
 class ClusterShell:
     """The engine side of the broker's loop: settles proposals, relays the bus,
     keeps the timers. Owned and called by :class:`~broker.server.BrokerServer`."""
@@ -420,9 +427,11 @@ class ClusterShell:
             if not result.confirmed:  # type: ignore[attr-defined]
                 continue  # stored, not yet on enough replicas: the resend asks again
             seqs = result.seqs  # type: ignore[attr-defined]
-            for a, seq in zip(items, seqs, strict=True):
+            originals = {d.index: d.payload for d in result.duplicates}  # type: ignore[attr-defined]
+            for index, (a, seq) in enumerate(zip(items, seqs, strict=True)):
                 if a.key is not None:
-                    out.append(Send(a.identity, Ack(key=a.key, id=a.line.id, room=room, seq=seq)))
+                    line_id = _original_id(room, seq, originals.get(index)) or a.line.id
+                    out.append(Send(a.identity, Ack(key=a.key, id=line_id, room=room, seq=seq)))
         return out
 
     def pump(self) -> list[Action]:

@@ -99,10 +99,13 @@ class StoredLine:
 @dataclass(frozen=True, slots=True)
 class Duplicate:
     """Line ``index`` of a batch carried a key the room already had: it was
-    not stored again; ``seq`` is the seq of the original line (its ack)."""
+    not stored again; ``seq`` is the seq of the original line and ``payload``
+    the original's payload as stored (so that the resend gets the original
+    ack), None when the engine no longer has it (trimmed from history)."""
 
     index: int
     seq: int
+    payload: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

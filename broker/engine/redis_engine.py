@@ -176,7 +176,13 @@ class RedisEngine:
                 raise error  # Fenced (for every room alike) or a bug
             epoch = result[0].decode()
             seqs = tuple(abs(int(s)) for s in result[1])
-            dups = tuple(Duplicate(i, -int(s)) for i, s in enumerate(result[1]) if int(s) < 0)
+            # (no third element: a library loaded by an older broker)
+            originals = result[2] if len(result) > 2 else [b""] * len(result[1])
+            dups = tuple(
+                Duplicate(i, -int(s), bytes(originals[i]) or None)
+                for i, s in enumerate(result[1])
+                if int(s) < 0
+            )
             if len(dups) < len(seqs):  # new lines: the newest is the room's seq now
                 epoch = self._observe(room, epoch, max(seqs))
             out[room] = AppendResult(epoch, seqs, dups, confirmed)

@@ -77,16 +77,30 @@ local function ensure_epoch(meta, log, idem, new_epoch, floor_epoch, floor_seq)
   return epoch
 end
 
+-- The payload stored at seq under key: "" when the log no longer has it
+-- (trimmed: key_memory above history_lines) or holds another key there.
+local function original(log, seq, key)
+  local entry = redis.call('XRANGE', log, seq .. '-0', seq .. '-0')[1]
+  if not entry then return '' end
+  local found = {}
+  for i = 1, #entry[2], 2 do found[entry[2][i]] = entry[2][i + 1] end
+  if found.k ~= key or not found.d then return '' end
+  return found.d
+end
+
 -- KEYS: meta, log, keys, brokers
 -- ARGV: broker, ttl_ms, new_epoch, maxlen, keymem, channel, floor_epoch, floor_seq,
 -- then key, payload pairs ("" = no key).
--- Returns {epoch, {seq or -original_seq for a duplicate, ...}}.
+-- Returns {epoch, {seq or -original_seq for a duplicate, ...}, {the original's
+-- payload for a duplicate, "" otherwise (or when the log lost it), ...}}: the
+-- broker answers a resend with the original ack. The third element is new:
+-- callers that read only two keep working.
 -- Bus message: "L" epoch "\n" then per new line: seq "\n" #payload "\n" payload.
 local function append(keys, args)
   local meta, log, idem = keys[1], keys[2], keys[3]
   local epoch = ensure_epoch(meta, log, idem, args[3], args[7], args[8])
   local maxlen, keymem = args[4], tonumber(args[5])
-  local out, bus = {}, {}
+  local out, bus, originals = {}, {}, {}
   local seq = nil
   for i = 9, #args, 2 do
     local key, payload = args[i], args[i + 1]
@@ -94,11 +108,13 @@ local function append(keys, args)
     if key ~= '' then old = redis.call('ZSCORE', idem, key) end
     if old then
       out[#out + 1] = -tonumber(old)
+      originals[#originals + 1] = original(log, old, key)
     else
       seq = redis.call('HINCRBY', meta, 'seq', 1)
       redis.call('XADD', log, 'MAXLEN', '~', maxlen, seq .. '-0', 'd', payload, 'k', key)
       if key ~= '' then redis.call('ZADD', idem, seq, key) end
       out[#out + 1] = seq
+      originals[#originals + 1] = ''
       bus[#bus + 1] = seq .. '\n' .. #payload .. '\n' .. payload
     end
   end
@@ -107,7 +123,7 @@ local function append(keys, args)
     redis.call('ZREMRANGEBYSCORE', idem, '-inf', '(' .. (seq - keymem + 1))
     redis.call('PUBLISH', args[6], 'L' .. epoch .. '\n' .. table.concat(bus))
   end
-  return {epoch, out}
+  return {epoch, out, originals}
 end
 
 -- KEYS: meta, log, keys

@@ -488,6 +488,25 @@ def test_same_key_twice_in_one_batch_is_stored_once(make_engine: Make) -> None:
     assert r.seqs == (1, 1, 2) and [(d.index, d.seq) for d in r.duplicates] == [(1, 1)]
 
 
+def test_a_duplicate_brings_back_the_original_payload(
+    redis_server: RedisServer, make_engine: Make
+) -> None:
+    engine = make_engine()
+    engine.append({"r": [NewLine("k", b"original")]})
+    again = engine.append({"r": [NewLine("k", b"resent"), NewLine("k", b"twice")]})["r"]
+    assert not isinstance(again, EngineUnavailable)
+    assert [(d.index, d.seq, d.payload) for d in again.duplicates] == [
+        (0, 1, b"original"),
+        (1, 1, b"original"),
+    ]
+    # the line trimmed from history, its key still remembered: the seq alone
+    with redis_server.client() as c:
+        c.xdel("zc:{r}:log", "1-0")
+    trimmed = engine.append({"r": [NewLine("k", b"resent")]})["r"]
+    assert not isinstance(trimmed, EngineUnavailable)
+    assert [(d.seq, d.payload) for d in trimmed.duplicates] == [(1, None)]
+
+
 def test_a_reaper_that_died_half_way_is_finished_by_another(
     redis_server: RedisServer, make_engine: Make
 ) -> None:
