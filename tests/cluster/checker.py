@@ -3,7 +3,8 @@
 It records what clients were told (acks, delivered lines, nicknames held)
 and what the engine holds, and asserts the cluster's guarantees:
 
-* no seq reused within an epoch: per room, seq -> line id is a function;
+* no seq reused within an epoch: per room, (epoch, seq) -> line id is a
+  function (two epochs may reuse a seq: a new numbering, §5.4);
 * every acknowledged line exactly once in its room's history;
 * each client's delivered seqs contiguous from its join point, once its gaps
   are repaired from history;
@@ -28,8 +29,13 @@ class Checker:
 
     #: key -> (room, seq) of every ack any client got
     acks: dict[str, tuple[str, int]] = field(default_factory=dict)
-    #: (room, epoch, seq) -> line id, from every delivery and history read
+    #: (room, epoch, seq) -> line id, from every delivery and history read;
+    #: epoch "" where the client knew none yet (checked at verify against
+    #: the engine's current epoch, the only one whose lines it still has)
     seen: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    #: client name -> room -> the room's epoch as the client holds it (from
+    #: joined, history and pong replies: docs/PROTOCOL.md §5.4)
+    epochs: dict[str, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
     #: client name -> room -> seqs delivered live, in arrival order
     delivered: dict[str, dict[str, list[int]]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(list))
@@ -47,21 +53,39 @@ class Checker:
         assert self.acks.setdefault(key, where) == where, f"key {key} acked twice differently"
 
     def line(self, client: str, message: Message, epoch: str = "") -> None:
-        """A line a client received live (a broadcast of type message)."""
-        self._number(message, epoch)
-        self.delivered[client][message["room"]].append(message["seq"])
+        """A line a client received live (a broadcast of type message), in
+        ``epoch``; by default the room's epoch the client holds now."""
+        room = message["room"]
+        self._number(message, epoch or self.epochs[client].get(room, ""))
+        self.delivered[client][room].append(message["seq"])
 
     def repair(self, client: str, reply: Message) -> None:
-        """A history reply a client asked for to fill a gap."""
+        """A history reply a client asked for to fill a gap (its ``epoch``
+        numbers its lines, and the client holds it from now on)."""
+        epoch = self.epoch(client, reply["room"], reply.get("epoch", ""))
         for line in reply["messages"]:
-            self._number(line, "")
+            self._number(line, epoch)
             self.repaired[client][reply["room"]].add(line["seq"])
 
     def joined(self, client: str, message: Message) -> None:
+        """A joined reply: where the client's numbering starts, and its epoch."""
         self.joined_at[client][message["room"]] = message["seq"]
+        self.epoch(client, message["room"], message.get("epoch", ""))
+
+    def pong(self, client: str, message: Message) -> None:
+        """A pong reply: the epochs of the client's rooms."""
+        for room, epoch in message.get("epochs", {}).items():
+            self.epoch(client, room, epoch)
+
+    def epoch(self, client: str, room: str, epoch: str) -> str:
+        """The client was told ``room``'s epoch ("": nothing new, as from an
+        old broker); returns the epoch it holds now."""
+        held = self.epochs[client]
+        if epoch:
+            held[room] = epoch
+        return held.get(room, "")
 
     def _number(self, message: Message, epoch: str) -> None:
-        # epochs are compared per room: lines read from the engine carry ""
         where = (message["room"], epoch, message["seq"])
         known = self.seen.setdefault(where, message["id"])
         assert known == message["id"], f"seq {where} given to {known} and {message['id']}"
@@ -83,7 +107,10 @@ class Checker:
                 line = line_of(room, entry.seq, entry.payload)
                 assert line is not None
                 ids[entry.seq] = line.id
-                self._number({"room": room, "seq": entry.seq, "id": line.id}, "")
+                number = {"room": room, "seq": entry.seq, "id": line.id}
+                self._number(number, history.meta.epoch)
+                if (room, "", entry.seq) in self.seen:  # seen where the epoch was unknown
+                    self._number(number, "")
             stored[room] = ids
             assert sorted(ids) == list(range(1, history.meta.seq + 1)), f"{room}: seqs not 1..n"
         for key, (room, seq) in self.acks.items():
