@@ -29,6 +29,8 @@ class Checker:
 
     #: key -> (room, seq) of every ack any client got
     acks: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: key -> line id of every ack that named one
+    ack_ids: dict[str, str] = field(default_factory=dict)
     #: (room, epoch, seq) -> line id, from every delivery and history read;
     #: epoch "" where the client knew none yet (checked at verify against
     #: the engine's current epoch, the only one whose lines it still has)
@@ -48,9 +50,13 @@ class Checker:
     joined_at: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
     def ack(self, message: Message) -> None:
+        """An ack a client got: a resend's is the original ack (§5.5)."""
         key = message["key"]
         where = (message["room"], message["seq"])
         assert self.acks.setdefault(key, where) == where, f"key {key} acked twice differently"
+        if "id" in message:
+            line_id = self.ack_ids.setdefault(key, message["id"])
+            assert line_id == message["id"], f"key {key} acked as {line_id} and {message['id']}"
 
     def line(self, client: str, message: Message, epoch: str = "") -> None:
         """A line a client received live (a broadcast of type message), in

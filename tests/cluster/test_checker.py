@@ -94,3 +94,14 @@ def test_verify_holds_the_engine_to_its_epoch() -> None:
     older = Checker()
     older.line("carol", line(1, "seen"), epoch="e0")
     older.verify(engine("e1", {1: "stored"}), ["lobby"])
+
+
+def test_a_resend_must_get_the_original_ack() -> None:
+    checker = Checker()
+    checker.ack({"key": "k", "id": "a-1", "room": "lobby", "seq": 1})
+    checker.ack({"key": "k", "id": "a-1", "room": "lobby", "seq": 1})
+    checker.ack({"key": "k", "room": "lobby", "seq": 1})  # (no id: as test_failover builds them)
+    with pytest.raises(AssertionError, match="acked as a-1 and a-2"):
+        checker.ack({"key": "k", "id": "a-2", "room": "lobby", "seq": 1})
+    with pytest.raises(AssertionError, match="acked twice differently"):
+        checker.ack({"key": "k", "id": "a-1", "room": "lobby", "seq": 2})
