@@ -3,7 +3,9 @@
 -- Loaded by broker/engine/redis_engine.py with FUNCTION LOAD REPLACE; every
 -- function runs atomically, so whichever broker calls it, one room's seqs,
 -- history and bus messages come out in one order.
--- Bump LIBRARY_VERSION in redis_engine.py when changing a signature.
+-- Each broker loads its own copy at start, the last one loaded wins: keep
+-- signatures and replies compatible (add reply elements at the end, as
+-- zc_append's third): during an upgrade, brokers of two versions share it.
 
 local function now_ms()
   local t = redis.call('TIME')
