@@ -106,7 +106,7 @@ class AsyncClient:
         self._join_waiter: asyncio.Future[ev.Welcome] | None = None
         #: Watches each DEALER's handshake, from before it connects until it
         #: is closed (client/handshake.py): a refused key is told, not silence.
-        self._watch = HandshakeWatch(self._handshake_refused)
+        self._watch = HandshakeWatch(self._handshake_refused, dropped=self._link_dropped)
         self._closed = asyncio.Event()
         # Set each time the pump has handled input: settle() waits on it.
         self._progress = asyncio.Event()
@@ -483,6 +483,13 @@ class AsyncClient:
         # Reconnecting: the session tells the user and tries the other
         # brokers, or gives up (then the pump ends, reporting what is left).
         self._deliver(self.session.handshake_refused(server, message, time.time()))
+        self._progress.set()
+
+    def _link_dropped(self, server: str) -> None:
+        """The DEALER's established connection to ``server`` closed
+        (client/handshake.py): the session loses the broker now, and the
+        pump's next turn (within 0.1 s) sends the first try."""
+        self._deliver(self.session.link_dropped(time.time()))
         self._progress.set()
 
     def _deliver(self, events: list[ev.Event]) -> None:

@@ -13,6 +13,15 @@ Every DEALER: with several brokers (``--server A --server B``) the first
 ``hello`` and every reconnect try move to the next endpoint on a fresh
 DEALER (client/failover.py), and a refusal by the second or third broker is
 as much a refusal as one by the first, not an unreachable broker.
+
+The same monitor (a DEALER has one: libzmq replaces a previous one) also
+tells when an established connection drops: a broker killed with SIGKILL,
+or crashing, closes its TCP connections at once, but ZeroMQ hides that and
+just reconnects, so the session would call the broker lost only after three
+silent heartbeats (client/link.py). A disconnect after a successful
+handshake goes to the ``dropped`` callback at once; the front-end hands it
+to the session core (``ClientSession.link_dropped``). Heartbeats stay for
+what closes nothing: a host gone from the network, a stopped broker.
 """
 
 from __future__ import annotations
@@ -36,6 +45,9 @@ _HANDSHAKE_FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 )
+#: A connection up, and one going down (also after a failed handshake, which
+#: is not a drop: only a disconnect after a success is).
+_CONNECTION = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
 #: Handshakes dropped without detail, in quick succession, that make a
 #: refusal (each retry takes ZeroMQ's reconnect interval, 0.1 s by default).
 DROPS_BEFORE_GIVING_UP = 3
@@ -51,13 +63,19 @@ _monitor_ids = itertools.count()
 class HandshakeWatch:
     """Calls ``refused(server, message)`` once for each DEALER given to
     :meth:`watch` whose handshake fails; :meth:`forget` ends the watching of
-    one DEALER, :meth:`stop` of all."""
+    one DEALER, :meth:`stop` of all. Calls ``dropped(server)`` each time an
+    established connection of a watched DEALER closes."""
 
     def __init__(
-        self, refused: Callable[[str, str], None], clock: Callable[[], float] = time.monotonic
+        self,
+        refused: Callable[[str, str], None],
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        dropped: Callable[[str], None] | None = None,
     ) -> None:
         self._refused = refused
         self._clock = clock
+        self._dropped = dropped
         self._watched: dict[zmq.asyncio.Socket, tuple[zmq.asyncio.Socket, asyncio.Task[None]]] = {}
 
     def watch(self, dealer: zmq.asyncio.Socket, server: str) -> None:
@@ -68,15 +86,25 @@ class HandshakeWatch:
         # A fresh address per monitor: libzmq may still hold the previous
         # one's inproc address when a connect is retried with a new nick.
         monitor = dealer.get_monitor_socket(
-            _HANDSHAKE_FAILED, addr=f"inproc://chat-client-monitor-{next(_monitor_ids)}"
+            _HANDSHAKE_FAILED | _CONNECTION,
+            addr=f"inproc://chat-client-monitor-{next(_monitor_ids)}",
         )
         task = asyncio.create_task(self._watch(monitor, server), name="chat-client-handshake")
         self._watched[dealer] = (monitor, task)
 
     async def _watch(self, monitor: zmq.asyncio.Socket, server: str) -> None:
         dropped: list[float] = []
+        up = False  # the connection's handshake succeeded, and it did not drop since
         while True:
             event = parse_monitor_message(await monitor.recv_multipart())
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                up = True
+                continue
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                if up and self._dropped is not None:
+                    self._dropped(server)
+                up = False
+                continue
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
                 # A wrong server key, or a plain client meeting a CURVE
                 # broker, looks like this every time, at once; a broker going

@@ -33,6 +33,10 @@ a part with a module of its own, each owning one thing:
 Dependencies point down: the session builds the parts and hands itself to
 the inbound routing as a :class:`client.inbound.Core`; no part imports it.
 
+The broker is lost when it is silent for three heartbeats, says
+``shutdown``, or, at once, when the front-end sees its connection close
+(:meth:`ClientSession.link_dropped`, seen by client/handshake.py's monitor).
+
 While reconnecting, ``hello`` is retried with jittered backoff on the same
 connection (a fresh one only for the first try), and every room's broadcasts
 are held until its ``joined``, as on a first join, so a rejoin never delivers
@@ -411,6 +415,22 @@ class ClientSession:
         self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
         self.requests.lost()
         return [ev.Connection(state="reconnecting", endpoint=self.link.named())]
+
+    def link_dropped(self, now: float) -> list[ev.Event]:
+        """The front-end saw the connection to the broker close (ZeroMQ's
+        socket monitor, client/handshake.py: a broker killed or crashed
+        closes it at once): the broker is lost now, as after three silent
+        heartbeats.
+
+        Taken at its word, never confirmed: ZeroMQ reconnects by itself, and
+        a broker still there resumes the session (same token, §5.3) in one
+        round trip, while one that is gone or restarted would otherwise cost
+        the whole liveness limit. Only a joined session acts on it; while
+        joining or reconnecting the tries and their timeouts already run."""
+        if self.state is not State.JOINED:
+            return []
+        self._now = max(self._now, now)
+        return self.lose_broker(now)
 
     def hello_refused(self, reply: Error, now: float) -> list[ev.Event]:
         """The broker refused our ``hello``: a refusal, or passing while we rejoin."""

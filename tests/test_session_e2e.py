@@ -150,6 +150,22 @@ def test_a_restart_within_a_second_is_told_as_a_reconnect() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_killed_broker_is_noticed_at_once_not_after_three_silent_heartbeats() -> None:
+    # 5 s heartbeats: silence would take 15 s; the connection the kernel
+    # closed for the killed broker tells at once (client/dropwatch.py).
+    heartbeat = 5.0
+    with _alice_through_a_restart("--heartbeat", "5", "--client-timeout", "15") as (brokers, alice):
+        brokers.first.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        assert wait_for(alice, ev.Connection, timeout=heartbeat).state == "reconnecting"
+        took = time.monotonic() - killed
+        assert took < heartbeat * SCALE, f"noticed after {took:.1f} s"
+        brokers.again()  # and back on the restarted broker as before
+        assert _states(alice, "reconnected") == ["reconnected"]
+        _still_talks(alice)
+
+
+@pytest.mark.timeout(60)
 def test_a_who_sent_as_the_broker_dies_is_answered_after_the_rejoin() -> None:
     with _alice_through_a_restart("--client-timeout", "4") as (brokers, alice):
         brokers.first.proc.send_signal(signal.SIGSTOP)  # it takes the request, never answers

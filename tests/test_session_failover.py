@@ -124,6 +124,32 @@ def test_a_gap_left_by_the_failover_is_repaired_from_the_new_broker() -> None:
     assert [(r.room, r.after) for r in history] == [("lobby", 1)]  # type: ignore[attr-defined]
 
 
+def test_a_dropped_connection_loses_the_broker_at_once_and_the_first_try_goes_out() -> None:
+    session = _joined([A, B])
+    session.say("typed as A died")
+    session.take_output()
+    assert session.tick(0.5) == []  # far from three silent heartbeats (3 s here)
+    assert session.link_dropped(0.5) == [ev.Connection(state="reconnecting", endpoint=A)]
+    assert session.state is State.RECONNECTING
+    (when, server, out) = _tries(session, 0.5, 1.0)[0]
+    assert when == 0.5 and server == B and out.reset  # the first try: at once, on B
+    (hello,) = [r for r in out.requests if isinstance(r, Hello)]
+    assert hello.resume == "tok"
+    assert session.unacked == 1  # the line waits to go again to B, with its key
+
+
+def test_a_drop_matters_only_to_a_joined_session() -> None:
+    session = ClientSession("me", server=[A, B], jitter=lambda: 0.5)
+    session.hello(0.0)
+    assert session.link_dropped(0.1) == [] and session.state is State.JOINING
+    session = _joined([A, B])
+    session.tick(10.0)  # lost by silence: the tries run
+    session.take_output()
+    assert session.link_dropped(10.05) == [] and session.state is State.RECONNECTING
+    session.leave()
+    assert session.link_dropped(10.1) == [] and session.state is State.CLOSING
+
+
 def test_one_endpoint_keeps_the_old_schedule() -> None:
     session = _joined([A])
     session.tick(10.0)

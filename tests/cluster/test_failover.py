@@ -25,7 +25,7 @@ from client.bot import Bot, Context
 from client.session import State
 from client.testing import serving
 from tests.cluster.checker import Checker
-from tests.conftest import BrokerProcess, spawn_broker
+from tests.conftest import BrokerProcess, spawn_broker, wait_for
 from tests.jsonclient import start_json_client
 from tests.redis_server import SCALE, RedisServer
 
@@ -38,12 +38,12 @@ BACK_WITHIN = 8.0 * SCALE
 
 
 @pytest.fixture
-def brokers(redis_server: RedisServer) -> Iterator[Callable[[], BrokerProcess]]:
-    """Start ``chat-broker --engine`` processes (heartbeat 0.5 s, so a client
-    notices a dead one in 1.5 s); all stopped at the end."""
+def brokers(redis_server: RedisServer) -> Iterator[Callable[..., BrokerProcess]]:
+    """Start ``chat-broker --engine`` processes (heartbeat 0.5 s unless told,
+    so a silent one is noticed in 1.5 s); all stopped at the end."""
     started: list[BrokerProcess] = []
 
-    def start() -> BrokerProcess:
+    def start(heartbeat: float = 0.5) -> BrokerProcess:
         # The lease outlives the failover: B's reaper must find nothing of a
         # client that moved (no leave, no join: for the others it never left).
         handle = spawn_broker(
@@ -52,9 +52,9 @@ def brokers(redis_server: RedisServer) -> Iterator[Callable[[], BrokerProcess]]:
             "--max-rate",
             "0",
             "--client-timeout",
-            "6",
+            f"{max(6.0, 3 * heartbeat):g}",
             "--heartbeat",
-            "0.5",
+            f"{heartbeat:g}",
             "--engine-lease",
             "10",
         )
@@ -264,3 +264,24 @@ def test_a_bot_given_two_brokers_answers_again_from_the_other_after_a_kill_9(
                         break
 
     asyncio.run(scenario())
+
+
+def test_a_client_of_a_killed_broker_fails_over_at_once_not_after_three_heartbeats(
+    brokers: Callable[..., BrokerProcess],
+) -> None:
+    # 5 s heartbeats: silence would take 15 s to call A dead; its closed
+    # connection (kill -9) tells at once (client/dropwatch.py).
+    heartbeat = 5.0
+    a, b = brokers(heartbeat), brokers(heartbeat)
+    with Client([a.router, b.router], "alice", "lobby", backlog=0) as alice:
+        a.stop(signal.SIGKILL)
+        killed = time.monotonic()
+        seen: list[ev.Connection] = []
+        while not seen or seen[-1].state != "reconnected":
+            seen.append(wait_for(alice, ev.Connection, timeout=heartbeat))
+        took = time.monotonic() - killed
+        assert [c.state for c in seen] == ["reconnecting", "reconnected"]
+        assert seen[-1].endpoint == b.router and seen[-1].moved
+        assert took < heartbeat * SCALE, f"back on B after {took:.1f} s"
+        alice.say("from B")
+        assert wait_for(alice, ev.Message).text == "from B"
