@@ -511,6 +511,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["single", "cluster"],
         help="one group: the single-broker scenarios, or the cluster ones (bench/cluster.py)",
     )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="NAME",
+        help="the cluster group only, these of its cases (e.g. failover failover-hb1)",
+    )
     parser.add_argument("--targets", nargs="+", choices=TARGETS + EXTRA_TARGETS, default=TARGETS)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="JSON directory")
     parser.add_argument(
@@ -527,9 +533,9 @@ def main(argv: list[str] | None = None) -> int:
 
     Both groups by default: the single-broker scenarios, then the cluster ones
     (bench/cluster.py); ``--only`` picks one, and naming ``--scenarios``
-    means the single-broker group only."""
+    means the single-broker group only, naming ``--cases`` the cluster group."""
     args = build_parser().parse_args(argv)
-    only = args.only or ("single" if args.scenarios else None)
+    only = args.only or ("single" if args.scenarios else "cluster" if args.cases else None)
     status = 0
     if only in (None, "single"):
         status |= run_single(args)
