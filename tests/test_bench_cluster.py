@@ -71,3 +71,17 @@ def test_cluster_smoke_run_writes_a_clean_report(tmp_path: Path) -> None:
     verdicts = {v["target"] for v in report["targets"]}
     assert any("Redis CPU per accepted line" in v for v in verdicts)
     assert "targets (issue 14)" in proc.stdout.decode()
+
+
+def test_an_unknown_cluster_case_is_a_clear_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--cases", "failover", "nope"],
+        cwd=ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "unknown cluster case nope; known: " in proc.stderr.decode()
+    assert "failover-hb1" in proc.stderr.decode()

@@ -285,3 +285,22 @@ def test_a_client_of_a_killed_broker_fails_over_at_once_not_after_three_heartbea
         assert took < heartbeat * SCALE, f"back on B after {took:.1f} s"
         alice.say("from B")
         assert wait_for(alice, ev.Message).text == "from B"
+
+
+def test_a_stopped_broker_closes_nothing_and_is_still_left_after_three_silent_heartbeats(
+    brokers: Callable[..., BrokerProcess],
+) -> None:
+    # SIGSTOP keeps A's connections open: no drop to see, only silence.
+    a, b = brokers(), brokers()
+    with Client([a.router, b.router], "alice", "lobby", backlog=0) as alice:
+        a.proc.send_signal(signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            lost = wait_for(alice, ev.Connection, timeout=5)
+            took = time.monotonic() - stopped
+            assert lost.state == "reconnecting" and lost.endpoint == a.router
+            assert took >= 1.4, f"left after {took:.2f} s: not by silence"  # 3 × 0.5 s
+            back = wait_for(alice, ev.Connection, timeout=10)
+            assert back.state == "reconnected" and back.endpoint == b.router
+        finally:
+            a.proc.send_signal(signal.SIGCONT)
