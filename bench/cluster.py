@@ -24,7 +24,7 @@ to the other. The figures, side by side:
   it has resumed on another broker and holds every line up to the room's last
   seq at that moment, contiguous. Once with the brokers' default heartbeat
   (2 s) and once with ``--heartbeat 1``: a client notices the killed
-  broker's closed connection at once (client/dropwatch.py), so the two
+  broker's closed connection at once (client/handshake.py), so the two
   should be alike; silence would take three heartbeats. ``--cases failover``
   runs only that one;
 * lost and duplicated lines in every run (any is a failure).

@@ -152,7 +152,7 @@ def test_a_restart_within_a_second_is_told_as_a_reconnect() -> None:
 @pytest.mark.timeout(60)
 def test_a_killed_broker_is_noticed_at_once_not_after_three_silent_heartbeats() -> None:
     # 5 s heartbeats: silence would take 15 s; the connection the kernel
-    # closed for the killed broker tells at once (client/dropwatch.py).
+    # closed for the killed broker tells at once (client/handshake.py).
     heartbeat = 5.0
     with _alice_through_a_restart("--heartbeat", "5", "--client-timeout", "15") as (brokers, alice):
         brokers.first.stop(signal.SIGKILL)
