@@ -59,6 +59,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _engine_url(text: str) -> str:
+    # `--engine "$REDIS_URL"` with the variable unset must not quietly mean
+    # SQLite mode; the URL itself is checked when the engine connects.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty URL (expected e.g. redis://HOST:6379/0)")
+    return text
+
+
 def _rate(text: str) -> float:
     what = "a number of 0 or more (0 turns the limit off)"
     value = _number(text, what)
@@ -152,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often clients must ping; at most half of --client-timeout, so "
         "one late ping does not drop a client (default: a quarter of "
-        "--client-timeout, at most 2)",
+        "--client-timeout, at most 2; with --engine also at most a sixth of "
+        "--engine-lease, so a client of a dead broker moves before the lease ends)",
     )
     parser.add_argument(
         "--max-clients",
@@ -248,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--engine",
+        type=_engine_url,
         metavar="URL",
         help="cluster mode: share rooms, history and nicknames with every broker "
         "given the same Redis 7 URL (redis://HOST:PORT/DB, rediss://..., unix:///PATH, "
@@ -282,6 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _heartbeat(args: argparse.Namespace) -> float:
+    """The ping interval the welcome announces.
+
+    In cluster mode a client of a broker killed -9 takes three heartbeats to
+    notice and then resumes its session on another broker; the reaper drops
+    that session once the dead broker's lease ran out (less one heartbeat of
+    the broker's own, up to a second). The client must win, or the others see
+    it leave and join again: a sixth of the lease (5/6 s by default) leaves
+    it about a second to spare."""
+    if args.heartbeat is None:
+        heartbeat = min(2.0, args.client_timeout / 4)
+        return heartbeat if args.engine is None else min(heartbeat, args.engine_lease / 6)
+    if args.engine is not None and 3 * args.heartbeat >= args.engine_lease - 1:
+        logging.getLogger("broker").warning(
+            "--heartbeat %g: clients notice a dead broker after %g s, not before its "
+            "--engine-lease %g runs out; they will start afresh on another broker "
+            "(others see them leave and join) instead of moving",
+            args.heartbeat,
+            3 * args.heartbeat,
+            args.engine_lease,
+        )
+    return float(args.heartbeat)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``chat-broker`` and ``python -m broker``."""
     parser = build_parser()
@@ -313,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    heartbeat = min(2.0, args.client_timeout / 4) if args.heartbeat is None else args.heartbeat
+    heartbeat = _heartbeat(args)
     config = BrokerConfig(
         client_timeout=args.client_timeout,
         heartbeat=heartbeat,

@@ -87,6 +87,9 @@ BAD_BROKER_FLAGS: list[tuple[list[str], str]] = [
     (["--advertise-pub", "tcp://example.org:*"], "only for binding"),
     (["--advertise-pub", "tcp://exa mple.org:5556"], "spaces"),
     (["--allow-keys", "."], "need --curve-secret"),
+    # an unset variable in `--engine "$REDIS_URL"` must not mean SQLite mode
+    (["--engine", ""], "empty"),
+    (["--engine", " "], "empty"),
 ]
 
 
@@ -296,3 +299,17 @@ def test_check_endpoint_near_valid_prefixes(prefix: str, rest: str, bind: bool) 
         assert check_endpoint(text, bind=bind) == text
     except ProtocolError as exc:
         assert exc.code is ErrorCode.BAD_ENDPOINT
+
+
+def test_an_explicit_heartbeat_too_long_for_the_engine_lease_is_warned_about() -> None:
+    # Clients would notice a dead broker only after its lease: they would
+    # start afresh elsewhere (seen leaving and joining) instead of moving.
+    # The warning comes before the engine is reached (none is running here).
+    done = run(
+        "chat-broker",
+        *("--router", ANY_PORT, "--pub", ANY_PORT),
+        *("--engine", "redis://127.0.0.1:1/0", "--heartbeat", "2"),
+    )
+    assert done.returncode == 1
+    assert "--heartbeat 2: clients notice a dead broker after 6 s" in done.stderr
+    assert "cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr

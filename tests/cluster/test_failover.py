@@ -306,3 +306,45 @@ def test_a_stopped_broker_closes_nothing_and_is_still_left_after_three_silent_he
             assert back.state == "reconnected" and back.endpoint == b.router
         finally:
             a.proc.send_signal(signal.SIGCONT)
+
+
+def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reaped(
+    redis_server: RedisServer,
+) -> None:
+    """The brokers as docs/CLUSTER.md starts them (only ``--engine``): a
+    client of a broker killed -9 must notice and resume elsewhere before the
+    broker's lease runs out, or the reaper drops its session first and the
+    others see it leave and join again (found trying the docs by hand: with
+    a 2 s heartbeat the client noticed after 6 s, the 5 s lease had won)."""
+    a = spawn_broker("--engine", redis_server.url)
+    b = spawn_broker("--engine", redis_server.url)
+    bob = start_json_client(b.router, "bob")
+    alice = None
+    try:
+        bob.expect("welcome", timeout=10)
+        alice = start_json_client(a.router, "alice", "--server", b.router)
+        alice.expect("welcome", timeout=10)
+        bob.expect("join", lambda e: e["nick"] == "alice", timeout=10)
+        assert redis_server.client().zcard("zc:brokers") == 2
+        a.stop(signal.SIGKILL)
+        back = alice.expect(
+            "connection", lambda e: e.get("state") == "reconnected", timeout=BACK_WITHIN
+        )
+        assert back.get("moved") is True and "restarted" not in back, back
+        alice.send("still here")
+        bob.expect("message", lambda e: e["text"] == "still here", timeout=10)
+        # A's lease runs out and B's reaper removes it: it must find nothing.
+        deadline = time.monotonic() + 15 * SCALE
+        while redis_server.client().zcard("zc:brokers") > 1:
+            assert time.monotonic() < deadline, "the dead broker was never reaped"
+            time.sleep(0.1)
+        bob.send("/who")
+        who = bob.expect("who", timeout=10)
+        assert sorted(who["members"]) == ["alice", "bob"]
+        seen = [(e["type"], e["nick"]) for e in bob.log if e.get("type") in ("join", "leave")]
+        assert seen == [("join", "alice")]
+    finally:
+        if alice is not None:
+            alice.stop()
+        bob.stop()
+        b.stop(signal.SIGKILL)
