@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s")
-    with open(args.file, "ab") as out:
+    try:
+        out = open(args.file, "ab")  # noqa: SIM115 (closed below, whatever run() does)
+    except OSError as exc:
+        parser.error(f"--file: cannot open {args.file}: {exc.strerror}")
+    with out:
         return build_bot(args.server, out, args.nick, args.room).run()
 
 

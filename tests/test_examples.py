@@ -216,3 +216,20 @@ def test_chat_sh_answers_date(chat_broker: BrokerProcess, tmp_path: Path) -> Non
         with pytest.raises(AssertionError):
             wait_for(alice, ev.Message, lambda e: e.nick == "datebot", timeout=0.5)
         stop_and_check(proc, alice, "datebot", log)
+
+
+def test_logger_bot_says_why_it_cannot_open_its_file(tmp_path: Path) -> None:
+    # A mistyped directory is a usage error in one line, not a traceback
+    # (it happens before any broker is asked).
+    path = tmp_path / "no-such-dir" / "chat.jsonl"
+    done = subprocess.run(
+        python_example("logger_bot", "--server", "tcp://127.0.0.1:1", "--file", str(path)),
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=20 * SCALE,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"--file: cannot open {path}: No such file or directory" in done.stderr
