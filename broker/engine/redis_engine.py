@@ -15,6 +15,7 @@ from typing import Any
 
 import redis
 from redis import exceptions as rx
+from redis.sentinel import MasterNotFoundError
 
 from broker.engine import redis_reaper, redis_sessions
 from broker.engine.api import (
@@ -48,6 +49,17 @@ from broker.engine.url import EngineURL, parse_url
 __all__ = ["EngineSettings", "RedisEngine", "check_server", "new_epoch"]
 
 log = logging.getLogger(__name__)
+
+
+def _one_line(exc: Exception, url: EngineURL) -> str:
+    """Why Redis could not be reached, in one line. redis-py's "no master"
+    appends the repr of every Sentinel connection it tried (pages of it)."""
+    if isinstance(exc, MasterNotFoundError):
+        where = ", ".join(f"{host}:{port}" for host, port in url.sentinels)
+        if " : " in str(exc):
+            return f"no primary for {url.service!r}: a Sentinel ({where}) could not be reached"
+        return f"no primary for {url.service!r}: the Sentinels ({where}) do not monitor it"
+    return " ".join(str(exc).split())  # one line, whatever redis-py says
 
 
 class RedisEngine:
@@ -86,7 +98,7 @@ class RedisEngine:
             engine._io.load()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
             client.close()
-            reason = " ".join(str(exc).split())  # one line, whatever redis-py says
+            reason = _one_line(exc, parsed)
             raise EngineUnavailable(f"cannot reach Redis at {parsed.display}: {reason}") from None
         except rx.ResponseError as exc:
             client.close()

@@ -57,6 +57,17 @@ def test_unreachable_redis_is_one_line_naming_the_url() -> None:
     assert "secret" not in text
 
 
+def test_unreachable_sentinel_is_one_short_line_naming_it() -> None:
+    # redis-py's message holds the repr of every connection it tried: pages.
+    with pytest.raises(EngineUnavailable) as info:
+        RedisEngine.connect("redis+sentinel://127.0.0.1:1/chat", EngineSettings(timeout=0.5))
+    text = str(info.value)
+    assert text == (
+        "cannot reach Redis at redis+sentinel://127.0.0.1:1/chat: "
+        "no primary for 'chat': a Sentinel (127.0.0.1:1) could not be reached"
+    )
+
+
 def test_evicting_policy_is_refused(redis_server: RedisServer) -> None:
     with redis_server.client() as c:
         c.config_set("maxmemory-policy", "allkeys-lru")
