@@ -160,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how often clients must ping; at most half of --client-timeout, so "
         "one late ping does not drop a client (default: a quarter of "
-        "--client-timeout, at most 2; with --engine also at most a sixth of "
-        "--engine-lease, so a client of a dead broker moves before the lease ends)",
+        "--client-timeout, at most 2; with --engine also at most a fifth of "
+        "--engine-lease but not below 1, so a client of a dead broker moves before "
+        "the lease ends)",
     )
     parser.add_argument(
         "--max-clients",
@@ -299,21 +300,24 @@ def _heartbeat(args: argparse.Namespace) -> float:
     notice and then resumes its session on another broker; the reaper drops
     that session once the dead broker's lease ran out (less one heartbeat of
     the broker's own, up to a second). The client must win, or the others see
-    it leave and join again: a sixth of the lease (5/6 s by default) leaves
-    it about a second to spare."""
-    if args.heartbeat is None:
+    it leave and join again: a fifth of the lease. Not below a second, though:
+    a broker cut off from Redis stalls for an engine timeout (2 s) now and
+    then, and its clients must not take that for its death."""
+    heartbeat: float | None = args.heartbeat
+    if heartbeat is None:
         heartbeat = min(2.0, args.client_timeout / 4)
-        return heartbeat if args.engine is None else min(heartbeat, args.engine_lease / 6)
-    if args.engine is not None and 3 * args.heartbeat >= args.engine_lease - 1:
+        if args.engine is not None:
+            heartbeat = min(heartbeat, max(1.0, args.engine_lease / 5))
+    if args.engine is not None and 3 * heartbeat >= args.engine_lease - 1:
         logging.getLogger("broker").warning(
-            "--heartbeat %g: clients notice a dead broker after %g s, not before its "
+            "heartbeat %g s: clients notice a dead broker after %g s, not before its "
             "--engine-lease %g runs out; they will start afresh on another broker "
             "(others see them leave and join) instead of moving",
-            args.heartbeat,
-            3 * args.heartbeat,
+            heartbeat,
+            3 * heartbeat,
             args.engine_lease,
         )
-    return float(args.heartbeat)
+    return heartbeat
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -286,6 +286,9 @@ class ClusterShell:
         self.core: ClusterCore | None = None
         self._next_tick = 0.0
         self._next_refresh = 0.0
+        # No reaping before this (monotonic): after we could not reach the
+        # engine, the others' leases may have run out for the same reason.
+        self._reap_from = 0.0
         self._inbox_after = "0-0"
         self._registered = False
         self._rejoin = False
@@ -501,7 +504,7 @@ class ClusterShell:
             engine.heartbeat()
             actions += self._outputs(follower.check())
             actions += self._read_inbox()
-            for dead in engine.dead_brokers():
+            for dead in engine.dead_brokers() if mono >= self._reap_from else ():
                 report = engine.reap(dead)
                 if report is None:
                     continue
@@ -521,6 +524,11 @@ class ClusterShell:
             core.fenced = True
         except EngineUnavailable as exc:
             log.warning("cluster engine: %s", exc)
+            # Redis down for everybody (a restart) fences every broker: give
+            # the others a lease to register again and win their sessions
+            # back silently before reaping what is left of their old ids, or
+            # all their members are seen leaving and joining again.
+            self._reap_from = mono + engine.settings.broker_ttl / 1000
         if core.fenced:
             actions += self._fenced()
         return actions

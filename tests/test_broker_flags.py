@@ -311,5 +311,5 @@ def test_an_explicit_heartbeat_too_long_for_the_engine_lease_is_warned_about() -
         *("--engine", "redis://127.0.0.1:1/0", "--heartbeat", "2"),
     )
     assert done.returncode == 1
-    assert "--heartbeat 2: clients notice a dead broker after 6 s" in done.stderr
+    assert "heartbeat 2 s: clients notice a dead broker after 6 s" in done.stderr
     assert "cannot reach Redis at redis://127.0.0.1:1/0" in done.stderr
