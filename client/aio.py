@@ -44,6 +44,9 @@ _T = TypeVar("_T")
 DEFAULT_SERVER = "tcp://127.0.0.1:5555"
 #: How often the pump wakes to let the core send heartbeats, at most.
 _TICK = 0.1
+#: Longest wait, when leaving, for our acknowledged lines to come back as
+#: broadcasts (a lost one is repaired from history within two heartbeats).
+CATCH_UP = 5.0
 
 
 class AsyncClient:
@@ -223,6 +226,15 @@ class AsyncClient:
             if now >= deadline:
                 return False
             await self.settle(min(0.5, deadline - now))
+        # Our own acknowledged lines still on their way back (a gap repair
+        # fetches any the broadcast lost): show them before leaving.
+        shown_by = time.monotonic() + min(stall, CATCH_UP)
+        while not session.caught_up and session.state is State.JOINED:
+            if time.monotonic() >= shown_by:
+                break
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 0.1)
         return not session.busy
 
     async def close(self, timeout: float = 2.0, *, settle: float = 5.0) -> None:

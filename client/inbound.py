@@ -205,6 +205,7 @@ class Inbound:
 
     def _ack(self, reply: Ack, now: float) -> list[ev.Event]:
         self.sending.outbox.ack(reply.key, now)
+        self.rooms.ours_acked(reply.room, reply.seq)
         return []
 
     def _pong(self, reply: Pong, now: float) -> list[ev.Event]:

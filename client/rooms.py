@@ -34,6 +34,11 @@ class Rooms:
         self.repair_timeout = repair_timeout
         #: room -> its sequencer, in joining order.
         self.tracks: dict[str, RoomTrack] = {}
+        #: The highest seq an ``ack`` gave one of our lines, per room: the
+        #: broadcast of it may come later (in cluster mode after a trip
+        #: through Redis), and a front-end leaving should show it first.
+        #: (With the room's epoch then: a renumbered room forgets it.)
+        self.acked: dict[str, tuple[str, int]] = {}
         self.joins = Joins()
         self.membership = Membership()
 
@@ -118,9 +123,24 @@ class Rooms:
         self.sending.subscribe(room_topic(room), on=False)
         return True
 
+    def ours_acked(self, room: str | None, seq: int) -> None:
+        """One of our lines in ``room`` was stored as ``seq``."""
+        track = self.tracks.get(room) if room is not None else None
+        if track is not None and room is not None and seq > 0:
+            epoch, before = self.acked.get(room, (track.epoch, 0))
+            self.acked[room] = (track.epoch, max(seq, before if epoch == track.epoch else 0))
+
+    def caught_up(self) -> bool:
+        """Whether every line of ours that was acknowledged has been shown."""
+        return all(
+            (track := self.tracks.get(room)) is None or track.epoch != epoch or track.last >= seq
+            for room, (epoch, seq) in self.acked.items()
+        )
+
     def parted(self, room: str) -> None:
         """We left ``room``."""
         self.tracks.pop(room, None)
+        self.acked.pop(room, None)
         self.membership.left(room)
         self.sending.subscribe(room_topic(room), on=False)
 

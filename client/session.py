@@ -201,6 +201,14 @@ class ClientSession:
         so that lines typed just before the end of input are not lost."""
         return bool(len(self.outbox) or self.our_rooms.joins or self.requests.busy())
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether every line of ours the broker acknowledged has come back as
+        a broadcast (or a repair) and been shown: a front-end leaving waits
+        for that too, so a script sees its own lines (in cluster mode the
+        broadcast comes after the ack, through Redis)."""
+        return self.our_rooms.caught_up()
+
     def undelivered(self, reason: str) -> list[ev.Event]:
         """Give up on every line not acknowledged yet and every request not
         answered: one error event each (lines with their text and key), so
@@ -444,6 +452,12 @@ class ClientSession:
             # a refusal. Start the tries over, with fresh sockets; found by
             # the chaos suite (tests/test_session_rejoin_sync.py).
             self.link.retry.start(now)
+            return []
+        if reply.code == ErrorCode.UNAVAILABLE and self.state is State.RECONNECTING:
+            # A cluster broker that cannot reach Redis now cannot take our
+            # session over: retryable, so keep trying (the next endpoint in
+            # turn, with the back-off going on: not started over, which would
+            # ask again at once, and again) until it can; found by hand.
             return []
         if reply.code == ErrorCode.NICK_TAKEN and self.state is State.RECONNECTING:
             waiting = self.link.wait_for_nick(now)

@@ -38,3 +38,30 @@ def test_a_rejoin_refused_as_sync_timeout_is_tried_again_with_fresh_sockets() ->
     assert ev.Connection(state="reconnected") in events
     assert session.state is State.JOINED
     assert key and session.busy  # the line is still to be sent, not reported
+
+
+def test_a_resume_refused_as_unavailable_is_tried_again_not_the_end() -> None:
+    # Found by hand on a cluster: Redis down, then the client's broker killed
+    # -9; the broker it moved to could not take the session over (Redis
+    # unreachable) and refused the resume with the retryable `unavailable`,
+    # and the client ended ("disconnected (unavailable)", its typed line
+    # reported not delivered) instead of trying again until Redis was back.
+    session = joined_session()
+    key = session.say("kept")
+    session.take_output()
+    session.tick(100.0)  # silence: the broker is gone
+    assert session.state is State.RECONNECTING
+    session.tick(100.0)
+    session.take_output()
+    refused = Error(code="unavailable", message="cannot reach the engine", req="hello")
+    events = session.on_reply(refused, 100.1)
+    assert session.state is State.RECONNECTING
+    assert not [e for e in events if isinstance(e, ev.Error)]  # passing, nothing given up
+    session.tick(100.1)  # the back-off goes on: not asked again at once
+    assert not [r for r in session.take_output().requests if isinstance(r, Hello)]
+    session.tick(110.0)
+    assert [r for r in session.take_output().requests if isinstance(r, Hello)]
+    session.on_reply(welcome(), 110.1)
+    events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 110.2)
+    assert ev.Connection(state="reconnected") in events
+    assert key and session.busy  # the line is still to be sent, not reported

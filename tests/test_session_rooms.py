@@ -205,3 +205,30 @@ def test_a_broadcast_of_a_room_being_joined_waits_for_its_joined() -> None:
     assert session.on_broadcast(_line(1, "elsewhere"), 1.0) == []  # not ours
     events = session.on_reply(Joined(room="ops", seq=0, members=["me"]), 2.0)
     assert ev.Join(room="ops", nick="bob", ts=1.0) in events
+
+
+def test_our_acknowledged_lines_count_as_shown_only_once_they_came_back() -> None:
+    # In cluster mode the ack of a line comes before its broadcast (which
+    # takes a trip through Redis): a front-end leaving right after the ack
+    # must wait for it (found by hand: `printf 'hi\n' | chat-client --json`
+    # on a cluster sometimes ended without printing its own line).
+    rooms, _ = _rooms()
+    _in(rooms, "lobby", 4, epoch="e1")
+    assert rooms.caught_up()
+    rooms.ours_acked("lobby", 5)
+    rooms.ours_acked("lobby", 6)
+    rooms.ours_acked("elsewhere", 9)  # not a room of ours: never waited for
+    assert not rooms.caught_up()
+    track = rooms.tracks["lobby"]
+    track.line(_line(5))
+    assert not rooms.caught_up()
+    track.line(_line(6))
+    assert rooms.caught_up()
+    # a renumbered room (another epoch) does not wait for the old numbering
+    rooms.ours_acked("lobby", 50)
+    track.renumbered(1, "e2", 1)
+    assert rooms.caught_up()
+    rooms.ours_acked("lobby", 2)
+    assert not rooms.caught_up()
+    rooms.parted("lobby")
+    assert rooms.caught_up()

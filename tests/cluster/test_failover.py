@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -26,6 +27,9 @@ from client.session import State
 from client.testing import serving
 from tests.cluster.checker import Checker
 from tests.conftest import BrokerProcess, spawn_broker, wait_for
+
+
+from tests.conftest import BrokerProcess, script, spawn_broker
 from tests.jsonclient import start_json_client
 from tests.redis_server import SCALE, RedisServer
 
@@ -343,6 +347,65 @@ def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reap
         assert sorted(who["members"]) == ["alice", "bob"]
         seen = [(e["type"], e["nick"]) for e in bob.log if e.get("type") in ("join", "leave")]
         assert seen == [("join", "alice")]
+    finally:
+        if alice is not None:
+            alice.stop()
+        bob.stop()
+        b.stop(signal.SIGKILL)
+
+
+def test_a_piped_json_client_of_a_cluster_prints_its_own_line_before_it_ends(
+    redis_server: RedisServer,
+) -> None:
+    """`printf 'hi\\n' | chat-client --json` (the README's first example) on a
+    cluster: the ack comes before the line's broadcast, which goes through
+    Redis; ending at the ack lost the line's event now and then."""
+    a = spawn_broker("--engine", redis_server.url)
+    try:
+        for n in range(8):
+            done = subprocess.run(
+                [script("chat-client"), "--json", "--nick", f"s{n}", "--server", a.router],
+                input=f"hello {n}\n",
+                capture_output=True,
+                text=True,
+                timeout=30 * SCALE,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert f'"text":"hello {n}"' in done.stdout, done.stdout
+    finally:
+        a.stop(signal.SIGKILL)
+
+
+def test_a_client_whose_broker_dies_while_redis_is_down_waits_and_moves_when_it_is_back(
+    redis_server: RedisServer,
+) -> None:
+    """Two faults at once (found by hand): Redis down, then the client's
+    broker killed -9. The broker it turns to cannot take the session over
+    and refuses the resume as `unavailable`; that is retryable, so the
+    client keeps trying and moves once Redis is back, its line delivered."""
+    a = spawn_broker("--engine", redis_server.url)
+    b = spawn_broker("--engine", redis_server.url)
+    bob = start_json_client(b.router, "bob")
+    alice = None
+    try:
+        bob.expect("welcome", timeout=10)
+        alice = start_json_client(a.router, "alice", "--server", b.router)
+        alice.expect("welcome", timeout=10)
+        redis_server.kill()
+        a.stop(signal.SIGKILL)
+        alice.send("said while everything was down")
+        alice.expect("connection", lambda e: e.get("state") == "reconnecting", timeout=10)
+        b.wait_for_log("refused hello: engine", timeout=15)
+        redis_server.restart()
+        back = alice.expect(
+            "connection", lambda e: e.get("state") == "reconnected", timeout=BACK_WITHIN
+        )
+        assert back.get("moved") is True, back
+        bob.expect("message", lambda e: e["text"] == "said while everything was down", timeout=15)
+        alice.end_input()
+        assert alice.wait(20) == 0
+        assert not [e for e in alice.log if e.get("type") == "error"], alice.log
     finally:
         if alice is not None:
             alice.stop()
