@@ -525,10 +525,12 @@ class ClusterShell:
         except EngineUnavailable as exc:
             log.warning("cluster engine: %s", exc)
             # Redis down for everybody (a restart) fences every broker: give
-            # the others a lease to register again and win their sessions
+            # the others time to register again and win their sessions
             # back silently before reaping what is left of their old ids, or
             # all their members are seen leaving and joining again.
-            self._reap_from = mono + engine.settings.broker_ttl / 1000
+            # Two leases: clients of a broker that died meanwhile come back
+            # with their grown back-off (up to 6 s) to resume their sessions.
+            self._reap_from = mono + 2 * engine.settings.broker_ttl / 1000
         if core.fenced:
             actions += self._fenced()
         return actions

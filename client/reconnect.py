@@ -13,12 +13,16 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-__all__ = ["AFTER_SHUTDOWN", "BACKOFF", "Retry"]
+__all__ = ["AFTER_SHUTDOWN", "AFTER_UNAVAILABLE", "BACKOFF", "Retry"]
 
 #: Delays between tries, in seconds, one per try, the last repeated.
 BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: The first try after a ``shutdown`` notice.
 AFTER_SHUTDOWN = 0.2
+#: Seconds before the next try after a broker refused ``hello`` as
+#: ``unavailable`` (it cannot reach its cluster engine now): it is alive, so
+#: the back-off does not grow past this (jittered too).
+AFTER_UNAVAILABLE = 1.0
 
 
 class Retry:
@@ -43,6 +47,11 @@ class Retry:
         self.attempt += 1
         self.at = now + BACKOFF[min(self.attempt - 1, len(BACKOFF) - 1)] * self._factor()
         return self.attempt
+
+    def unavailable(self, now: float) -> None:
+        """The broker answered but cannot take us now: the next try comes
+        within ``AFTER_UNAVAILABLE``, however long the back-off has grown."""
+        self.at = min(self.at, now + AFTER_UNAVAILABLE * self._factor())
 
     def welcomed(self, now: float, wait: float) -> None:
         """A welcome came: the joins follow at the sync; start over if they

@@ -456,8 +456,11 @@ class ClientSession:
         if reply.code == ErrorCode.UNAVAILABLE and self.state is State.RECONNECTING:
             # A cluster broker that cannot reach Redis now cannot take our
             # session over: retryable, so keep trying (the next endpoint in
-            # turn, with the back-off going on: not started over, which would
-            # ask again at once, and again) until it can; found by hand.
+            # turn, about once a second: not started over, which would ask
+            # again at once, and not the grown back-off, which would come
+            # after the others reaped our old broker) until it can; found by
+            # hand.
+            self.link.retry.unavailable(now)
             return []
         if reply.code == ErrorCode.NICK_TAKEN and self.state is State.RECONNECTING:
             waiting = self.link.wait_for_nick(now)

@@ -51,17 +51,18 @@ def test_a_resume_refused_as_unavailable_is_tried_again_not_the_end() -> None:
     session.take_output()
     session.tick(100.0)  # silence: the broker is gone
     assert session.state is State.RECONNECTING
-    session.tick(100.0)
-    session.take_output()
+    for now in (100.0, 100.3, 100.9, 102.0, 104.1):  # the back-off grows to 4 s
+        session.tick(now)
+        assert [r for r in session.take_output().requests if isinstance(r, Hello)], now
     refused = Error(code="unavailable", message="cannot reach the engine", req="hello")
-    events = session.on_reply(refused, 100.1)
+    events = session.on_reply(refused, 104.2)
     assert session.state is State.RECONNECTING
     assert not [e for e in events if isinstance(e, ev.Error)]  # passing, nothing given up
-    session.tick(100.1)  # the back-off goes on: not asked again at once
+    session.tick(104.3)  # not asked again at once...
     assert not [r for r in session.take_output().requests if isinstance(r, Hello)]
-    session.tick(110.0)
+    session.tick(105.3)  # ...but within a second, not after the grown back-off
     assert [r for r in session.take_output().requests if isinstance(r, Hello)]
-    session.on_reply(welcome(), 110.1)
-    events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 110.2)
+    session.on_reply(welcome(), 105.4)
+    events = session.on_reply(Joined(room="lobby", seq=0, members=["me"]), 105.5)
     assert ev.Connection(state="reconnected") in events
     assert key and session.busy  # the line is still to be sent, not reported
