@@ -30,10 +30,14 @@ def links(run: Run) -> list[Link]:
 
 def noticed(run: Run, before: list[Link]) -> None:
     """Wait until every client has noticed that it lost the broker after ``before``."""
+    # A sender that has sent everything, had it acknowledged and left cannot
+    # notice (seen under load: two of them left between the two kills).
+    clients = [*run.receivers.values(), *run.senders.values()]  # the order of links()
     try:
         eventually(
             lambda: all(
-                now.noticed_since(was) for now, was in zip(links(run), before, strict=True)
+                now.noticed_since(was) or client.proc.poll() is not None
+                for now, was, client in zip(links(run), before, clients, strict=True)
             ),
             10,
             "every client noticed the dead broker",
