@@ -288,7 +288,9 @@ async def _run_json(args: argparse.Namespace, writer: EventWriter, stall: float)
         welcome = await client.connect(timeout=args.connect_timeout)
     except JoinRefused as exc:
         writer.emit(ev.Error(code=exc.code, message=exc.message, req="hello"))
-        return EXIT_REFUSED
+        # `unavailable`: a cluster's broker that cannot reach Redis right now
+        # (passing, as an unreachable broker is), not a refusal of ours.
+        return EXIT_UNREACHABLE if exc.code == "unavailable" else EXIT_REFUSED
     except BrokerUnreachable as exc:
         writer.emit(ev.Error(code="unreachable", message=str(exc), req="hello"))
         return EXIT_UNREACHABLE

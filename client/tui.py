@@ -369,7 +369,8 @@ class _Chat:
             except JoinRefused as exc:
                 if exc.code not in _RETRY_NICK:
                     self.show_event(ev.Error(code=exc.code, message=exc.message, req="hello"))
-                    return _EXIT_REFUSED
+                    # `unavailable` is passing (a cluster without Redis now)
+                    return _EXIT_UNREACHABLE if exc.code == "unavailable" else _EXIT_REFUSED
                 self.show_event(
                     ev.Error(
                         code=exc.code,

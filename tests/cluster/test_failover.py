@@ -416,3 +416,26 @@ def test_a_client_whose_broker_dies_while_redis_is_down_waits_and_moves_when_it_
             alice.stop()
         bob.stop()
         b.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("mode", ["--json", "--plain"])
+def test_a_client_started_while_redis_is_down_says_so_and_exits_1_not_refused(
+    redis_server: RedisServer, mode: str
+) -> None:
+    # Found by hand: exit status 2 ("refused": bad option, nickname, keys)
+    # for what is passing, as an unreachable broker is (status 1).
+    a = spawn_broker("--engine", redis_server.url)
+    try:
+        redis_server.kill()
+        done = subprocess.run(
+            [script("chat-client"), mode, "--nick", "early", "--server", a.router],
+            input="",
+            capture_output=True,
+            text=True,
+            timeout=30 * SCALE,
+            check=False,
+        )
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        assert "unavailable" in done.stdout and "Traceback" not in done.stderr
+    finally:
+        a.stop(signal.SIGKILL)
