@@ -26,10 +26,7 @@ from client.bot import Bot, Context
 from client.session import State
 from client.testing import serving
 from tests.cluster.checker import Checker
-from tests.conftest import BrokerProcess, spawn_broker, wait_for
-
-
-from tests.conftest import BrokerProcess, script, spawn_broker
+from tests.conftest import BrokerProcess, script, spawn_broker, wait_for
 from tests.jsonclient import start_json_client
 from tests.redis_server import SCALE, RedisServer
 
