@@ -41,6 +41,7 @@ from broker.cluster_parts import (
     PublishHere,
     line_of,
     member_of,
+    unavailable_message,
 )
 from broker.core import Action, BrokerConfig, BrokerCore, Publish, Send
 from broker.engine import (
@@ -249,7 +250,7 @@ class ClusterCore(BrokerCore):
         log.warning("refused %s: engine: %s", request_type or "frames", exc)
         error = Error(
             code=ErrorCode.UNAVAILABLE,
-            message=UNAVAILABLE_MESSAGE,
+            message=unavailable_message(request_type),
             req=request_type,
             key=key,
             room=room,

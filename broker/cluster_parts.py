@@ -65,6 +65,7 @@ __all__ = [
     "EngineLedger",
     "EngineRooms",
     "PublishHere",
+    "unavailable_message",
 ]
 
 log = logging.getLogger("broker")
@@ -72,6 +73,17 @@ log = logging.getLogger("broker")
 UNAVAILABLE_MESSAGE: Final = (
     "the broker cannot reach its cluster engine now; nothing was stored, send it again later"
 )
+#: The requests whose refusal means "your line was not stored".
+_LINE_REQUESTS: Final = frozenset({"say", "msg"})
+
+
+def unavailable_message(request_type: str | None) -> str:
+    """The text of an ``unavailable`` error for a request of this type: only
+    a line can have been "not stored"; anything else is simply not done."""
+    if request_type in _LINE_REQUESTS:
+        return UNAVAILABLE_MESSAGE
+    what = f"cannot do {request_type!r}" if request_type else "cannot answer"
+    return f"the broker {what} now: it cannot reach its cluster engine; try again later"
 
 
 @dataclass(slots=True)
@@ -121,7 +133,7 @@ class EngineDirectory:
         if record is None:
             return None
         if record.nick_key == nick_key(nick) and record.key == (peer or ""):
-            log.info("%s resumed its session from broker %s", nick, record.broker)
+            log.info("%s resumed its session (%d rooms)", nick, len(record.rooms))
             return record.token
         self.engine.drop_session(record.token)  # not this client's: start afresh
         self.engine.release_nick(record.nick_key, record.token)
@@ -199,7 +211,10 @@ class EngineRooms:
         except EngineUnavailable as exc:
             log.warning("join of %s to %s failed: %s", session.nick, name, exc)
             error = Error(
-                code=ErrorCode.UNAVAILABLE, message=UNAVAILABLE_MESSAGE, req="join", room=name
+                code=ErrorCode.UNAVAILABLE,
+                message=unavailable_message("join"),
+                req="join",
+                room=name,
             )
             return [Send(session.identity, error)]
 

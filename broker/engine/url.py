@@ -86,8 +86,10 @@ def parse_url(url: str) -> EngineURL:
             raise ValueError(f"{display}: no socket path (expected unix:///PATH)")
         try:
             parts.port  # noqa: B018 (urlsplit checks the port only when asked)
-        except ValueError as exc:
-            raise ValueError(f"{display}: {exc}") from None
+        except ValueError:
+            # urllib's own wording ("Port could not be cast to integer value
+            # as 'abc'") names neither the URL part nor what is allowed.
+            raise ValueError(f"{display}: the port must be a number from 1 to 65535") from None
         db_text = parts.path.strip("/") if scheme != "unix" else "0"
         if db_text and not db_text.isdigit():
             raise ValueError(f"{display}: the database must be a number, not {db_text!r}")

@@ -118,6 +118,9 @@ def test_with_redis_down_a_turns_lines_are_refused_with_their_keys_and_nothing_i
     # other requests that need the engine are refused the same way, the session stays
     [who] = core.handle(b"A", _frame(type="who", room="lobby"), NOW)
     assert who.message.code == "unavailable"  # type: ignore[union-attr]
+    # only a line can have been "not stored": a query says what was not done
+    assert "stored" in errors[0].message
+    assert "'who'" in who.message.message and "stored" not in who.message.message  # type: ignore[union-attr]
     [pong] = core.handle(b"A", _frame(type="ping"), NOW)
     assert type(pong.message).__name__ == "Pong"
 
