@@ -355,12 +355,17 @@ class _Chat:
     async def join(self) -> int | None:
         """Ask for a name until the broker takes one; an exit status if we gave up."""
         nick: str | None = self.args.nick
+        refused: JoinRefused | None = None
         self.notice(f"connecting to {', '.join(self.args.server)}")
         while True:
             if not nick:
                 nick = await self.screen.ask(NAME_PROMPT)
                 if nick is None:
-                    return _EXIT_OK
+                    if refused is None:
+                        return _EXIT_OK  # left before giving any name
+                    # No other name will come: the refusal is how this ended.
+                    self.notice(f"not joined: {refused.message}")
+                    return _EXIT_REFUSED
                 nick = nick.strip()
                 if not nick:
                     continue
@@ -378,7 +383,7 @@ class _Chat:
                         req="hello",
                     )
                 )
-                nick = None
+                nick, refused = None, exc
                 # A fresh client for the next try: nothing of the refused
                 # attempt (sockets, monitors) can leak into it.
                 await self._close_client()
@@ -512,7 +517,7 @@ async def run_interactive(args: argparse.Namespace) -> int:
     Uses prompt_toolkit when stdin and stdout are terminals, plain lines
     otherwise. Returns the exit status: 0 after leaving, 1 if the broker could
     not be reached (or dropped us), 2 if it refused us for a reason other than
-    the nickname.
+    the nickname, or for the nickname when input ended before another one.
     """
     terminal = sys.stdin.isatty() and sys.stdout.isatty()
     chat = _Chat(args, terminal=terminal, colour=colour_wanted())

@@ -138,6 +138,22 @@ def test_nickname_prompt_asks_again_with_the_reason(chat_broker: BrokerProcess) 
         wait_for(bob, ev.Join, lambda e: e.nick == "carol")
 
 
+def test_a_taken_nickname_at_end_of_input_is_said_and_exits_2(chat_broker: BrokerProcess) -> None:
+    # No other name can be asked for: the refusal is the outcome, not a clean leave.
+    with other(chat_broker, "bob"):
+        done = subprocess.run(
+            [script("chat-client"), "--server", chat_broker.router, "--plain", "--nick", "Bob"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            env=_env(),
+            timeout=TIMEOUT * 2,
+            check=False,
+        )
+    out = done.stdout.decode()
+    assert done.returncode == 2, (out, done.stderr.decode())
+    assert "[nick_taken]" in out and "taken" in out
+
+
 def test_no_colour_when_stdout_is_not_a_terminal(chat_broker: BrokerProcess) -> None:
     with other(chat_broker, "bob") as bob:
         done = subprocess.run(
