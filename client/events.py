@@ -185,7 +185,9 @@ class Connection(_Event, tag="connection", frozen=True):
     ``auth_failed``: while reconnecting, the broker at ``endpoint`` (always
     set) refused our key (``message`` says how); the client goes on trying
     the other endpoints. With none left it gives up with an ``auth_failed``
-    error instead (docs/SECURITY.md)."""
+    error instead (docs/SECURITY.md).
+    ``shutdown``: this ``reconnecting`` is because of the ``shutdown`` event
+    just before it (the broker said it is going; nothing was lost)."""
 
     state: str
     restarted: bool = False
@@ -194,6 +196,7 @@ class Connection(_Event, tag="connection", frozen=True):
     moved: bool = False
     broker: str = ""
     message: str = ""
+    shutdown: bool = False
 
 
 class CommandHelp(msgspec.Struct, frozen=True, kw_only=True):
@@ -211,9 +214,13 @@ class Help(_Event, tag="help", frozen=True):
 
 
 class Shutdown(_Event, tag="shutdown", frozen=True):
-    """The broker is shutting down."""
+    """The broker is shutting down; ``moving``: there are other brokers of the
+    cluster to move to (several endpoints), so the session moves on at once
+    rather than waiting for this one to come back. The ``connection``
+    ``reconnecting`` event that follows has ``shutdown`` set."""
 
     reason: str
+    moving: bool = False
 
 
 class Topic(_Event, tag="topic", frozen=True):

@@ -388,6 +388,8 @@ class Renderer:
 
     def _on_connection(self, event: ev.Connection) -> Rendered:
         if event.state == "reconnecting":
+            if event.shutdown:
+                return Rendered()  # the shutdown notice just before said it all
             return self.notice("lost the broker; reconnecting...", _ERROR)
         if event.state == "reconnected":
             if event.moved:
@@ -423,7 +425,8 @@ class Renderer:
             if "shutting down" in reason.lower()
             else f"the broker is shutting down ({reason})"
         )
-        return self.notice(f"{said}; will reconnect when it is back", _ERROR)
+        then = "moving to another broker..." if event.moving else "will reconnect when it is back"
+        return self.notice(f"{said}; {then}", _ERROR)
 
     def _on_help(self, event: ev.Help) -> Rendered:
         usage_width = max((len(c.usage) for c in event.commands), default=0) + 2

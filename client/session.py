@@ -422,7 +422,7 @@ class ClientSession:
         self.our_rooms.lost()
         self.outbox.hold_all()  # paced joins, parts, renames: the tracker resends
         self.requests.lost()
-        return [ev.Connection(state="reconnecting", endpoint=self.link.named())]
+        return [ev.Connection(state="reconnecting", endpoint=self.link.named(), shutdown=shutdown)]
 
     def link_dropped(self, now: float) -> list[ev.Event]:
         """The front-end saw the connection to the broker close (ZeroMQ's
@@ -499,7 +499,8 @@ class ClientSession:
         will take us back."""
         if self.state in (State.CLOSING, State.CLOSED):
             return []
-        out: list[ev.Event] = [ev.Shutdown(reason=reply.reason)]
+        moving = len(self.link.endpoints) > 1
+        out: list[ev.Event] = [ev.Shutdown(reason=reply.reason, moving=moving)]
         if self.state is State.JOINED:
             out += self.lose_broker(now, shutdown=True)
         elif self.state is State.RECONNECTING:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from client import events as ev
 from client.failover import CONNECT_TRY, parse_servers
+from client.render import Renderer
 from client.session import ClientSession, Output, State
 from protocol import Ack, ChatMessage, Error, Hello, Joined, ProtocolError, Say, Shutdown
 from tests.conftest import welcome
@@ -63,6 +64,34 @@ def test_after_a_shutdown_the_first_try_goes_to_the_next_broker() -> None:
     session.on_reply(Shutdown(reason="the broker is shutting down"), 5.0)
     (first, *_) = _tries(session, 5.0, 6.0)
     assert first[1] == B and 5.05 <= first[0] <= 5.3
+
+
+def test_a_shutdown_with_other_brokers_tells_one_story_moving_then_moved() -> None:
+    # Found by QA: "will reconnect when it is back", then "lost the broker",
+    # then "moved to ...". Now: moving on, then moved.
+    session = _joined([A, B])
+    events = session.on_reply(Shutdown(reason="the broker is shutting down"), 5.0)
+    (when, server, _) = _tries(session, 5.0, 6.0)[0]
+    assert server == B
+    session.on_reply(welcome(broker="brokerB", session="tok"), when + 0.01)
+    for room in ("lobby", "dev"):
+        events += session.on_reply(Joined(room=room, seq=0, members=["me"]), when + 0.02)
+    renderer = Renderer(nick="me", room="lobby", colour=False, clock=lambda: 0.0)
+    said = [text for e in events if (text := renderer.render(e).text)]
+    assert len(said) == 2, said
+    assert said[0].endswith("the broker is shutting down; moving to another broker...")
+    assert said[1].endswith(f"moved to broker {B}; nothing lost")
+    # JSON mode keeps every state change, marked as the shutdown's
+    assert ev.Connection(state="reconnecting", endpoint=A, shutdown=True) in events
+
+
+def test_a_shutdown_of_the_only_broker_is_one_notice_too() -> None:
+    session = _joined([A])
+    events = session.on_reply(Shutdown(reason="the broker is shutting down"), 5.0)
+    renderer = Renderer(nick="me", room="lobby", colour=False, clock=lambda: 0.0)
+    said = [text for e in events if (text := renderer.render(e).text)]
+    assert len(said) == 1, said
+    assert said[0].endswith("the broker is shutting down; will reconnect when it is back")
 
 
 def test_failover_resumes_keeps_nick_and_rooms_and_resends_unacked_lines_with_their_keys() -> None:
