@@ -65,20 +65,25 @@ class Message(_Event, tag="message", frozen=True):
 
 
 class Join(_Event, tag="join", frozen=True):
-    """Someone joined one of our rooms."""
+    """Someone joined one of our rooms; ``meanwhile``: while we were away (seen
+    when we rejoined after a reconnect; ``ts`` is then when we noticed)."""
 
     room: str
     nick: str
     ts: float
+    meanwhile: bool = False
 
 
 class Leave(_Event, tag="leave", frozen=True):
-    """Someone left one of our rooms: ``exit``, ``part``, ``timeout``..."""
+    """Someone left one of our rooms: ``exit``, ``part``, ``timeout``...;
+    ``meanwhile``: while we were away (gone when we rejoined after a
+    reconnect; ``reason`` is then ``unknown``, ``ts`` when we noticed)."""
 
     room: str
     nick: str
     reason: str
     ts: float
+    meanwhile: bool = False
 
 
 class Private(_Event, tag="private", frozen=True):

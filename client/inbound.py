@@ -134,8 +134,14 @@ class Inbound:
 
     def _joined(self, reply: Joined, now: float) -> list[ev.Event]:
         core, name = self.core, reply.room
+        link = self.link
         out, waiting, again = self.rooms.joined(
-            reply, token=self.link.session_token, restarted=self.link.restarted
+            reply,
+            token=link.session_token,
+            restarted=link.restarted,
+            me=core.nick,
+            grace=link.broker_timeout + link.dead_after,
+            now=now,
         )
         self.presence.joined(reply)
         pending = self.requests.answered("join", name)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from client import events as ev
 
 __all__ = [
+    "MEANWHILE",
     "NICK_PALETTE",
     "Fragment",
     "Rendered",
@@ -53,6 +54,9 @@ NICK_PALETTE: tuple[str, ...] = (
 )
 
 # Styles by role, so a theme is one table.
+#: How a join or leave seen only at a rejoin after a reconnect is marked.
+MEANWHILE = "while we were away"
+
 _TIME = "fg:ansibrightblack"
 _DIM = "fg:ansibrightblack"
 _OWN = "bold"
@@ -260,15 +264,15 @@ class Renderer:
         return self._line_note(
             event.room,
             event.ts,
-            f"{escape_terminal(event.nick)} joined #{escape_terminal(event.room)}",
+            f"{escape_terminal(event.nick)} joined #{escape_terminal(event.room)}"
+            + (f" ({MEANWHILE})" if event.meanwhile else ""),
         )
 
     def _on_leave(self, event: ev.Leave) -> Rendered:
         room = escape_terminal(event.room)
+        reason = MEANWHILE if event.meanwhile else escape_terminal(event.reason)
         return self._line_note(
-            event.room,
-            event.ts,
-            f"{escape_terminal(event.nick)} left #{room} ({escape_terminal(event.reason)})",
+            event.room, event.ts, f"{escape_terminal(event.nick)} left #{room} ({reason})"
         )
 
     def _on_nick(self, event: ev.Nick) -> Rendered:

@@ -83,15 +83,25 @@ class Rooms:
         return list(dict.fromkeys(ours + joins_waiting))
 
     def joined(
-        self, reply: Joined, *, token: str | None, restarted: bool
+        self,
+        reply: Joined,
+        *,
+        token: str | None,
+        restarted: bool,
+        me: str = "",
+        grace: float = 0.0,
+        now: float = 0.0,
     ) -> tuple[list[ev.Event], list[Broadcast], bool]:
         """The room of ``reply`` is ours now (``restarted``: the broker is a new
-        one). Returns the events of a numbering reset, the broadcasts held
-        until now, and whether it was a rejoin after a reconnect."""
+        one, whose members may still be coming back for ``grace`` seconds).
+        Returns the events of a numbering reset and of who came and went
+        meanwhile, the broadcasts held until now, and whether it was a rejoin
+        after a reconnect."""
         name = reply.room
         waiting, again, sync = self.joins.done(name)
-        self.membership.joined(name, list(reply.members), again=again)
-        out: list[ev.Event] = []
+        out: list[ev.Event] = self.membership.joined(
+            name, list(reply.members), me, again=again, grace=grace if restarted else None, now=now
+        )
         track = self.tracks.get(name)
         if track is None:
             start = max(0, reply.seq - self.backlog)

@@ -33,6 +33,7 @@ from enum import IntEnum
 from client import events as ev
 from client.layout import Entry, center, day_label, layout_entry, text_width
 from client.render import (
+    MEANWHILE,
     Fragment,
     Renderer,
     escape_terminal,
@@ -286,9 +287,10 @@ class Screen:
             window = self.open(event.room)
             nick = escape_terminal(event.nick)
             if isinstance(event, ev.Join):
-                text = f"{nick} joined"
+                text = f"{nick} joined" + (f" ({MEANWHILE})" if event.meanwhile else "")
             else:
-                text = f"{nick} left ({escape_terminal(event.reason)})"
+                reason = MEANWHILE if event.meanwhile else escape_terminal(event.reason)
+                text = f"{nick} left ({reason})"
             self.add(window, [], [(_NOTE, f"-- {text}")], event.ts)
         elif isinstance(event, ev.Nick):
             text = f"{escape_terminal(event.old)} is now {escape_terminal(event.new)}"

@@ -234,6 +234,7 @@ class ClientSession:
             if self.link.dead(now):
                 return self.lose_broker(now)
             out += self.our_rooms.poll_all(now)
+            out += self.our_rooms.membership.expired(now)
             out += self.requests.expired(now)
             self.sending.resend(now)
             self.sending.flush(now)

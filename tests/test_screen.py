@@ -235,3 +235,14 @@ def test_wrapping_never_overflows_and_keeps_every_character(
     # Only spaces at the breaks (and the indentation) may differ.
     shown = "".join(plain(row) for row in rows).replace(" ", "")
     assert shown == f"12:00 <{nick}> {text}".replace(" ", "")
+
+
+def test_who_came_and_went_while_we_were_away_is_marked() -> None:
+    screen = make_screen()
+    screen.add_event(ev.Join(room="lobby", nick="carol", ts=TODAY, meanwhile=True), {})
+    screen.add_event(
+        ev.Leave(room="lobby", nick="bob", reason="unknown", ts=TODAY, meanwhile=True), {}
+    )
+    shown = texts(screen)
+    assert shown[-2].endswith("-- carol joined (while we were away)")
+    assert shown[-1].endswith("-- bob left (while we were away)")
