@@ -19,6 +19,7 @@ from client import AsyncClient, Client
 from client import events as ev
 from protocol import Request
 from tests.conftest import SCALE, BrokerProcess, spawn_broker, wait_for
+from tests.jsonclient import start_json_client
 
 
 class _Restarts:
@@ -163,6 +164,24 @@ def test_a_killed_broker_is_noticed_at_once_not_after_three_silent_heartbeats() 
         brokers.again()  # and back on the restarted broker as before
         assert _states(alice, "reconnected") == ["reconnected"]
         _still_talks(alice)
+
+
+@pytest.mark.timeout(60)
+def test_someone_gone_while_the_broker_was_down_is_shown_leaving() -> None:
+    # Found by QA: bob, gone while the broker restarted, was never shown
+    # leaving; he still showed in the nick list.
+    with _alice_through_a_restart("--client-timeout", "2") as (brokers, alice):
+        bob = start_json_client(brokers.first.router, "bob")
+        try:
+            wait_for(alice, ev.Join, lambda e: e.nick == "bob")
+            brokers.first.stop(signal.SIGKILL)
+        finally:
+            bob.stop()  # killed too: never back
+        brokers.again()
+        assert _states(alice, "reconnected")[-1] == "reconnected"
+        # after the broker's timeout (2 s) and three heartbeats (0.5 s each)
+        gone = wait_for(alice, ev.Leave, lambda e: e.nick == "bob", timeout=15)
+        assert gone.meanwhile and gone.reason == "unknown"
 
 
 @pytest.mark.timeout(60)
