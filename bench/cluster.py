@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -54,6 +53,7 @@ from bench.run import (
     _median,
     bottleneck,
     run_loadgen,
+    save_report,
     start_server,
 )
 
@@ -465,14 +465,7 @@ def run_group(args: argparse.Namespace) -> int:
         "summary": summary,
         "targets": verdicts,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("cluster-%Y%m%d-%H%M%S.json", time.localtime(started))
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nraw results: {path}")
-    faults = sum(r.get(k, 0) for r in results for k in FAULTS)
-    failed = sum(1 for r in results if "failed" in r or r.get("errors"))
-    return 1 if faults or failed else 0
+    return save_report(report, Path(args.out), "cluster", started, errors_fail=True)
 
 
 def _run_case(

@@ -528,6 +528,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def save_report(
+    report: dict[str, Any], out: Path, name: str, started: float, *, errors_fail: bool = False
+) -> int:
+    """Write ``report`` as ``out/<name>-<time>.json`` and give the exit status:
+    1 if any run lost, duplicated or reordered a line, or failed (or, with
+    ``errors_fail``, was refused anything)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / time.strftime(f"{name}-%Y%m%d-%H%M%S.json", time.localtime(started))
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nraw results: {path}")
+    results: list[dict[str, Any]] = report["results"]
+    faults = sum(r.get(k, 0) for r in results for k in FAULTS)
+    failed = sum(1 for r in results if "failed" in r or (errors_fail and r.get("errors")))
+    return 1 if faults or failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run everything, print the tables, write the JSON; 1 if any delivery fault.
 
@@ -598,14 +614,7 @@ def run_single(args: argparse.Namespace) -> int:
         "summary": summary,
         "targets": verdicts,
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / time.strftime("bench-%Y%m%d-%H%M%S.json", time.localtime(started))
-    path.write_text(json.dumps(report, indent=2))
-    print(f"\nraw results: {path}")
-    faults = sum(r.get(k, 0) for r in results for k in FAULTS)
-    failed = sum(1 for r in results if "failed" in r)
-    return 1 if faults or failed else 0
+    return save_report(report, Path(args.out), "bench", started)
 
 
 def _progress(result: dict[str, Any]) -> str:

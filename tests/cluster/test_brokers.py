@@ -116,20 +116,12 @@ def cluster(
 
 
 @pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    context.linger = 0
-    yield context
-    context.term()
-
-
-@pytest.fixture
-def members(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[..., Member]]:
+def members(zmq_ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[..., Member]]:
     made: list[Member] = []
     checker = Checker()
 
     def make(broker: BrokerProcess) -> Member:
-        member = Member(ctx, broker, checker)
+        member = Member(zmq_ctx, broker, checker)
         made.append(member)
         return member
 
@@ -170,14 +162,14 @@ def _engine(server: RedisServer) -> RedisEngine:
 
 def test_racing_hellos_on_two_brokers_give_a_nickname_to_exactly_one(
     cluster: Callable[..., BrokerProcess],
-    ctx: zmq.Context[zmq.Socket[bytes]],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
     redis_server: RedisServer,
 ) -> None:
     a, b = cluster(), cluster()
     checker = Checker()
     engine = _engine(redis_server)
     for round_ in range(40):
-        left, right = RawClient(ctx, a.router, a.pub), RawClient(ctx, b.router, b.pub)
+        left, right = RawClient(zmq_ctx, a.router, a.pub), RawClient(zmq_ctx, b.router, b.pub)
         try:
             nick = f"racer{round_}"
             # both hellos leave before either answer is read
@@ -267,7 +259,7 @@ def test_who_rooms_history_and_private_lines_across_brokers(
 def test_a_broker_killed_9_is_reaped_its_members_leave_once_and_nicks_are_free(
     cluster: Callable[..., BrokerProcess],
     members: Callable[..., Member],
-    ctx: zmq.Context[zmq.Socket[bytes]],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
 ) -> None:
     a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")
     alice, bob, carol = members(a), members(b), members(b)
@@ -289,7 +281,7 @@ def test_a_broker_killed_9_is_reaped_its_members_leave_once_and_nicks_are_free(
     assert all(n["reason"] == "timeout" for n in leaves)
     alice.collect(1.5)  # a second reaper round must not announce them again
     assert len([n for n in alice.notices if n["type"] == "leave"]) == 2
-    again = RawClient(ctx, a.router, a.pub)
+    again = RawClient(zmq_ctx, a.router, a.pub)
     try:
         assert again.hello("BOB", [])["type"] == "welcome"
     finally:
@@ -623,7 +615,7 @@ def test_start_up_warns_without_aof(
 def test_a_client_of_a_killed_broker_resumes_on_another_with_its_nick_and_rooms(
     cluster: Callable[..., BrokerProcess],
     members: Callable[..., Member],
-    ctx: zmq.Context[zmq.Socket[bytes]],
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
     redis_server: RedisServer,
 ) -> None:
     a, b = cluster("--engine-lease", "2"), cluster("--engine-lease", "2")

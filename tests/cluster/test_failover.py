@@ -27,7 +27,7 @@ from client.session import State
 from client.testing import serving
 from tests.cluster.checker import Checker
 from tests.conftest import BrokerProcess, script, spawn_broker, wait_for
-from tests.jsonclient import start_json_client
+from tests.jsonclient import JsonClient, start_json_client
 from tests.redis_server import SCALE, RedisServer
 
 pytestmark = pytest.mark.timeout(60)
@@ -309,14 +309,13 @@ def test_a_stopped_broker_closes_nothing_and_is_still_left_after_three_silent_he
             a.proc.send_signal(signal.SIGCONT)
 
 
-def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reaped(
+@contextlib.contextmanager
+def _alice_on_a_bob_on_b(
     redis_server: RedisServer,
-) -> None:
-    """The brokers as docs/CLUSTER.md starts them (only ``--engine``): a
-    client of a broker killed -9 must notice and resume elsewhere before the
-    broker's lease runs out, or the reaper drops its session first and the
-    others see it leave and join again (found trying the docs by hand: with
-    a 2 s heartbeat the client noticed after 6 s, the 5 s lease had won)."""
+) -> Iterator[tuple[BrokerProcess, BrokerProcess, JsonClient, JsonClient]]:
+    """Brokers A and B as docs/CLUSTER.md starts them (only ``--engine``),
+    bob's JSON client on B and alice's on A with B as her second server,
+    both welcomed."""
     a = spawn_broker("--engine", redis_server.url)
     b = spawn_broker("--engine", redis_server.url)
     bob = start_json_client(b.router, "bob")
@@ -325,6 +324,24 @@ def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reap
         bob.expect("welcome", timeout=10)
         alice = start_json_client(a.router, "alice", "--server", b.router)
         alice.expect("welcome", timeout=10)
+        yield a, b, alice, bob
+    finally:
+        if alice is not None:
+            alice.stop()
+        bob.stop()
+        a.stop(signal.SIGKILL)
+        b.stop(signal.SIGKILL)
+
+
+def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reaped(
+    redis_server: RedisServer,
+) -> None:
+    """The brokers as docs/CLUSTER.md starts them (only ``--engine``): a
+    client of a broker killed -9 must notice and resume elsewhere before the
+    broker's lease runs out, or the reaper drops its session first and the
+    others see it leave and join again (found trying the docs by hand: with
+    a 2 s heartbeat the client noticed after 6 s, the 5 s lease had won)."""
+    with _alice_on_a_bob_on_b(redis_server) as (a, _, alice, bob):
         bob.expect("join", lambda e: e["nick"] == "alice", timeout=10)
         assert redis_server.client().zcard("zc:brokers") == 2
         a.stop(signal.SIGKILL)
@@ -344,11 +361,6 @@ def test_with_the_default_settings_a_client_moves_before_its_dead_broker_is_reap
         assert sorted(who["members"]) == ["alice", "bob"]
         seen = [(e["type"], e["nick"]) for e in bob.log if e.get("type") in ("join", "leave")]
         assert seen == [("join", "alice")]
-    finally:
-        if alice is not None:
-            alice.stop()
-        bob.stop()
-        b.stop(signal.SIGKILL)
 
 
 def test_a_piped_json_client_of_a_cluster_prints_its_own_line_before_it_ends(
@@ -381,14 +393,7 @@ def test_a_client_whose_broker_dies_while_redis_is_down_waits_and_moves_when_it_
     broker killed -9. The broker it turns to cannot take the session over
     and refuses the resume as `unavailable`; that is retryable, so the
     client keeps trying and moves once Redis is back, its line delivered."""
-    a = spawn_broker("--engine", redis_server.url)
-    b = spawn_broker("--engine", redis_server.url)
-    bob = start_json_client(b.router, "bob")
-    alice = None
-    try:
-        bob.expect("welcome", timeout=10)
-        alice = start_json_client(a.router, "alice", "--server", b.router)
-        alice.expect("welcome", timeout=10)
+    with _alice_on_a_bob_on_b(redis_server) as (a, b, alice, bob):
         redis_server.kill()
         a.stop(signal.SIGKILL)
         alice.send("said while everything was down")
@@ -408,11 +413,6 @@ def test_a_client_whose_broker_dies_while_redis_is_down_waits_and_moves_when_it_
         alice.end_input()
         assert alice.wait(20) == 0
         assert not [e for e in alice.log if e.get("type") == "error"], alice.log
-    finally:
-        if alice is not None:
-            alice.stop()
-        bob.stop()
-        b.stop(signal.SIGKILL)
 
 
 @pytest.mark.parametrize("mode", ["--json", "--plain"])

@@ -40,25 +40,19 @@ def brokers(redis_server: RedisServer) -> Iterator[Callable[[], BrokerProcess]]:
 
 
 @pytest.fixture
-def clients(ctx: zmq.Context[zmq.Socket[bytes]]) -> Iterator[Callable[[BrokerProcess], RawClient]]:
+def clients(
+    zmq_ctx: zmq.Context[zmq.Socket[bytes]],
+) -> Iterator[Callable[[BrokerProcess], RawClient]]:
     made: list[RawClient] = []
 
     def make(broker: BrokerProcess) -> RawClient:
-        client = RawClient(ctx, broker.router, broker.pub)
+        client = RawClient(zmq_ctx, broker.router, broker.pub)
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.close()
-
-
-@pytest.fixture
-def ctx() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
-    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    context.linger = 0
-    yield context
-    context.term()
 
 
 def _joined(client: RawClient, nick: str, room: str) -> Message:
